@@ -1,0 +1,6 @@
+//! `GET /api/health` as a Vercel function.
+
+#[tokio::main]
+async fn main() -> Result<(), vercel_runtime::Error> {
+    tollgate::vercel::serve("/api/health").await
+}

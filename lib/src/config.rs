@@ -1,0 +1,366 @@
+//! Configuration, read from the environment once at start.
+//!
+//! [`Config::from_env`] checks every variable before it fails, so a deploy
+//! with three mistakes shows all three at once. `.env.example` documents each
+//! variable; keep the two in step.
+
+use std::{fmt, time::Duration};
+
+use url::Url;
+
+use crate::secret::Secret;
+
+/// Everything a tollgate function needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub upstash: UpstashConfig,
+    pub database: DatabaseConfig,
+    /// The bearer token Vercel cron sends to the cron routes.
+    pub cron_secret: Secret,
+    /// Prefix of every Redis key, so environments can share one database.
+    pub key_prefix: String,
+}
+
+/// Where the Upstash REST API is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct UpstashConfig {
+    pub url: Url,
+    pub token: Secret,
+    /// Upper bound on one round trip, retries included.
+    pub timeout: Duration,
+}
+
+/// Where Postgres is and how to pool connections to it.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub max_connections: u32,
+    /// Whether a transaction-mode pooler (Neon's pooled endpoint, PgBouncer)
+    /// sits in front: then no named prepared statement may outlive a
+    /// transaction, because the next one may run on another server connection.
+    pub transaction_pooler: bool,
+}
+
+/// Every missing or malformed variable, in the order they were checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problems):",
+            self.problems.len()
+        )?;
+        for problem in &self.problems {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The default Redis key prefix.
+pub const DEFAULT_KEY_PREFIX: &str = "tg:";
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `lookup`, so tests need not touch the process
+    /// environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut vars = Vars {
+            lookup: &lookup,
+            problems: Vec::new(),
+        };
+
+        let upstash_url = vars.required("UPSTASH_REDIS_REST_URL", parse_http_url);
+        let upstash_token = vars.required("UPSTASH_REDIS_REST_TOKEN", parse_secret);
+        let upstash_timeout = vars.optional(
+            "TOLLGATE_UPSTASH_TIMEOUT",
+            parse_duration,
+            Duration::from_secs(5),
+        );
+        let database_url = vars.required("DATABASE_URL", parse_postgres_url);
+        let max_connections =
+            vars.optional("TOLLGATE_DATABASE_MAX_CONNECTIONS", parse_pool_size, 2);
+        let pooler = vars.optional("TOLLGATE_DATABASE_POOLER", parse_pooler, Pooler::Auto);
+        let cron_secret = vars.required("CRON_SECRET", parse_cron_secret);
+        let key_prefix = vars.optional(
+            "TOLLGATE_KEY_PREFIX",
+            parse_key_prefix,
+            DEFAULT_KEY_PREFIX.to_owned(),
+        );
+
+        if !vars.problems.is_empty() {
+            return Err(ConfigError {
+                problems: vars.problems,
+            });
+        }
+        // Every `required` value is present once no problem was recorded.
+        let (Some(url), Some(token), Some((database_url, database_host)), Some(cron_secret)) =
+            (upstash_url, upstash_token, database_url, cron_secret)
+        else {
+            unreachable!("a missing required variable is recorded as a problem");
+        };
+        let transaction_pooler = match pooler {
+            Pooler::Transaction => true,
+            Pooler::None => false,
+            // Neon names its pooled endpoints `<endpoint>-pooler.<region>…`.
+            Pooler::Auto => database_host.contains("-pooler"),
+        };
+        Ok(Config {
+            upstash: UpstashConfig {
+                url,
+                token,
+                timeout: upstash_timeout,
+            },
+            database: DatabaseConfig {
+                url: database_url,
+                max_connections,
+                transaction_pooler,
+            },
+            cron_secret,
+            key_prefix,
+        })
+    }
+}
+
+/// Collects problems while reading variables, instead of stopping at the first.
+struct Vars<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<String>,
+}
+
+impl Vars<'_> {
+    fn required<T>(&mut self, name: &str, parse: fn(&str) -> Result<T, String>) -> Option<T> {
+        match (self.lookup)(name).filter(|value| !value.trim().is_empty()) {
+            None => {
+                self.problems.push(format!("{name} is missing"));
+                None
+            }
+            Some(value) => match parse(value.trim()) {
+                Ok(parsed) => Some(parsed),
+                Err(why) => {
+                    self.problems.push(format!("{name} is malformed: {why}"));
+                    None
+                }
+            },
+        }
+    }
+
+    fn optional<T>(&mut self, name: &str, parse: fn(&str) -> Result<T, String>, default: T) -> T {
+        match (self.lookup)(name).filter(|value| !value.trim().is_empty()) {
+            None => default,
+            Some(value) => parse(value.trim()).unwrap_or_else(|why| {
+                self.problems.push(format!("{name} is malformed: {why}"));
+                default
+            }),
+        }
+    }
+}
+
+enum Pooler {
+    Auto,
+    Transaction,
+    None,
+}
+
+fn parse_http_url(value: &str) -> Result<Url, String> {
+    let url = Url::parse(value).map_err(|e| format!("not a URL ({e})"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!(
+            "expected an http or https URL, got scheme `{other}`"
+        )),
+    }
+}
+
+fn parse_secret(value: &str) -> Result<Secret, String> {
+    Ok(Secret::new(value))
+}
+
+/// Returns the URL as a secret (it usually carries a password) and its host.
+fn parse_postgres_url(value: &str) -> Result<(Secret, String), String> {
+    // The error must not echo the URL: it may carry the password.
+    let url = Url::parse(value).map_err(|_| "not a URL".to_owned())?;
+    match url.scheme() {
+        "postgres" | "postgresql" => {
+            let host = url.host_str().unwrap_or_default().to_owned();
+            Ok((Secret::new(value), host))
+        }
+        other => Err(format!(
+            "expected a postgres:// or postgresql:// URL, got scheme `{other}`"
+        )),
+    }
+}
+
+fn parse_pool_size(value: &str) -> Result<u32, String> {
+    match value.parse::<u32>() {
+        Ok(n @ 1..=100) => Ok(n),
+        _ => Err(format!(
+            "expected a whole number from 1 to 100, got `{value}`"
+        )),
+    }
+}
+
+fn parse_pooler(value: &str) -> Result<Pooler, String> {
+    match value {
+        "auto" => Ok(Pooler::Auto),
+        "transaction" => Ok(Pooler::Transaction),
+        "none" => Ok(Pooler::None),
+        other => Err(format!(
+            "expected `auto`, `transaction` or `none`, got `{other}`"
+        )),
+    }
+}
+
+/// Vercel asks for a random cron secret of at least 16 characters.
+fn parse_cron_secret(value: &str) -> Result<Secret, String> {
+    if value.len() < 16 {
+        return Err(format!(
+            "must be at least 16 characters, got {}",
+            value.len()
+        ));
+    }
+    Ok(Secret::new(value))
+}
+
+fn parse_key_prefix(value: &str) -> Result<String, String> {
+    if value.len() > 64 {
+        return Err(format!("must be at most 64 bytes, got {}", value.len()));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace or control characters".to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+/// Parses `250ms`, `5s` or `2m`; the unit is required so that no one has to
+/// guess it.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{value}` has no unit; write e.g. `500ms`, `5s` or `2m`"))?;
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{value}` does not start with a whole number"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!("`{value}` has unit `{unit}`; use ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config_from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    const VALID: &[(&str, &str)] = &[
+        ("UPSTASH_REDIS_REST_URL", "https://eu1-example.upstash.io"),
+        ("UPSTASH_REDIS_REST_TOKEN", "AXXXtoken"),
+        ("DATABASE_URL", "postgres://app:pw@db.example.com/app"),
+        ("CRON_SECRET", "0123456789abcdef"),
+    ];
+
+    #[test]
+    fn a_complete_environment_gives_defaults_for_the_optional_variables() {
+        let config = config_from(VALID).expect("valid config");
+        assert_eq!(config.key_prefix, "tg:");
+        assert_eq!(config.upstash.timeout, Duration::from_secs(5));
+        assert_eq!(config.database.max_connections, 2);
+        assert!(!config.database.transaction_pooler);
+    }
+
+    #[test]
+    fn every_missing_variable_is_listed_at_once() {
+        let err = config_from(&[]).expect_err("empty environment");
+        assert_eq!(
+            err.problems,
+            vec![
+                "UPSTASH_REDIS_REST_URL is missing",
+                "UPSTASH_REDIS_REST_TOKEN is missing",
+                "DATABASE_URL is missing",
+                "CRON_SECRET is missing",
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_variables_are_listed_with_the_reason() {
+        let err = config_from(&[
+            ("UPSTASH_REDIS_REST_URL", "redis://localhost:6379"),
+            ("UPSTASH_REDIS_REST_TOKEN", "t"),
+            ("DATABASE_URL", "mysql://secret-password@host/db"),
+            ("CRON_SECRET", "short"),
+            ("TOLLGATE_UPSTASH_TIMEOUT", "500"),
+            ("TOLLGATE_KEY_PREFIX", "has space"),
+            ("TOLLGATE_DATABASE_POOLER", "sometimes"),
+            ("TOLLGATE_DATABASE_MAX_CONNECTIONS", "0"),
+        ])
+        .expect_err("malformed environment");
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 7, "{text}");
+        for name in [
+            "UPSTASH_REDIS_REST_URL",
+            "DATABASE_URL",
+            "CRON_SECRET",
+            "TOLLGATE_UPSTASH_TIMEOUT",
+            "TOLLGATE_KEY_PREFIX",
+            "TOLLGATE_DATABASE_POOLER",
+            "TOLLGATE_DATABASE_MAX_CONNECTIONS",
+        ] {
+            assert!(text.contains(&format!("{name} is malformed")), "{text}");
+        }
+        assert!(!text.contains("secret-password"), "URL leaked: {text}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_from_debug() {
+        let config = config_from(VALID).expect("valid config");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("AXXXtoken"), "{debug}");
+        assert!(!debug.contains("0123456789abcdef"), "{debug}");
+        assert!(!debug.contains(":pw@"), "{debug}");
+    }
+
+    #[test]
+    fn a_neon_pooled_host_turns_on_transaction_pooler_mode() {
+        let mut pairs = VALID.to_vec();
+        pairs[2] = (
+            "DATABASE_URL",
+            "postgresql://u:p@ep-cool-1234-pooler.eu-central-1.aws.neon.tech/db",
+        );
+        assert!(config_from(&pairs).unwrap().database.transaction_pooler);
+        pairs.push(("TOLLGATE_DATABASE_POOLER", "none"));
+        assert!(!config_from(&pairs).unwrap().database.transaction_pooler);
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
+}

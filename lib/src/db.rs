@@ -1,0 +1,83 @@
+//! Postgres: a small, lazy pool and the embedded migrations.
+//!
+//! A serverless instance may serve a request without touching Postgres, so
+//! the pool opens connections only when asked and drops idle ones quickly.
+//! Behind a transaction-mode pooler (Neon's pooled endpoint, PgBouncer) every
+//! statement is sent unnamed and nothing is cached, because the next
+//! transaction may run on a different server connection. Queries go through
+//! [`Db::query`] so that the setting applies everywhere.
+
+use std::{str::FromStr, time::Duration};
+
+use anyhow::Context;
+use sqlx::{
+    migrate::Migrator,
+    postgres::{PgArguments, PgConnectOptions, PgPoolOptions},
+    query::Query,
+    PgPool, Postgres,
+};
+
+use crate::config::DatabaseConfig;
+
+/// The migrations under `migrations/`, compiled in.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// The Postgres pool and how statements must be prepared on it.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: PgPool,
+    named_statements: bool,
+}
+
+impl Db {
+    /// Builds the pool without connecting.
+    pub fn connect_lazy(config: &DatabaseConfig) -> anyhow::Result<Self> {
+        let mut options = PgConnectOptions::from_str(config.url.expose())
+            .context("DATABASE_URL is not a valid Postgres URL")?
+            .application_name("tollgate");
+        if config.transaction_pooler {
+            options = options.statement_cache_capacity(0);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(5))
+            .idle_timeout(Duration::from_secs(30))
+            .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            named_statements: !config.transaction_pooler,
+        })
+    }
+
+    /// The underlying pool, for transactions and bulk statements.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A query prepared the way this database allows: named and cached on a
+    /// direct connection, unnamed behind a transaction-mode pooler.
+    pub fn query<'q>(&self, sql: &'q str) -> Query<'q, Postgres, PgArguments> {
+        sqlx::query(sql).persistent(self.named_statements)
+    }
+
+    /// Whether a round trip to Postgres succeeds.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .context("running SELECT 1")?;
+        Ok(())
+    }
+
+    /// Applies every pending migration. Run it over a direct connection: the
+    /// migrator holds a session-level advisory lock, which a transaction-mode
+    /// pooler cannot keep.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .context("applying migrations")?;
+        Ok(())
+    }
+}

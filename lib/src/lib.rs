@@ -1,0 +1,19 @@
+//! tollgate: API metering, rate limiting and event analytics for apps on Vercel.
+//!
+//! Upstash Redis (over its REST API) carries the hot path, Postgres is the
+//! system of record, and cron routes move data from one to the other. Every
+//! Vercel function under `api/` is a thin adapter ([`vercel::serve`]) over a
+//! route in [`routes`], and `tollgate dev` serves the same routes locally.
+
+pub mod apikeys;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod response;
+pub mod routes;
+pub mod secret;
+pub mod state;
+pub mod telemetry;
+pub mod upstash;
+pub mod vercel;

@@ -1,0 +1,42 @@
+//! The shared state every handler receives: configuration and the ways out
+//! to the world (Upstash, Postgres, the clock).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::{
+    clock::{Clock, SystemClock},
+    config::Config,
+    db::Db,
+    upstash::Upstash,
+};
+
+/// Built once per function instance (or once per dev server) and shared.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub upstash: Arc<Upstash>,
+    pub db: Db,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl AppState {
+    /// Builds the state from a validated configuration; connects lazily.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let upstash = Upstash::new(&config.upstash).context("building the Upstash client")?;
+        let db = Db::connect_lazy(&config.database)?;
+        Ok(Self {
+            config: Arc::new(config),
+            upstash: Arc::new(upstash),
+            db,
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// Replaces the clock, for tests.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+}

@@ -1,0 +1,258 @@
+//! `spawn_app()` and the shared test set-up.
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+use sqlx::{Connection, PgConnection};
+use tokio::{net::TcpListener, sync::OnceCell};
+use tollgate::{
+    config::Config,
+    state::AppState,
+    upstash::{Command, Upstash},
+};
+use tollgate_cli::{
+    dev,
+    services::{Layout, Services},
+    upstash_local,
+};
+use uuid::Uuid;
+
+/// The Redis and Postgres servers every test shares.
+#[derive(Debug, Clone)]
+pub struct Servers {
+    pub redis_url: String,
+    /// The maintenance database, for creating per-test databases.
+    pub admin_url: String,
+    /// Base URL without a database name.
+    pub postgres_base: String,
+}
+
+static SERVERS: OnceCell<Servers> = OnceCell::const_new();
+
+/// The shared servers: `TEST_REDIS_URL` and `TEST_DATABASE_URL` when set
+/// (`make test` sets them), otherwise the private test instances, started on
+/// first use.
+pub async fn servers() -> &'static Servers {
+    SERVERS
+        .get_or_init(|| async {
+            let (redis_url, database_url) = match (
+                std::env::var("TEST_REDIS_URL"),
+                std::env::var("TEST_DATABASE_URL"),
+            ) {
+                (Ok(redis), Ok(database)) => (redis, database),
+                _ => {
+                    let mut layout = Layout::new(repo_root().join(".tollgate/test"));
+                    layout.redis_port = 6392;
+                    layout.postgres_port = 54392;
+                    let services = Services::start(&layout)
+                        .await
+                        .expect("starting the private test Redis and Postgres");
+                    (services.redis_url, services.database_url)
+                }
+            };
+            let postgres_base = database_url
+                .rsplit_once('/')
+                .map(|(base, _)| base.to_owned())
+                .expect("TEST_DATABASE_URL has a database name");
+            Servers {
+                redis_url,
+                admin_url: format!("{postgres_base}/postgres"),
+                postgres_base,
+            }
+        })
+        .await
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A migrated database to clone, made once per migration set. Cloning a
+/// template is much faster than migrating every test's database.
+async fn template_database(servers: &Servers) -> anyhow::Result<String> {
+    let checksum: String = tollgate::db::MIGRATOR
+        .iter()
+        .map(|m| hex_prefix(&m.checksum))
+        .collect();
+    let name = format!("template_{}", &sha_hex(&checksum)[..16]);
+    let mut admin = PgConnection::connect(&servers.admin_url).await?;
+    // Tests run in parallel processes: one makes the template, the others wait.
+    sqlx::query("SELECT pg_advisory_lock(727274)")
+        .execute(&mut admin)
+        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let building = format!("{name}_building");
+        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{building}\""))
+            .execute(&mut admin)
+            .await?;
+        sqlx::query(&format!("CREATE DATABASE \"{building}\""))
+            .execute(&mut admin)
+            .await?;
+        let url = format!("{}/{building}", servers.postgres_base);
+        let mut conn = PgConnection::connect(&url).await?;
+        tollgate::db::MIGRATOR.run(&mut conn).await?;
+        conn.close().await?;
+        // Renamed only when complete, so a crash never leaves a half template.
+        sqlx::query(&format!(
+            "ALTER DATABASE \"{building}\" RENAME TO \"{name}\""
+        ))
+        .execute(&mut admin)
+        .await?;
+    }
+    sqlx::query("SELECT pg_advisory_unlock(727274)")
+        .execute(&mut admin)
+        .await?;
+    Ok(name)
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha_hex(text: &str) -> String {
+    tollgate::apikeys::hash_secret(text)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Creates a fresh, migrated database for one test and returns its URL.
+pub async fn fresh_database() -> anyhow::Result<String> {
+    let servers = servers().await;
+    let template = template_database(servers).await?;
+    let name = format!("test_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&servers.admin_url).await?;
+    sqlx::query(&format!(
+        "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+    ))
+    .execute(&mut admin)
+    .await
+    .context("cloning the template database")?;
+    Ok(format!("{}/{name}", servers.postgres_base))
+}
+
+/// A local Upstash REST server in front of the shared Redis.
+#[derive(Debug, Clone)]
+pub struct LocalUpstash {
+    pub url: String,
+    pub token: String,
+}
+
+/// Starts a local Upstash REST server on port 0 with a random token.
+pub async fn spawn_upstash_local() -> LocalUpstash {
+    let servers = servers().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let token = format!("test_{}", Uuid::new_v4().simple());
+    let options = upstash_local::Options {
+        token: token.clone(),
+        redis_url: servers.redis_url.clone(),
+    };
+    tokio::spawn(upstash_local::serve(
+        listener,
+        options,
+        std::future::pending(),
+    ));
+    LocalUpstash { url, token }
+}
+
+/// What a test may change about the app it spawns.
+#[derive(Debug, Default)]
+pub struct TestOptions {
+    /// Replaces the Upstash URL, e.g. with a closed port to simulate an outage.
+    pub upstash_url: Option<String>,
+    /// Replaces the database URL.
+    pub database_url: Option<String>,
+    /// Extra environment variables for `Config`.
+    pub env: Vec<(&'static str, String)>,
+}
+
+/// The app under test, listening on a random port.
+pub struct TestApp {
+    pub address: String,
+    pub http: reqwest::Client,
+    pub state: AppState,
+    pub key_prefix: String,
+}
+
+/// Spawns the app with its own database and key prefix.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestOptions::default()).await
+}
+
+/// Spawns the app with some of its configuration replaced.
+pub async fn spawn_app_with(options: TestOptions) -> TestApp {
+    let upstash = spawn_upstash_local().await;
+    let database_url = match options.database_url {
+        Some(url) => url,
+        None => fresh_database().await.expect("creating the test database"),
+    };
+    let key_prefix = format!("test:{}:", Uuid::new_v4().simple());
+    let mut env: Vec<(&str, String)> = vec![
+        (
+            "UPSTASH_REDIS_REST_URL",
+            options.upstash_url.unwrap_or_else(|| upstash.url.clone()),
+        ),
+        ("UPSTASH_REDIS_REST_TOKEN", upstash.token.clone()),
+        ("DATABASE_URL", database_url.clone()),
+        ("CRON_SECRET", "test-cron-secret-0123456789".to_owned()),
+        ("TOLLGATE_KEY_PREFIX", key_prefix.clone()),
+        ("TOLLGATE_UPSTASH_TIMEOUT", "2s".to_owned()),
+    ];
+    env.extend(options.env);
+    let config = Config::from_lookup(|name| {
+        env.iter()
+            .rev()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.clone())
+    })
+    .expect("test configuration is valid");
+    let state = AppState::new(config).expect("building the app state");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    let app = dev::router(state.clone(), &repo_root().join("public"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    TestApp {
+        address,
+        http: reqwest::Client::new(),
+        state,
+        key_prefix,
+    }
+}
+
+impl TestApp {
+    /// `GET` a path of the app.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request to the app")
+    }
+
+    /// A fresh client to this app's local Upstash server.
+    pub fn upstash_client(&self) -> Arc<Upstash> {
+        Arc::clone(&self.state.upstash)
+    }
+
+    /// A Redis key under this test's prefix.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.key_prefix)
+    }
+
+    /// Runs one Redis command through the app's Upstash client.
+    pub async fn redis<T: tollgate::upstash::FromReply>(&self, command: Command) -> T {
+        self.state
+            .upstash
+            .command(&command)
+            .await
+            .expect("redis command")
+    }
+}

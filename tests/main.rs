@@ -1,0 +1,11 @@
+//! Black-box tests of tollgate against a real Redis and a real Postgres.
+//!
+//! One binary (STYLE.md): every test module links once. Each test spawns the
+//! app on port 0 with its own database and its own Redis key prefix, so tests
+//! run in parallel.
+
+mod database;
+mod health;
+mod helpers;
+mod upstash_client;
+mod upstash_local;
