@@ -63,6 +63,18 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Every variable [`Config`] reads; `.env.example` documents each one.
+pub const VARIABLES: &[&str] = &[
+    "UPSTASH_REDIS_REST_URL",
+    "UPSTASH_REDIS_REST_TOKEN",
+    "TOLLGATE_UPSTASH_TIMEOUT",
+    "DATABASE_URL",
+    "TOLLGATE_DATABASE_MAX_CONNECTIONS",
+    "TOLLGATE_DATABASE_POOLER",
+    "CRON_SECRET",
+    "TOLLGATE_KEY_PREFIX",
+];
+
 /// The default Redis key prefix.
 pub const DEFAULT_KEY_PREFIX: &str = "tg:";
 
@@ -352,6 +364,27 @@ mod tests {
         assert!(config_from(&pairs).unwrap().database.transaction_pooler);
         pairs.push(("TOLLGATE_DATABASE_POOLER", "none"));
         assert!(!config_from(&pairs).unwrap().database.transaction_pooler);
+    }
+
+    #[test]
+    fn variables_lists_every_variable_read() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let _ = Config::from_lookup(|name| {
+            asked.borrow_mut().push(name.to_owned());
+            None
+        });
+        assert_eq!(asked.into_inner(), VARIABLES);
+    }
+
+    #[test]
+    fn env_example_documents_every_variable() {
+        let example = include_str!("../../.env.example");
+        for name in VARIABLES {
+            assert!(
+                example.lines().any(|line| line.starts_with(&format!("{name}="))),
+                "{name} is not in .env.example"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every check and test of tollgate: formatting, clippy, and the unit and
+# integration tests against private Redis and PostgreSQL instances (started
+# here, stopped on exit), including the @upstash/redis conformance suite.
+#
+# `make test` runs this; so does CI (.ci/run). It installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is missing: install Rust with rustup (https://rustup.rs), then rerun." >&2
+  exit 1
+fi
+scripts/bootstrap.sh redis postgres node
+
+# The private test instances: a fresh data directory each run, so databases
+# from earlier runs never pile up, and stopped however this script exits.
+dir=.tollgate/test
+redis_port=6392
+postgres_port=54392
+tollgate() { cargo run --quiet -p tollgate-cli --bin tollgate -- "$@"; }
+services() { tollgate services "$1" --dir "$dir" --redis-port "$redis_port" --postgres-port "$postgres_port"; }
+
+echo "==> build"
+cargo build --workspace --all-targets --locked
+services stop >/dev/null 2>&1 || true
+rm -rf "$dir"
+trap 'services stop >/dev/null 2>&1 || true' EXIT
+eval "$(services start | sed 's/^/export TEST_/')"
+
+echo "==> npm packages for the conformance suite"
+(cd tests/upstash-js && npm ci --no-audit --no-fund --loglevel=error)
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
