@@ -684,7 +684,7 @@ enum ApiError {
     Unauthorized,
     /// 400: a malformed request, or a command Redis refused; the message is shown.
     BadRequest(String),
-    /// 405: not one of HEAD, GET, POST, PUT.
+    /// 405: a method the endpoint does not take (commands: HEAD, GET, POST, PUT).
     MethodNotAllowed,
     /// 413: the body is over [`MAX_BODY_BYTES`].
     PayloadTooLarge,
@@ -704,7 +704,7 @@ impl IntoResponse for ApiError {
             Self::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
-                "ERR method not allowed; use HEAD, GET, POST or PUT".to_owned(),
+                "ERR method not allowed".to_owned(),
             ),
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,

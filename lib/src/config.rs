@@ -19,6 +19,25 @@ pub struct Config {
     pub cron_secret: Secret,
     /// Prefix of every Redis key, so environments can share one database.
     pub key_prefix: String,
+    pub pipeline: PipelineConfig,
+}
+
+/// The event pipeline: what collect accepts and how the drain runs.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Events older than this are rejected at collect.
+    pub event_max_age: Duration,
+    /// How long one drain run may keep claiming batches.
+    pub drain_budget: Duration,
+    /// How long a claimed batch stays with its drain before another run may
+    /// reclaim it. Longer than the longest run, so live batches are not taken.
+    pub drain_visibility: Duration,
+    /// Queue depth (events) above which queue-status warns, and is critical.
+    pub warning_depth: u64,
+    pub critical_depth: u64,
+    /// Age of the oldest queued event above which queue-status warns, and is critical.
+    pub warning_lag: Duration,
+    pub critical_lag: Duration,
 }
 
 /// Where the Upstash REST API is and how to talk to it.
@@ -73,6 +92,13 @@ pub const VARIABLES: &[&str] = &[
     "TOLLGATE_DATABASE_POOLER",
     "CRON_SECRET",
     "TOLLGATE_KEY_PREFIX",
+    "TOLLGATE_EVENT_MAX_AGE",
+    "TOLLGATE_DRAIN_BUDGET",
+    "TOLLGATE_DRAIN_VISIBILITY",
+    "TOLLGATE_QUEUE_WARNING_DEPTH",
+    "TOLLGATE_QUEUE_CRITICAL_DEPTH",
+    "TOLLGATE_QUEUE_WARNING_LAG",
+    "TOLLGATE_QUEUE_CRITICAL_LAG",
 ];
 
 /// The default Redis key prefix.
@@ -109,6 +135,36 @@ impl Config {
             parse_key_prefix,
             DEFAULT_KEY_PREFIX.to_owned(),
         );
+        let pipeline = PipelineConfig {
+            event_max_age: vars.optional(
+                "TOLLGATE_EVENT_MAX_AGE",
+                parse_duration,
+                Duration::from_secs(7 * 86_400),
+            ),
+            // Crons get 60 s (vercel.json maxDuration); stop claiming well before.
+            drain_budget: vars.optional(
+                "TOLLGATE_DRAIN_BUDGET",
+                parse_duration,
+                Duration::from_secs(45),
+            ),
+            drain_visibility: vars.optional(
+                "TOLLGATE_DRAIN_VISIBILITY",
+                parse_duration,
+                Duration::from_secs(90),
+            ),
+            warning_depth: vars.optional("TOLLGATE_QUEUE_WARNING_DEPTH", parse_count, 1_000),
+            critical_depth: vars.optional("TOLLGATE_QUEUE_CRITICAL_DEPTH", parse_count, 10_000),
+            warning_lag: vars.optional(
+                "TOLLGATE_QUEUE_WARNING_LAG",
+                parse_duration,
+                Duration::from_secs(120),
+            ),
+            critical_lag: vars.optional(
+                "TOLLGATE_QUEUE_CRITICAL_LAG",
+                parse_duration,
+                Duration::from_secs(600),
+            ),
+        };
 
         if !vars.problems.is_empty() {
             return Err(ConfigError {
@@ -140,6 +196,7 @@ impl Config {
             },
             cron_secret,
             key_prefix,
+            pipeline,
         })
     }
 }
@@ -222,6 +279,12 @@ fn parse_pool_size(value: &str) -> Result<u32, String> {
     }
 }
 
+fn parse_count(value: &str) -> Result<u64, String> {
+    value
+        .parse()
+        .map_err(|_| format!("expected a whole number, got `{value}`"))
+}
+
 fn parse_pooler(value: &str) -> Result<Pooler, String> {
     match value {
         "auto" => Ok(Pooler::Auto),
@@ -254,8 +317,8 @@ fn parse_key_prefix(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
-/// Parses `250ms`, `5s` or `2m`; the unit is required so that no one has to
-/// guess it.
+/// Parses `250ms`, `5s`, `2m`, `6h` or `7d`; the unit is required so that no
+/// one has to guess it.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let split = value
         .find(|c: char| !c.is_ascii_digit())
@@ -268,7 +331,9 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(number)),
         "s" => Ok(Duration::from_secs(number)),
         "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(format!("`{value}` has unit `{unit}`; use ms, s or m")),
+        "h" => Ok(Duration::from_secs(number * 3_600)),
+        "d" => Ok(Duration::from_secs(number * 86_400)),
+        _ => Err(format!("`{value}` has unit `{unit}`; use ms, s, m, h or d")),
     }
 }
 
@@ -327,10 +392,11 @@ mod tests {
             ("TOLLGATE_KEY_PREFIX", "has space"),
             ("TOLLGATE_DATABASE_POOLER", "sometimes"),
             ("TOLLGATE_DATABASE_MAX_CONNECTIONS", "0"),
+            ("TOLLGATE_QUEUE_WARNING_DEPTH", "many"),
         ])
         .expect_err("malformed environment");
         let text = err.to_string();
-        assert_eq!(err.problems.len(), 7, "{text}");
+        assert_eq!(err.problems.len(), 8, "{text}");
         for name in [
             "UPSTASH_REDIS_REST_URL",
             "DATABASE_URL",
@@ -339,6 +405,7 @@ mod tests {
             "TOLLGATE_KEY_PREFIX",
             "TOLLGATE_DATABASE_POOLER",
             "TOLLGATE_DATABASE_MAX_CONNECTIONS",
+            "TOLLGATE_QUEUE_WARNING_DEPTH",
         ] {
             assert!(text.contains(&format!("{name} is malformed")), "{text}");
         }
@@ -381,7 +448,9 @@ mod tests {
         let example = include_str!("../../.env.example");
         for name in VARIABLES {
             assert!(
-                example.lines().any(|line| line.starts_with(&format!("{name}="))),
+                example
+                    .lines()
+                    .any(|line| line.starts_with(&format!("{name}="))),
                 "{name} is not in .env.example"
             );
         }
@@ -393,7 +462,8 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("5").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("5w").is_err());
         assert!(parse_duration("ms").is_err());
     }
 }

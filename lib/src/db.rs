@@ -7,7 +7,17 @@
 //! transaction may run on a different server connection. Queries go through
 //! [`Db::query`] so that the setting applies everywhere.
 
-use std::{str::FromStr, time::Duration};
+use std::{
+    collections::HashSet,
+    str::FromStr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use chrono::NaiveDate;
 
 use anyhow::Context;
 use sqlx::{
@@ -27,6 +37,10 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 pub struct Db {
     pool: PgPool,
     named_statements: bool,
+    /// Statements built through [`Db::query`], so tests can hold a hot path to zero.
+    statements: Arc<AtomicU64>,
+    /// Months whose `events` partition this process has seen to exist.
+    partitions: Arc<Mutex<HashSet<NaiveDate>>>,
 }
 
 impl Db {
@@ -47,6 +61,8 @@ impl Db {
         Ok(Self {
             pool,
             named_statements: !config.transaction_pooler,
+            statements: Arc::default(),
+            partitions: Arc::default(),
         })
     }
 
@@ -58,7 +74,29 @@ impl Db {
     /// A query prepared the way this database allows: named and cached on a
     /// direct connection, unnamed behind a transaction-mode pooler.
     pub fn query<'q>(&self, sql: &'q str) -> Query<'q, Postgres, PgArguments> {
+        self.statements.fetch_add(1, Ordering::Relaxed);
         sqlx::query(sql).persistent(self.named_statements)
+    }
+
+    /// How many statements have been built through [`Db::query`].
+    pub fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    /// Whether the `events` partition of `month` is known to exist.
+    pub fn knows_partition(&self, month: NaiveDate) -> bool {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&month)
+    }
+
+    /// Notes that the `events` partition of `month` exists.
+    pub fn remember_partition(&self, month: NaiveDate) {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(month);
     }
 
     /// Whether a round trip to Postgres succeeds.

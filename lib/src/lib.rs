@@ -6,10 +6,14 @@
 //! route in [`routes`], and `tollgate dev` serves the same routes locally.
 
 pub mod apikeys;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
+pub mod fault;
+pub mod redis_keys;
 pub mod response;
 pub mod routes;
 pub mod secret;

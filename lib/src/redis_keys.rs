@@ -1,0 +1,54 @@
+//! Every Redis key tollgate uses, in one place. All start with the configured
+//! prefix (`tg:` by default) so that environments can share one database.
+//!
+//! | key | type | TTL | what |
+//! |---|---|---|---|
+//! | `key:<sha256 hex>` | string (JSON) | 5 min, 1 min if unknown | API key cache, by the hash of the presented key |
+//! | `events:queue` | stream, group `drain` | none | queued collect requests; pending entries are the in-flight batches |
+//! | `events:stats` | hash | none | last drain, bots dropped: what queue-status reports |
+//! | `events:drain-lock` | string | the drain budget | keeps overlapping drain runs apart (correctness does not depend on it) |
+//! | `salt:<yyyy-mm-dd>` | string | 2 days | the random daily salt of visitor ids |
+
+use chrono::NaiveDate;
+
+/// The consumer group through which drains read the event queue.
+pub const DRAIN_GROUP: &str = "drain";
+
+/// Builds key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct RedisKeys {
+    prefix: String,
+}
+
+impl RedisKeys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The cached API key whose presented value hashes to `hash_hex`.
+    pub fn key_cache(&self, hash_hex: &str) -> String {
+        format!("{}key:{hash_hex}", self.prefix)
+    }
+
+    /// The stream of queued collect requests.
+    pub fn event_queue(&self) -> String {
+        format!("{}events:queue", self.prefix)
+    }
+
+    /// Drain statistics and fallback counters.
+    pub fn event_stats(&self) -> String {
+        format!("{}events:stats", self.prefix)
+    }
+
+    /// The lock that keeps overlapping drain runs apart.
+    pub fn drain_lock(&self) -> String {
+        format!("{}events:drain-lock", self.prefix)
+    }
+
+    /// The visitor-id salt of one UTC day.
+    pub fn visitor_salt(&self, day: NaiveDate) -> String {
+        format!("{}salt:{}", self.prefix, day.format("%Y-%m-%d"))
+    }
+}

@@ -1,0 +1,32 @@
+-- ack.lua: acknowledge entries whose events are committed to Postgres, and
+-- delete them from the stream so that it does not grow.
+--
+-- KEYS[1]  event queue (stream)
+-- KEYS[2]  event stats (hash)
+-- ARGV[1]  consumer group
+-- ARGV[2..] pairs of entry id and its number of events
+--
+-- Returns the number of entries acknowledged. An entry acknowledged before
+-- (by a run that finished late) is not counted twice.
+
+local queue, group = KEYS[1], ARGV[1]
+local acked, events = 0, 0
+local ids = {}
+for i = 2, #ARGV, 2 do
+  if redis.call('XACK', queue, group, ARGV[i]) == 1 then
+    acked = acked + 1
+    events = events + tonumber(ARGV[i + 1])
+  end
+  ids[#ids + 1] = ARGV[i]
+  if #ids == 500 then
+    redis.call('XDEL', queue, unpack(ids))
+    ids = {}
+  end
+end
+if #ids > 0 then
+  redis.call('XDEL', queue, unpack(ids))
+end
+if events > 0 then
+  redis.call('HINCRBY', KEYS[2], 'queued_events', -events)
+end
+return acked
