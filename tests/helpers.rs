@@ -6,6 +6,8 @@ use anyhow::Context;
 use sqlx::{Connection, PgConnection};
 use tokio::{net::TcpListener, sync::OnceCell};
 use tollgate::{
+    apikeys::{self, NewKey, Tier},
+    clock::Clock,
     config::Config,
     state::AppState,
     upstash::{Command, Upstash},
@@ -170,7 +172,12 @@ pub struct TestOptions {
     pub database_url: Option<String>,
     /// Extra environment variables for `Config`.
     pub env: Vec<(&'static str, String)>,
+    /// A clock to use instead of the system's.
+    pub clock: Option<Arc<dyn Clock>>,
 }
+
+/// The cron secret every test app is configured with.
+pub const CRON_SECRET: &str = "test-cron-secret-0123456789";
 
 /// The app under test, listening on a random port.
 pub struct TestApp {
@@ -178,6 +185,9 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub state: AppState,
     pub key_prefix: String,
+    /// The environment the app was configured from, for spawning the real
+    /// function binaries against the same Redis and database.
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// Spawns the app with its own database and key prefix.
@@ -193,14 +203,14 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         None => fresh_database().await.expect("creating the test database"),
     };
     let key_prefix = format!("test:{}:", Uuid::new_v4().simple());
-    let mut env: Vec<(&str, String)> = vec![
+    let mut env: Vec<(&'static str, String)> = vec![
         (
             "UPSTASH_REDIS_REST_URL",
             options.upstash_url.unwrap_or_else(|| upstash.url.clone()),
         ),
         ("UPSTASH_REDIS_REST_TOKEN", upstash.token.clone()),
         ("DATABASE_URL", database_url.clone()),
-        ("CRON_SECRET", "test-cron-secret-0123456789".to_owned()),
+        ("CRON_SECRET", CRON_SECRET.to_owned()),
         ("TOLLGATE_KEY_PREFIX", key_prefix.clone()),
         ("TOLLGATE_UPSTASH_TIMEOUT", "2s".to_owned()),
     ];
@@ -212,7 +222,10 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
             .map(|(_, value)| value.clone())
     })
     .expect("test configuration is valid");
-    let state = AppState::new(config).expect("building the app state");
+    let mut state = AppState::new(config).expect("building the app state");
+    if let Some(clock) = options.clock {
+        state = state.with_clock(clock);
+    }
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("address"));
@@ -224,6 +237,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         http: reqwest::Client::new(),
         state,
         key_prefix,
+        env,
     }
 }
 
@@ -254,5 +268,61 @@ impl TestApp {
             .command(&command)
             .await
             .expect("redis command")
+    }
+}
+
+impl TestApp {
+    /// Creates an API key (tier pro) and returns both halves.
+    pub async fn create_key(&self) -> NewKey {
+        let key = NewKey::generate();
+        apikeys::insert(&self.state.db, &key, "test", Tier::Pro)
+            .await
+            .expect("inserting a key");
+        key
+    }
+
+    /// `POST /api/collect` with a JSON body and the key as bearer.
+    pub async fn collect(&self, key: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/collect", self.address))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request to collect")
+    }
+
+    /// Runs one drain through the cron route and returns its report.
+    pub async fn drain(&self) -> serde_json::Value {
+        let response = self
+            .http
+            .get(format!("{}/api/cron/process-events", self.address))
+            .bearer_auth(CRON_SECRET)
+            .send()
+            .await
+            .expect("request to process-events");
+        assert_eq!(response.status(), 200, "drain failed");
+        response.json().await.expect("drain report")
+    }
+
+    /// `GET /api/cron/queue-status` with the cron secret.
+    pub async fn queue_status(&self) -> serde_json::Value {
+        let response = self
+            .http
+            .get(format!("{}/api/cron/queue-status", self.address))
+            .bearer_auth(CRON_SECRET)
+            .send()
+            .await
+            .expect("request to queue-status");
+        assert_eq!(response.status(), 200, "queue-status failed");
+        response.json().await.expect("queue status")
+    }
+
+    /// How many rows the events table holds.
+    pub async fn stored_events(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(self.state.db.pool())
+            .await
+            .expect("counting events")
     }
 }

@@ -4,6 +4,7 @@
 //! app on port 0 with its own database and its own Redis key prefix, so tests
 //! run in parallel.
 
+mod collect;
 mod database;
 mod health;
 mod helpers;

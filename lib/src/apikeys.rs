@@ -135,3 +135,154 @@ mod tests {
         assert!("gold".parse::<Tier>().is_err());
     }
 }
+
+/// Which half of a key pair was presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    /// `sk_…`: servers and SDKs.
+    Sk,
+    /// `pk_…`: browsers; may be limited to some origins.
+    Pk,
+}
+
+/// A key as presented in a request, before it is looked up.
+#[derive(Debug, Clone)]
+pub struct PresentedKey {
+    kind: KeyKind,
+    value: Secret,
+}
+
+impl PresentedKey {
+    /// Recognises a key by its prefix; anything else is not a key.
+    pub fn parse(value: &str) -> Option<Self> {
+        let kind = if value.starts_with("sk_") {
+            KeyKind::Sk
+        } else if value.starts_with("pk_") {
+            KeyKind::Pk
+        } else {
+            return None;
+        };
+        (value.len() <= 200).then(|| Self {
+            kind,
+            value: Secret::new(value),
+        })
+    }
+
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+
+    /// The hex SHA-256 of the key: how Redis caches it, so that the cache
+    /// holds no usable secret either.
+    pub fn cache_id(&self) -> String {
+        hex::encode(hash_secret(self.value.expose()))
+    }
+}
+
+/// Whether a key may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+    /// No such key: cached too, briefly, so that bad keys cannot hammer Postgres.
+    Unknown,
+}
+
+/// What the Redis key cache holds about a presented key; the collect and
+/// admission scripts read it (see `scripts/*.lua`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CachedKey {
+    /// Absent for an unknown key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    pub kind: KeyKind,
+    pub status: KeyStatus,
+    /// Browser origins allowed to use a publishable key; empty means any.
+    #[serde(default)]
+    pub origins: Vec<String>,
+}
+
+/// How long a cached key lives: revocations reach the cache at once (the
+/// CLI deletes the entry), this only bounds how stale anything else can be.
+pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long an unknown key is remembered.
+pub const UNKNOWN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Looks a presented key up in Postgres.
+pub async fn lookup(db: &Db, key: &PresentedKey) -> anyhow::Result<CachedKey> {
+    use sqlx::Row;
+    let row = match key.kind {
+        KeyKind::Sk => {
+            db.query("SELECT id, status, allowed_origins FROM api_keys WHERE secret_hash = $1")
+                .bind(hash_secret(key.value.expose()).as_slice())
+                .fetch_optional(db.pool())
+                .await?
+        }
+        KeyKind::Pk => {
+            db.query("SELECT id, status, allowed_origins FROM api_keys WHERE publishable_key = $1")
+                .bind(key.value.expose())
+                .fetch_optional(db.pool())
+                .await?
+        }
+    };
+    Ok(match row {
+        None => CachedKey {
+            id: None,
+            kind: key.kind,
+            status: KeyStatus::Unknown,
+            origins: Vec::new(),
+        },
+        Some(row) => CachedKey {
+            id: Some(row.try_get("id")?),
+            kind: key.kind,
+            status: if row.try_get::<String, _>("status")? == "active" {
+                KeyStatus::Active
+            } else {
+                KeyStatus::Revoked
+            },
+            origins: row.try_get("allowed_origins")?,
+        },
+    })
+}
+
+/// Looks a key up in Postgres and writes the result to the Redis cache.
+pub async fn refresh_cache(
+    db: &Db,
+    upstash: &crate::upstash::Upstash,
+    keys: &crate::redis_keys::RedisKeys,
+    key: &PresentedKey,
+) -> anyhow::Result<CachedKey> {
+    let cached = lookup(db, key).await?;
+    let ttl = match cached.status {
+        KeyStatus::Unknown => UNKNOWN_CACHE_TTL,
+        _ => CACHE_TTL,
+    };
+    let _: () = upstash
+        .command(
+            &crate::upstash::Command::new("SET")
+                .arg(keys.key_cache(&key.cache_id()))
+                .arg(serde_json::to_string(&cached)?)
+                .arg("EX")
+                .arg(ttl.as_secs()),
+        )
+        .await?;
+    Ok(cached)
+}
+
+/// Reads a key from the Redis cache, filling it from Postgres on a miss.
+/// Routes whose scripts read the cache themselves do not need this.
+pub async fn verify(
+    state: &crate::state::AppState,
+    key: &PresentedKey,
+) -> anyhow::Result<CachedKey> {
+    let cached: Option<String> = state
+        .upstash
+        .command(&crate::upstash::Command::new("GET").arg(state.keys.key_cache(&key.cache_id())))
+        .await?;
+    match cached.map(|json| serde_json::from_str::<CachedKey>(&json)) {
+        Some(Ok(cached)) => Ok(cached),
+        _ => refresh_cache(&state.db, &state.upstash, &state.keys, key).await,
+    }
+}

@@ -20,6 +20,9 @@ pub enum ApiError {
     /// 401: no credentials, or wrong ones.
     #[error("{message}")]
     Unauthorized { code: &'static str, message: String },
+    /// 403: authenticated, but not allowed to do this.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     /// 404: no such route or resource.
     #[error("{0}")]
     NotFound(String),
@@ -44,7 +47,9 @@ impl ApiError {
     /// The machine-readable code clients match on.
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::BadRequest { code, .. } | ApiError::Unauthorized { code, .. } => code,
+            ApiError::BadRequest { code, .. }
+            | ApiError::Unauthorized { code, .. }
+            | ApiError::Forbidden { code, .. } => code,
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -58,6 +63,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

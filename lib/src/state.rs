@@ -9,6 +9,7 @@ use crate::{
     clock::{Clock, SystemClock},
     config::Config,
     db::Db,
+    redis_keys::RedisKeys,
     upstash::Upstash,
 };
 
@@ -19,6 +20,8 @@ pub struct AppState {
     pub upstash: Arc<Upstash>,
     pub db: Db,
     pub clock: Arc<dyn Clock>,
+    /// Names of the Redis keys, under the configured prefix.
+    pub keys: RedisKeys,
 }
 
 impl AppState {
@@ -27,6 +30,7 @@ impl AppState {
         let upstash = Upstash::new(&config.upstash).context("building the Upstash client")?;
         let db = Db::connect_lazy(&config.database)?;
         Ok(Self {
+            keys: RedisKeys::new(&config.key_prefix),
             config: Arc::new(config),
             upstash: Arc::new(upstash),
             db,

@@ -5,7 +5,10 @@
 //! means writing its module, listing it in [`ROUTES`] and adding its thin
 //! file under `api/`; `tollgate dev` serves it with no further wiring.
 
+pub mod collect;
 pub mod health;
+pub mod process_events;
+pub mod queue_status;
 
 use std::{future::Future, pin::Pin};
 
@@ -29,10 +32,24 @@ pub struct Route {
 }
 
 /// Every route tollgate serves.
-pub static ROUTES: &[Route] = &[Route {
-    path: "/api/health",
-    handler: |state, request| Box::pin(health::handle(state, request)),
-}];
+pub static ROUTES: &[Route] = &[
+    Route {
+        path: "/api/health",
+        handler: |state, request| Box::pin(health::handle(state, request)),
+    },
+    Route {
+        path: "/api/collect",
+        handler: |state, request| Box::pin(collect::handle(state, request)),
+    },
+    Route {
+        path: "/api/cron/process-events",
+        handler: |state, request| Box::pin(process_events::handle(state, request)),
+    },
+    Route {
+        path: "/api/cron/queue-status",
+        handler: |state, request| Box::pin(queue_status::handle(state, request)),
+    },
+];
 
 /// The route serving `path`, if any.
 pub fn find(path: &str) -> Option<&'static Route> {

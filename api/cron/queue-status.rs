@@ -1,0 +1,6 @@
+//! `/api/cron/queue-status` as a Vercel function.
+
+#[tokio::main]
+async fn main() -> Result<(), vercel_runtime::Error> {
+    tollgate::vercel::serve("/api/cron/queue-status").await
+}

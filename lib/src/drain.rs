@@ -1,0 +1,237 @@
+//! The drain: moves queued events from Redis into Postgres in bulk.
+//!
+//! Each round claims a batch (`queue::claim`), stores it with one statement
+//! (`events::store`), and only then acknowledges it (`queue::ack`). A crash
+//! anywhere leaves the batch pending in Redis, where the next run reclaims
+//! it after the visibility timeout; the insert skips events already stored,
+//! so nothing is lost and nothing is doubled. A lock keeps overlapping runs
+//! from claiming side by side, but correctness never depends on it.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::{
+    events::{
+        store::{self, DeadLetter, StoreOutcome, StoredEvent},
+        Event,
+    },
+    fault,
+    queue::{self, Entry},
+    state::AppState,
+    upstash::Command,
+};
+
+/// The one consumer name drains read under. Reclaiming goes by idle time,
+/// not by consumer, so runs need no names of their own (and leave none behind).
+const CONSUMER: &str = "drainer";
+/// Batches start at this many events and adapt to how long a commit takes.
+const FIRST_BATCH: u64 = 1_000;
+const MIN_BATCH: u64 = 100;
+const MAX_BATCH: u64 = 10_000;
+/// A batch whose store took less than this doubles; more than `SLOW` halves.
+const FAST: Duration = Duration::from_millis(1_000);
+const SLOW: Duration = Duration::from_millis(4_000);
+/// Tries of one batch's store before the run gives up and leaves it pending.
+const STORE_TRIES: u32 = 3;
+
+/// What one drain run did.
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct DrainReport {
+    /// Events claimed from the queue.
+    pub drained: u64,
+    pub inserted: u64,
+    /// Events already in Postgres (redelivered after a crash, or resent).
+    pub duplicates: u64,
+    pub dead_lettered: u64,
+    /// Queue entries taken over from runs that died.
+    pub reclaimed: u64,
+    pub batches: u64,
+    pub duration_ms: u64,
+    /// True when another run held the lock and this one did nothing.
+    pub skipped: bool,
+    /// Why the run stopped: `empty`, `budget` or `locked`.
+    pub stopped: &'static str,
+}
+
+/// Drains until the queue is empty or the time budget is spent.
+pub async fn run(state: &AppState) -> anyhow::Result<DrainReport> {
+    let started = Instant::now();
+    let config = &state.config.pipeline;
+    let (upstash, keys) = (&*state.upstash, &state.keys);
+    let mut report = DrainReport::default();
+
+    let token = Uuid::new_v4().to_string();
+    let lock_ttl = config.drain_budget + Duration::from_secs(15);
+    if !queue::lock(upstash, keys, &token, lock_ttl)
+        .await
+        .context("taking the drain lock")?
+    {
+        report.skipped = true;
+        report.stopped = "locked";
+        return Ok(report);
+    }
+
+    let result = drain_batches(state, started, &mut report).await;
+    if let Err(error) = queue::unlock(upstash, keys, &token).await {
+        tracing::warn!(error = %error, "could not release the drain lock; it expires by itself");
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    result?;
+
+    let seconds = started.elapsed().as_secs_f64().max(0.001);
+    let _: () = upstash
+        .command(
+            &Command::new("HSET")
+                .arg(keys.event_stats())
+                .arg("last_drain_at")
+                .arg(state.clock.now().timestamp_millis())
+                .arg("last_drain_events")
+                .arg(report.inserted + report.duplicates + report.dead_lettered)
+                .arg("last_drain_ms")
+                .arg(report.duration_ms)
+                .arg("last_drain_rate")
+                .arg(format!("{:.1}", report.drained as f64 / seconds)),
+        )
+        .await
+        .context("recording the drain's statistics")?;
+    Ok(report)
+}
+
+async fn drain_batches(
+    state: &AppState,
+    started: Instant,
+    report: &mut DrainReport,
+) -> anyhow::Result<()> {
+    let config = &state.config.pipeline;
+    let (upstash, keys, db) = (&*state.upstash, &state.keys, &state.db);
+    store::create_partitions_ahead(db, state.clock.now(), 1)
+        .await
+        .context("creating the next months' partitions")?;
+
+    let mut target = FIRST_BATCH;
+    loop {
+        if started.elapsed() >= config.drain_budget {
+            report.stopped = "budget";
+            return Ok(());
+        }
+        let claim = queue::claim(
+            upstash,
+            keys,
+            CONSUMER,
+            config.drain_visibility,
+            target,
+            MAX_BATCH,
+        )
+        .await
+        .context("claiming a batch")?;
+        fault::point("drain:after-claim");
+        if claim.entries.is_empty() {
+            report.stopped = "empty";
+            return Ok(());
+        }
+        report.reclaimed += claim.reclaimed;
+        report.batches += 1;
+
+        let (events, malformed) = decode(&claim.entries);
+        report.drained += claim.entries.iter().map(|e| e.count).sum::<u64>();
+        let attempts = claim
+            .entries
+            .iter()
+            .map(|e| e.deliveries)
+            .max()
+            .unwrap_or(1);
+        let store_started = Instant::now();
+        let outcome = store_with_retries(state, &events, attempts as i32).await?;
+        let store_time = store_started.elapsed();
+        fault::point("drain:after-insert");
+        let dead = store::dead_letter(db, &malformed)
+            .await
+            .context("dead-lettering malformed queue entries")?;
+        report.inserted += outcome.inserted;
+        report.duplicates += outcome.duplicates;
+        report.dead_lettered += outcome.dead_lettered + dead;
+
+        fault::point("drain:before-ack");
+        queue::ack(upstash, keys, &claim.entries)
+            .await
+            .context("acknowledging a committed batch")?;
+
+        target = if store_time < FAST {
+            (target * 2).min(MAX_BATCH)
+        } else if store_time > SLOW {
+            (target / 2).max(MIN_BATCH)
+        } else {
+            target
+        };
+    }
+}
+
+/// Turns entries into rows; an entry that cannot be read (it should not
+/// happen, short of a version mismatch) becomes a dead letter as a whole.
+fn decode(entries: &[Entry]) -> (Vec<StoredEvent>, Vec<DeadLetter>) {
+    let mut events = Vec::new();
+    let mut malformed = Vec::new();
+    for entry in entries {
+        let key = entry
+            .key_id
+            .as_deref()
+            .and_then(|id| Uuid::parse_str(id).ok());
+        let parsed = serde_json::from_slice::<Vec<Event>>(&entry.events);
+        match (key, parsed) {
+            (Some(api_key_id), Ok(batch)) => {
+                events.extend(batch.into_iter().map(|event| StoredEvent {
+                    api_key_id,
+                    visitor_id: entry.visitor_id.clone(),
+                    event,
+                }))
+            }
+            (key, parsed) => malformed.push(DeadLetter {
+                event_id: None,
+                api_key_id: key,
+                payload: String::from_utf8_lossy(&entry.events).into_owned(),
+                reason: match parsed {
+                    Err(error) => format!(
+                        "queue entry {} is not a JSON array of events: {error}",
+                        entry.id
+                    ),
+                    Ok(_) => format!("queue entry {} has no valid key id", entry.id),
+                },
+                attempts: entry.deliveries as i32,
+            }),
+        }
+    }
+    (events, malformed)
+}
+
+/// Stores a batch, retrying failures that are not about its data with
+/// backoff. The batch stays in flight meanwhile; if every try fails, the run
+/// ends and a later run reclaims the batch.
+async fn store_with_retries(
+    state: &AppState,
+    events: &[StoredEvent],
+    attempts: i32,
+) -> anyhow::Result<StoreOutcome> {
+    let mut delay = Duration::from_millis(200);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match store::store(&state.db, events, attempts).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(error) if tries < STORE_TRIES => {
+                tracing::warn!(error = %error, tries, "storing a batch failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
+            Err(error) => {
+                return Err(error).context(format!(
+                    "storing a batch of {} events failed {tries} times; it stays queued",
+                    events.len()
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The event queue in Redis: a stream read through one consumer group.
+//!
+//! `collect.lua` appends one entry per collect request (its key id, visitor
+//! id, event count and events as JSON). A drain claims entries with
+//! `claim.lua`, which moves them into the group's pending list, the
+//! in-flight area; only after their Postgres commit does `ack.lua` remove
+//! them. An entry whose run died stays pending and is reclaimed by the next
+//! run once its visibility timeout has passed. Delivery is therefore
+//! at-least-once, and the idempotent insert makes it exactly-once in Postgres.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::{
+    redis_keys::{RedisKeys, DRAIN_GROUP},
+    upstash::{Reply, Script, Upstash, UpstashError},
+};
+
+pub static COLLECT: Script = Script::new("collect", include_str!("scripts/collect.lua"));
+pub static CLAIM: Script = Script::new("claim", include_str!("scripts/claim.lua"));
+pub static ACK: Script = Script::new("ack", include_str!("scripts/ack.lua"));
+pub static UNLOCK: Script = Script::new("unlock", include_str!("scripts/unlock.lua"));
+pub static QUEUE_STATUS: Script =
+    Script::new("queue_status", include_str!("scripts/queue_status.lua"));
+
+/// One claimed queue entry, as `collect.lua` wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The stream id, e.g. `1732222222222-0`; its first part is the enqueue time in ms.
+    pub id: String,
+    pub key_id: Option<String>,
+    pub visitor_id: Option<String>,
+    /// How many events the entry holds.
+    pub count: u64,
+    /// The events, a JSON array.
+    pub events: Bytes,
+    /// How many times the entry has been delivered, this time included.
+    pub deliveries: i64,
+}
+
+/// A claimed batch.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// Entries taken over from runs that died.
+    pub reclaimed: u64,
+    pub entries: Vec<Entry>,
+}
+
+/// Claims entries holding about `target_events` events (whole entries, so
+/// possibly a few more), at most `max_entries` of them.
+pub async fn claim(
+    upstash: &Upstash,
+    keys: &RedisKeys,
+    consumer: &str,
+    visibility: Duration,
+    target_events: u64,
+    max_entries: u64,
+) -> Result<Claim, UpstashError> {
+    let reply: Reply = upstash
+        .eval(
+            &CLAIM,
+            &[&keys.event_queue()],
+            &[
+                DRAIN_GROUP.to_owned(),
+                consumer.to_owned(),
+                visibility.as_millis().to_string(),
+                target_events.to_string(),
+                max_entries.to_string(),
+            ],
+        )
+        .await?;
+    let Reply::Array(mut parts) = reply else {
+        return Err(shape("claim", &reply));
+    };
+    let (Some(Reply::Array(raw_entries)), Some(Reply::Int(reclaimed))) = (parts.pop(), parts.pop())
+    else {
+        return Err(UpstashError::Protocol(
+            "claim returned an unexpected shape".into(),
+        ));
+    };
+    let entries = raw_entries
+        .into_iter()
+        .map(parse_entry)
+        .collect::<Result<_, _>>()?;
+    Ok(Claim {
+        reclaimed: reclaimed as u64,
+        entries,
+    })
+}
+
+fn parse_entry(reply: Reply) -> Result<Entry, UpstashError> {
+    let Reply::Array(parts) = reply else {
+        return Err(shape("entry", &reply));
+    };
+    let mut parts = parts.into_iter();
+    let (Some(Reply::Bulk(id)), Some(Reply::Array(fields)), Some(Reply::Int(deliveries))) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(UpstashError::Protocol(
+            "a claimed entry has an unexpected shape".into(),
+        ));
+    };
+    let mut entry = Entry {
+        id: String::from_utf8_lossy(&id).into_owned(),
+        key_id: None,
+        visitor_id: None,
+        count: 0,
+        events: Bytes::new(),
+        deliveries,
+    };
+    let mut fields = fields.into_iter();
+    while let (Some(Reply::Bulk(name)), Some(Reply::Bulk(value))) = (fields.next(), fields.next()) {
+        match name.as_ref() {
+            b"k" => entry.key_id = Some(String::from_utf8_lossy(&value).into_owned()),
+            b"v" => entry.visitor_id = Some(String::from_utf8_lossy(&value).into_owned()),
+            b"n" => {
+                entry.count = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            }
+            b"e" => entry.events = value,
+            _ => {}
+        }
+    }
+    Ok(entry)
+}
+
+/// Acknowledges committed entries and deletes them from the stream.
+pub async fn ack(
+    upstash: &Upstash,
+    keys: &RedisKeys,
+    entries: &[Entry],
+) -> Result<u64, UpstashError> {
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let mut args = Vec::with_capacity(1 + entries.len() * 2);
+    args.push(DRAIN_GROUP.to_owned());
+    for entry in entries {
+        args.push(entry.id.clone());
+        args.push(entry.count.to_string());
+    }
+    let acked: i64 = upstash
+        .eval(&ACK, &[&keys.event_queue(), &keys.event_stats()], &args)
+        .await?;
+    Ok(acked.max(0) as u64)
+}
+
+/// Takes the drain lock for `ttl` if no one holds it.
+pub async fn lock(
+    upstash: &Upstash,
+    keys: &RedisKeys,
+    token: &str,
+    ttl: Duration,
+) -> Result<bool, UpstashError> {
+    let reply: Option<String> = upstash
+        .command(
+            &crate::upstash::Command::new("SET")
+                .arg(keys.drain_lock())
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl.as_millis()),
+        )
+        .await?;
+    Ok(reply.is_some())
+}
+
+/// Releases the drain lock if `token` still holds it.
+pub async fn unlock(upstash: &Upstash, keys: &RedisKeys, token: &str) -> Result<(), UpstashError> {
+    let _: i64 = upstash
+        .eval(&UNLOCK, &[&keys.drain_lock()], &[token.to_owned()])
+        .await?;
+    Ok(())
+}
+
+/// What Redis knows about the queue.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct QueueState {
+    /// Entries (collect requests) not yet claimed by a drain.
+    pub queued_entries: u64,
+    /// Entries claimed and not yet acknowledged: in-flight batches.
+    pub pending_entries: u64,
+    /// Pending entries past their visibility timeout: their run died.
+    pub expired_entries: u64,
+    /// Enqueue time (ms since the epoch) of the oldest unclaimed entry.
+    pub oldest_queued_ms: Option<i64>,
+    /// Enqueue time of the oldest in-flight entry.
+    pub oldest_pending_ms: Option<i64>,
+    /// The stats hash: queued_events, bots_dropped, last_drain_*.
+    pub stats: Vec<(String, String)>,
+}
+
+/// Reads the queue's state in one round trip.
+pub async fn state(
+    upstash: &Upstash,
+    keys: &RedisKeys,
+    visibility: Duration,
+) -> Result<QueueState, UpstashError> {
+    let reply: Reply = upstash
+        .eval(
+            &QUEUE_STATUS,
+            &[&keys.event_queue(), &keys.event_stats()],
+            &[DRAIN_GROUP.to_owned(), visibility.as_millis().to_string()],
+        )
+        .await?;
+    let Reply::Array(parts) = reply else {
+        return Err(shape("queue status", &reply));
+    };
+    let int = |reply: &Reply| match reply {
+        Reply::Int(n) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    };
+    let id_time = |reply: &Reply| {
+        reply
+            .as_str()
+            .and_then(|id| id.split('-').next())
+            .and_then(|ms| ms.parse().ok())
+    };
+    let [queued, pending, expired, oldest_queued, oldest_pending, Reply::Array(stats)] =
+        parts.as_slice()
+    else {
+        return Err(UpstashError::Protocol(
+            "queue status has an unexpected shape".into(),
+        ));
+    };
+    let stats = stats
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [name, value] => Some((name.as_str()?.to_owned(), value.as_str()?.to_owned())),
+            _ => None,
+        })
+        .collect();
+    Ok(QueueState {
+        queued_entries: int(queued),
+        pending_entries: int(pending),
+        expired_entries: int(expired),
+        oldest_queued_ms: id_time(oldest_queued),
+        oldest_pending_ms: id_time(oldest_pending),
+        stats,
+    })
+}
+
+fn shape(what: &str, reply: &Reply) -> UpstashError {
+    UpstashError::Protocol(format!("{what} returned an unexpected reply: {reply:?}"))
+}

@@ -1,0 +1,392 @@
+//! `POST /api/collect`: analytics events from browsers, apps and servers.
+//!
+//! The body is decoded and every event validated here, then the valid ones
+//! go to Redis in one round trip (`collect.lua` authenticates the key from
+//! the key cache, checks the origin and enqueues). No Postgres statement is
+//! made while the key cache is warm. If Upstash cannot be reached, the
+//! events are written straight to Postgres through the drain's own writer,
+//! so a 202 always means the events are durable in Redis or in Postgres.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{
+    apikeys::{self, CachedKey, KeyKind, KeyStatus, PresentedKey},
+    auth,
+    error::ApiError,
+    events::{
+        parse::{self, BodyError, Context, EventError, Limits},
+        store::{self, StoredEvent},
+        Event,
+    },
+    queue,
+    response::json_response,
+    state::AppState,
+    upstash::{Reply, UpstashError},
+};
+
+/// The daily visitor salt outlives its day by one, so late events of a
+/// day still hash with that day's salt.
+const SALT_TTL: Duration = Duration::from_secs(2 * 86_400);
+
+#[derive(Debug, Serialize)]
+struct Accepted {
+    accepted: usize,
+    rejected: Vec<Rejected>,
+    /// Events dropped because the user agent is a bot.
+    #[serde(skip_serializing_if = "is_zero")]
+    dropped_as_bot: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Serialize)]
+struct Rejected {
+    index: usize,
+    error: EventError,
+}
+
+/// Handles `POST /api/collect` and its CORS preflight.
+pub async fn handle(state: &AppState, request: Request<Bytes>) -> Response<Bytes> {
+    let mut response = if request.method() == Method::OPTIONS {
+        let mut response = Response::new(Bytes::new());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response
+    } else if request.method() != Method::POST {
+        ApiError::MethodNotAllowed {
+            allow: "POST, OPTIONS",
+        }
+        .into_response()
+    } else {
+        match collect(state, &request).await {
+            Ok((status, body)) => json_response(status, &body),
+            Err(error) => error.into_response(),
+        }
+    };
+    add_cors_headers(request.headers(), response.headers_mut());
+    response
+}
+
+/// Browsers call collect from any site; a key's origin list is enforced by
+/// the script, which knows the key, not by the preflight, which carries none.
+fn add_cors_headers(request: &HeaderMap, response: &mut HeaderMap) {
+    let origin = request
+        .get(header::ORIGIN)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("*"));
+    response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    response.insert(header::VARY, HeaderValue::from_static("Origin"));
+    response.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    response.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type, content-encoding, x-api-key"),
+    );
+    response.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+}
+
+async fn collect(
+    state: &AppState,
+    request: &Request<Bytes>,
+) -> Result<(StatusCode, Accepted), ApiError> {
+    let headers = request.headers();
+    let limits = Limits {
+        max_age: state.config.pipeline.event_max_age,
+        ..Limits::default()
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let body = parse::decode_body(request.body(), encoding, &limits).map_err(body_error)?;
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let agent = parse::classify_agent(user_agent);
+    let context = Context {
+        now: state.clock.now(),
+        agent: agent.fields.clone(),
+        geo: parse::geo_from_headers(headers),
+    };
+    let batch =
+        parse::parse_batch(&body, &context, &limits, &mut Uuid::now_v7).map_err(body_error)?;
+    let key = presented_key(request, batch.key.as_deref())?;
+
+    let mut events = Vec::with_capacity(batch.events.len());
+    let mut rejected = Vec::new();
+    for (index, result) in batch.events.into_iter().enumerate() {
+        match result {
+            Ok(event) => events.push(event),
+            Err(error) => rejected.push(Rejected { index, error }),
+        }
+    }
+    if events.is_empty() && !rejected.is_empty() {
+        return Err(ApiError::BadRequest {
+            code: "no_valid_events",
+            message: format!(
+                "none of the {} events is valid: event {} failed with `{}`: {}",
+                rejected.len(),
+                rejected[0].index,
+                rejected[0].error.code,
+                rejected[0].error.message
+            ),
+        });
+    }
+    let dropped_as_bot = if agent.is_bot {
+        std::mem::take(&mut events).len()
+    } else {
+        0
+    };
+
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let submission = Submission {
+        key: &key,
+        origin,
+        events: &events,
+        dropped_as_bot,
+        ip: client_ip(headers),
+        user_agent: user_agent.unwrap_or(""),
+    };
+    let accepted = match enqueue(state, &submission).await {
+        Ok(accepted) => accepted,
+        Err(EnqueueError::Refused(error)) => return Err(error),
+        Err(EnqueueError::Upstash(error)) => {
+            tracing::error!(error = ?error, "Upstash unreachable; writing events straight to Postgres");
+            write_direct(state, &submission).await?
+        }
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Accepted {
+            accepted,
+            rejected,
+            dropped_as_bot,
+        },
+    ))
+}
+
+/// The key from `Authorization: Bearer`, `X-API-Key`, or (for beacons,
+/// which cannot set headers) the body's `key` field.
+fn presented_key(
+    request: &Request<Bytes>,
+    body_key: Option<&str>,
+) -> Result<PresentedKey, ApiError> {
+    let value = auth::bearer(request)
+        .or_else(|| {
+            request
+                .headers()
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+        })
+        .or(body_key)
+        .ok_or_else(|| ApiError::Unauthorized {
+            code: "missing_key",
+            message:
+                "send a key as `Authorization: Bearer pk_…`, `X-API-Key`, or the body's `key` field"
+                    .into(),
+        })?;
+    PresentedKey::parse(value.trim()).ok_or_else(invalid_key)
+}
+
+fn invalid_key() -> ApiError {
+    ApiError::Unauthorized {
+        code: "invalid_key",
+        message: "no API key matches; keys start with pk_ or sk_".into(),
+    }
+}
+
+fn body_error(error: BodyError) -> ApiError {
+    if error.is_too_large() {
+        ApiError::PayloadTooLarge(error.to_string())
+    } else {
+        ApiError::BadRequest {
+            code: error.code(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// The client address Vercel reports; hashed into the visitor id, never stored.
+fn client_ip(headers: &HeaderMap) -> &str {
+    headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|list| list.split(',').next())
+        })
+        .map(str::trim)
+        .unwrap_or("")
+}
+
+/// One collect request, ready to enqueue.
+struct Submission<'a> {
+    key: &'a PresentedKey,
+    origin: &'a str,
+    events: &'a [Event],
+    dropped_as_bot: usize,
+    ip: &'a str,
+    user_agent: &'a str,
+}
+
+enum EnqueueError {
+    /// The key or origin was refused: answer the client.
+    Refused(ApiError),
+    /// Upstash could not be used: fall back to Postgres.
+    Upstash(anyhow::Error),
+}
+
+/// Runs `collect.lua`: one round trip with a warm key cache, two (and one
+/// Postgres lookup) when the key must be loaded into the cache first.
+async fn enqueue(state: &AppState, submission: &Submission<'_>) -> Result<usize, EnqueueError> {
+    let payload = if submission.events.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(submission.events).map_err(|e| EnqueueError::Upstash(e.into()))?
+    };
+    let keys = &state.keys;
+    let cache_key = keys.key_cache(&submission.key.cache_id());
+    let queue_key = keys.event_queue();
+    let stats_key = keys.event_stats();
+    let salt_key = keys.visitor_salt(state.clock.now().date_naive());
+    let args = [
+        submission.origin.to_owned(),
+        payload,
+        submission.events.len().to_string(),
+        submission.dropped_as_bot.to_string(),
+        submission.ip.to_owned(),
+        submission.user_agent.to_owned(),
+        Uuid::new_v4().simple().to_string(),
+        SALT_TTL.as_secs().to_string(),
+    ];
+    for attempt in 0..2 {
+        let reply: Vec<Reply> = state
+            .upstash
+            .eval(
+                &queue::COLLECT,
+                &[&cache_key, &queue_key, &stats_key, &salt_key],
+                &args,
+            )
+            .await
+            .map_err(upstash_failure)?;
+        match reply.first().and_then(Reply::as_str) {
+            Some("ok") => return Ok(submission.events.len()),
+            Some("miss") if attempt == 0 => {
+                apikeys::refresh_cache(&state.db, &state.upstash, keys, submission.key)
+                    .await
+                    .map_err(EnqueueError::Upstash)?;
+            }
+            Some("invalid") => return Err(EnqueueError::Refused(invalid_key())),
+            Some("revoked") => return Err(EnqueueError::Refused(revoked_key())),
+            Some("origin") => {
+                return Err(EnqueueError::Refused(origin_not_allowed(submission.origin)))
+            }
+            other => {
+                return Err(EnqueueError::Upstash(anyhow::anyhow!(
+                    "collect.lua answered {other:?}"
+                )))
+            }
+        }
+    }
+    Err(EnqueueError::Upstash(anyhow::anyhow!(
+        "the key cache stayed empty after it was filled"
+    )))
+}
+
+fn upstash_failure(error: UpstashError) -> EnqueueError {
+    EnqueueError::Upstash(anyhow::Error::new(error).context("running collect.lua"))
+}
+
+fn revoked_key() -> ApiError {
+    ApiError::Unauthorized {
+        code: "revoked_key",
+        message: "this API key has been revoked".into(),
+    }
+}
+
+fn origin_not_allowed(origin: &str) -> ApiError {
+    ApiError::Forbidden {
+        code: "origin_not_allowed",
+        message: format!("origin `{origin}` is not allowed to use this key"),
+    }
+}
+
+/// Writes the events straight to Postgres, the way the drain would, after
+/// checking the key there. Visitor ids need the daily salt, which lives in
+/// Redis, so these events have none. If Postgres fails too, the client is
+/// told to retry: nothing was accepted.
+async fn write_direct(state: &AppState, submission: &Submission<'_>) -> Result<usize, ApiError> {
+    let unavailable = |error: anyhow::Error| {
+        tracing::error!(error = ?error, "Postgres unavailable too; refusing the events");
+        ApiError::Unavailable {
+            message: "event storage is unavailable; retry later".into(),
+            retry_after: Duration::from_secs(30),
+        }
+    };
+    let key = apikeys::lookup(&state.db, submission.key)
+        .await
+        .map_err(unavailable)?;
+    let api_key_id = check_key(&key, submission.origin)?;
+    if submission.events.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<StoredEvent> = submission
+        .events
+        .iter()
+        .map(|event| StoredEvent {
+            api_key_id,
+            visitor_id: None,
+            event: event.clone(),
+        })
+        .collect();
+    store::store(&state.db, &rows, 1)
+        .await
+        .context("writing events straight to Postgres")
+        .map_err(unavailable)?;
+    state
+        .db
+        .query(
+            "INSERT INTO operational_counters (name, value) VALUES ('direct_to_postgres_events', $1)
+             ON CONFLICT (name) DO UPDATE
+                SET value = operational_counters.value + EXCLUDED.value, updated_at = now()",
+        )
+        .bind(rows.len() as i64)
+        .execute(state.db.pool())
+        .await
+        .context("counting the direct write")
+        .map_err(unavailable)?;
+    Ok(rows.len())
+}
+
+/// The same checks `collect.lua` makes, for the direct path.
+fn check_key(key: &CachedKey, origin: &str) -> Result<Uuid, ApiError> {
+    match (key.status, key.id) {
+        (KeyStatus::Active, Some(id)) => {
+            if key.kind == KeyKind::Pk
+                && !key.origins.is_empty()
+                && !key.origins.iter().any(|o| o == origin)
+            {
+                return Err(origin_not_allowed(origin));
+            }
+            Ok(id)
+        }
+        (KeyStatus::Revoked, _) => Err(revoked_key()),
+        _ => Err(invalid_key()),
+    }
+}
