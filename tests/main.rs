@@ -6,6 +6,7 @@
 
 mod collect;
 mod database;
+mod drain;
 mod health;
 mod helpers;
 mod upstash_client;

@@ -116,8 +116,9 @@ pub fn is_data_error(error: &sqlx::Error) -> bool {
     }
 }
 
-/// One statement for the whole batch; `ON CONFLICT DO NOTHING` makes a
-/// redelivered event a no-op. Returns the number of rows inserted.
+/// One statement for the whole batch; an event whose id is already stored
+/// (redelivered, or resent by its client) is skipped. Returns the number of
+/// rows inserted.
 async fn insert(db: &Db, events: &[StoredEvent]) -> Result<u64, sqlx::Error> {
     let mut columns = Columns::with_capacity(events.len());
     for stored in events {
@@ -125,34 +126,46 @@ async fn insert(db: &Db, events: &[StoredEvent]) -> Result<u64, sqlx::Error> {
     }
     let result = db
         .query(
-            "INSERT INTO events (
+            // `fresh` claims each id in event_ids; only events whose id was
+            // new are inserted, once per id even if the batch repeats one.
+            "WITH batch AS (
+                SELECT * FROM UNNEST(
+                    $1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[],
+                    $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[],
+                    $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+                    $17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
+                    $22::text[], $23::text[], $24::text[], $25::text[], $26::text[], $27::text[],
+                    $28::integer[], $29::float8[], $30::text[], $31::text[], $32::text[],
+                    $33::text[], $34::text[], $35::text[], $36::text[], $37::float8[],
+                    $38::float8[]
+                ) AS t(id, api_key_id, type, name, occurred_at, received_at, session_id, user_id,
+                    visitor_id, properties, url, path, referrer, title, screen, language,
+                    utm_source, utm_medium, utm_campaign, utm_term, utm_content,
+                    app_version, os_version, device, service, environment, method, status,
+                    duration_ms, browser, browser_version, os, device_type,
+                    country, region, city, latitude, longitude)
+             ),
+             fresh AS (
+                INSERT INTO event_ids (id, occurred_at)
+                SELECT id, occurred_at FROM batch
+                ON CONFLICT (id) DO NOTHING
+                RETURNING id
+             )
+             INSERT INTO events (
                 id, api_key_id, type, name, occurred_at, received_at, session_id, user_id,
                 visitor_id, properties, url, path, referrer, title, screen, language,
                 utm_source, utm_medium, utm_campaign, utm_term, utm_content,
                 app_version, os_version, device, service, environment, method, status,
                 duration_ms, browser, browser_version, os, device_type,
                 country, region, city, latitude, longitude)
-             SELECT id, api_key_id, type, name, occurred_at, received_at, session_id, user_id,
+             SELECT DISTINCT ON (b.id)
+                b.id, api_key_id, type, name, occurred_at, received_at, session_id, user_id,
                 visitor_id, properties::jsonb, url, path, referrer, title, screen, language,
                 utm_source, utm_medium, utm_campaign, utm_term, utm_content,
                 app_version, os_version, device, service, environment, method, status,
                 duration_ms, browser, browser_version, os, device_type,
                 country, region, city, latitude, longitude
-             FROM UNNEST(
-                $1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[],
-                $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[],
-                $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
-                $17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
-                $22::text[], $23::text[], $24::text[], $25::text[], $26::text[], $27::text[],
-                $28::integer[], $29::float8[], $30::text[], $31::text[], $32::text[],
-                $33::text[], $34::text[], $35::text[], $36::text[], $37::float8[],
-                $38::float8[]
-             ) AS t(id, api_key_id, type, name, occurred_at, received_at, session_id, user_id,
-                visitor_id, properties, url, path, referrer, title, screen, language,
-                utm_source, utm_medium, utm_campaign, utm_term, utm_content,
-                app_version, os_version, device, service, environment, method, status,
-                duration_ms, browser, browser_version, os, device_type,
-                country, region, city, latitude, longitude)
+             FROM batch b JOIN fresh f ON f.id = b.id
              ON CONFLICT (id, occurred_at) DO NOTHING",
         )
         .bind(columns.id)
