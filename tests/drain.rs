@@ -374,3 +374,60 @@ async fn queue_status_reports_depth_age_and_thresholds() {
     assert_eq!(drained["status"], "ok", "{drained}");
     assert_eq!(drained["last_drain"]["events"], 150, "{drained}");
 }
+
+#[tokio::test]
+async fn retention_drops_old_partitions_and_their_ids_only_when_configured() {
+    let clock = Arc::new(FixedClock::new(
+        Utc.with_ymd_and_hms(2031, 5, 20, 12, 0, 0).unwrap(),
+    ));
+    let app = spawn_app_with(TestOptions {
+        clock: Some(clock.clone()),
+        env: vec![("TOLLGATE_EVENT_MAX_AGE", "200d".into())],
+        ..TestOptions::default()
+    })
+    .await;
+    let key = app.create_key().await;
+    let old = Uuid::new_v4();
+    let recent = Uuid::new_v4();
+    let body = json!([
+        {"id": old, "type": "web", "name": "x", "timestamp": "2031-01-15T00:00:00Z"},
+        {"id": recent, "type": "web", "name": "x", "timestamp": "2031-05-01T00:00:00Z"},
+    ]);
+    assert_eq!(app.collect(&key.publishable, &body).await.status(), 202);
+    app.drain().await;
+    assert_eq!(app.stored_events().await, 2, "retention is off by default");
+
+    // The same database, now with 60 days of retention: January ended more
+    // than 60 days before May 20th; May did not.
+    let retained = spawn_app_with(TestOptions {
+        clock: Some(clock.clone()),
+        database_url: Some(
+            app.env
+                .iter()
+                .find(|(k, _)| *k == "DATABASE_URL")
+                .unwrap()
+                .1
+                .clone(),
+        ),
+        env: vec![("TOLLGATE_EVENT_RETENTION", "60d".into())],
+        ..TestOptions::default()
+    })
+    .await;
+    retained.drain().await;
+
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM events")
+        .fetch_all(retained.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(ids, vec![recent]);
+    let known: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM event_ids")
+        .fetch_all(retained.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(known, vec![recent]);
+    let january: Option<String> = sqlx::query_scalar("SELECT to_regclass('events_2031_01')::text")
+        .fetch_one(retained.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(january, None);
+}

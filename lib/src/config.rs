@@ -27,6 +27,9 @@ pub struct Config {
 pub struct PipelineConfig {
     /// Events older than this are rejected at collect.
     pub event_max_age: Duration,
+    /// Monthly partitions of events that ended longer ago than this are
+    /// dropped by the drain; `None` (the default) keeps everything.
+    pub event_retention: Option<Duration>,
     /// How long one drain run may keep claiming batches.
     pub drain_budget: Duration,
     /// How long a claimed batch stays with its drain before another run may
@@ -93,6 +96,7 @@ pub const VARIABLES: &[&str] = &[
     "CRON_SECRET",
     "TOLLGATE_KEY_PREFIX",
     "TOLLGATE_EVENT_MAX_AGE",
+    "TOLLGATE_EVENT_RETENTION",
     "TOLLGATE_DRAIN_BUDGET",
     "TOLLGATE_DRAIN_VISIBILITY",
     "TOLLGATE_QUEUE_WARNING_DEPTH",
@@ -141,6 +145,7 @@ impl Config {
                 parse_duration,
                 Duration::from_secs(7 * 86_400),
             ),
+            event_retention: vars.optional("TOLLGATE_EVENT_RETENTION", parse_retention, None),
             // Crons get 60 s (vercel.json maxDuration); stop claiming well before.
             drain_budget: vars.optional(
                 "TOLLGATE_DRAIN_BUDGET",
@@ -277,6 +282,21 @@ fn parse_pool_size(value: &str) -> Result<u32, String> {
             "expected a whole number from 1 to 100, got `{value}`"
         )),
     }
+}
+
+/// Retention is counted in whole days, and is at least one month, so that no
+/// partition still receiving events is dropped.
+fn parse_retention(value: &str) -> Result<Option<Duration>, String> {
+    if value == "off" {
+        return Ok(None);
+    }
+    let duration = parse_duration(value)?;
+    if duration < Duration::from_secs(31 * 86_400) {
+        return Err(format!(
+            "`{value}` is under 31 days; write e.g. `400d`, or `off`"
+        ));
+    }
+    Ok(Some(duration))
 }
 
 fn parse_count(value: &str) -> Result<u64, String> {

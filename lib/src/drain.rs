@@ -108,9 +108,19 @@ async fn drain_batches(
 ) -> anyhow::Result<()> {
     let config = &state.config.pipeline;
     let (upstash, keys, db) = (&*state.upstash, &state.keys, &state.db);
-    store::create_partitions_ahead(db, state.clock.now(), 1)
+    let now = state.clock.now();
+    store::create_partitions_ahead(db, now, 1)
         .await
         .context("creating the next months' partitions")?;
+    if let Some(retention) = config.event_retention {
+        let cutoff = (now - chrono::Duration::from_std(retention)?).date_naive();
+        let dropped = store::drop_partitions_before(db, cutoff)
+            .await
+            .context("dropping partitions past retention")?;
+        if !dropped.is_empty() {
+            tracing::info!(?dropped, %cutoff, "dropped event partitions past retention");
+        }
+    }
 
     let mut target = FIRST_BATCH;
     loop {

@@ -2099,22 +2099,4 @@ mod tests {
         );
         assert_eq!(show_duration(Duration::from_secs(90)), "90 seconds");
     }
-
-    #[test]
-    fn zz_perf() {
-        let one = r#"{"type":"web","name":"pageview","url":"https://example.com/pricing?utm_source=x&utm_medium=y","referrer":"https://google.com/","title":"Pricing","screen":"1920x1080","language":"en-US","session_id":"abc","properties":{"plan":"pro","n":3}}"#;
-        let body = format!("[{}]", vec![one; 500].join(","));
-        let start = std::time::Instant::now();
-        for _ in 0..100 {
-            let b = parse(&body).unwrap();
-            assert_eq!(b.events.len(), 500);
-        }
-        eprintln!("per 500-batch: {:?}", start.elapsed() / 100);
-        let ua = CHROME_DESKTOP;
-        let start = std::time::Instant::now();
-        for _ in 0..10000 {
-            std::hint::black_box(classify_agent(Some(ua)));
-        }
-        eprintln!("per classify: {:?}", start.elapsed() / 10000);
-    }
 }

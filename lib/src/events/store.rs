@@ -368,3 +368,18 @@ pub async fn dead_letter(db: &Db, letters: &[DeadLetter]) -> Result<u64, sqlx::E
     .await?;
     Ok(letters.len() as u64)
 }
+
+/// Drops the monthly partitions that ended before `cutoff`, returning their
+/// names. The drain calls it when retention is configured.
+pub async fn drop_partitions_before(
+    db: &Db,
+    cutoff: NaiveDate,
+) -> Result<Vec<String>, sqlx::Error> {
+    use sqlx::Row;
+    let rows = db
+        .query("SELECT drop_event_partitions_before($1) AS dropped")
+        .bind(cutoff)
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter().map(|row| row.try_get("dropped")).collect()
+}
