@@ -1,5 +1,5 @@
 # The README's commands. Each installs and starts what it needs.
-.PHONY: dev test deploy-check services-stop
+.PHONY: dev test deploy-check bench services-stop
 
 # The whole local stack on http://localhost:3000.
 dev:
@@ -17,3 +17,7 @@ deploy-check:
 # Stops the private dev instances if `make dev` was killed hard.
 services-stop:
 	cargo run --quiet -p tollgate-cli --bin tollgate -- services stop --dir .tollgate/dev
+
+# Benchmarks against same-run baselines; rewrites BENCHMARKS.md.
+bench:
+	bench/run.sh

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system tools that `make dev` and `make test` need, when missing.
 #
-#   scripts/bootstrap.sh [redis] [postgres] [node] [chromium]
+#   scripts/bootstrap.sh [redis] [postgres] [node] [chromium] [wrk]
 #
-# With no arguments, checks all four. Idempotent, and quick when everything is
+# With no arguments, checks all of them. Idempotent, and quick when everything is
 # already there: the package index is only refreshed when something must be
 # installed. Supports Debian/Ubuntu (apt-get, with sudo when not root) and macOS
 # (Homebrew); anywhere else it names what to install and exits 1.
@@ -15,17 +15,17 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 [redis] [postgres] [node] [chromium]" >&2
+  echo "usage: $0 [redis] [postgres] [node] [chromium] [wrk]" >&2
   exit 2
 }
 
 wanted=("$@")
 if [ ${#wanted[@]} -eq 0 ]; then
-  wanted=(redis postgres node chromium)
+  wanted=(redis postgres node chromium wrk)
 fi
 for tool in "${wanted[@]}"; do
   case "$tool" in
-    redis | postgres | node | chromium) ;;
+    redis | postgres | node | chromium | wrk) ;;
     *) usage ;;
   esac
 done
@@ -46,6 +46,8 @@ has_postgres() {
   done
   return 1
 }
+
+has_wrk() { command -v wrk >/dev/null 2>&1; }
 
 has_node() { command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; }
 
@@ -93,6 +95,7 @@ if [ "$os" = "Linux" ] && command -v apt-get >/dev/null 2>&1; then
       postgres) echo postgresql ;;
       node) echo nodejs npm ;;
       chromium) echo chromium ;;
+      wrk) echo wrk ;;
     esac
   }
 
@@ -124,6 +127,7 @@ if [ "$os" = "Darwin" ] && command -v brew >/dev/null 2>&1; then
       redis) formula=redis ;;
       postgres) formula=postgresql@16 ;;
       node) formula=node ;;
+      wrk) formula=wrk ;;
       chromium)
         echo "bootstrap: no Chrome or Chromium found; install Google Chrome, or run: brew install --cask chromium" >&2
         exit 1
@@ -144,6 +148,7 @@ fi
       postgres) echo "  - PostgreSQL server (initdb and pg_ctl on PATH)" ;;
       node) echo "  - Node.js with npm" ;;
       chromium) echo "  - Chromium or Google Chrome" ;;
+      wrk) echo "  - wrk (the HTTP load generator)" ;;
     esac
   done
   if [ "$os" = "Darwin" ]; then

@@ -40,6 +40,8 @@ pub struct DevOptions {
     pub upstash_port: u16,
     /// The repository root: `public/`, `vercel.json` and `.tollgate/` live here.
     pub root: PathBuf,
+    /// Whether to run the crons of `vercel.json` (benchmarks turn them off).
+    pub crons: bool,
 }
 
 /// The app: every registered route, a JSON 404 for other `/api/` paths, and
@@ -150,7 +152,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         })?;
     let base_url = format!("http://localhost:{}", listener.local_addr()?.port());
     let crons = read_crons(&options.root.join("vercel.json"))?;
-    for cron in crons {
+    for cron in crons.into_iter().filter(|_| options.crons) {
         tokio::spawn(run_cron(
             base_url.clone(),
             Secret::new(cron_secret.clone()),
@@ -331,6 +333,7 @@ fn print_banner(
     demo: &DemoKey,
     cron_secret: &str,
 ) {
+    let (secret, publishable) = (&demo.secret, &demo.publishable);
     println!(
         r#"
 tollgate dev is running on {base_url}
@@ -339,15 +342,20 @@ tollgate dev is running on {base_url}
   Postgres       {database_url}
   Demo key       {secret} (secret, server-side)
                  {publishable} (publishable, for browsers)
+  Cron secret    {cron_secret}
 
 Try it:
   curl -s {base_url}/api/health
-  curl -s -H 'Authorization: Bearer {cron_secret}' {base_url}/api/cron/queue-status
+  curl -s {base_url}/api/collect -H 'Authorization: Bearer {publishable}' -H 'Content-Type: application/json' \
+       -d '{{"type":"web","name":"pageview","url":"https://example.com/pricing?utm_source=readme"}}'
+  curl -s {base_url}/api/cron/queue-status -H 'Authorization: Bearer {secret}'
 
-Crons from vercel.json run on their schedules. Press Ctrl-C to stop.
-"#,
-        secret = demo.secret,
-        publishable = demo.publishable,
+The process-events cron moves queued events into Postgres every minute; to run it now:
+  curl -s {base_url}/api/cron/process-events -H 'Authorization: Bearer {cron_secret}'
+  psql {database_url} -c 'SELECT occurred_at, name, path, country FROM events ORDER BY occurred_at DESC LIMIT 5'
+
+Press Ctrl-C to stop.
+"#
     );
 }
 

@@ -35,6 +35,9 @@ enum Command {
         /// The repository root, holding public/ and vercel.json.
         #[arg(long, default_value = ".")]
         root: PathBuf,
+        /// Do not run the crons of vercel.json.
+        #[arg(long)]
+        no_crons: bool,
     },
     /// Serve the Upstash REST protocol in front of a Redis server.
     UpstashLocal {
@@ -57,11 +60,11 @@ enum Command {
         #[command(subcommand)]
         action: ServicesAction,
         /// Where the instances keep their data, logs and pid files.
-        #[arg(long, default_value = ".tollgate/dev")]
+        #[arg(long, global = true, default_value = ".tollgate/dev")]
         dir: PathBuf,
-        #[arg(long, default_value_t = tollgate_cli::services::DEFAULT_REDIS_PORT)]
+        #[arg(long, global = true, default_value_t = tollgate_cli::services::DEFAULT_REDIS_PORT)]
         redis_port: u16,
-        #[arg(long, default_value_t = tollgate_cli::services::DEFAULT_POSTGRES_PORT)]
+        #[arg(long, global = true, default_value_t = tollgate_cli::services::DEFAULT_POSTGRES_PORT)]
         postgres_port: u16,
     },
 }
@@ -82,11 +85,13 @@ async fn main() -> anyhow::Result<()> {
             port,
             upstash_port,
             root,
+            no_crons,
         } => {
             dev::run(DevOptions {
                 port,
                 upstash_port,
                 root,
+                crons: !no_crons,
             })
             .await
         }

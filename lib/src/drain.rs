@@ -51,6 +51,11 @@ pub struct DrainReport {
     pub reclaimed: u64,
     pub batches: u64,
     pub duration_ms: u64,
+    /// Where the time went: claiming from Redis, storing in Postgres,
+    /// acknowledging in Redis.
+    pub claim_ms: u64,
+    pub store_ms: u64,
+    pub ack_ms: u64,
     /// True when another run held the lock and this one did nothing.
     pub skipped: bool,
     /// Why the run stopped: `empty`, `budget` or `locked`.
@@ -128,6 +133,7 @@ async fn drain_batches(
             report.stopped = "budget";
             return Ok(());
         }
+        let claim_started = Instant::now();
         let claim = queue::claim(
             upstash,
             keys,
@@ -138,6 +144,7 @@ async fn drain_batches(
         )
         .await
         .context("claiming a batch")?;
+        report.claim_ms += claim_started.elapsed().as_millis() as u64;
         fault::point("drain:after-claim");
         if claim.entries.is_empty() {
             report.stopped = "empty";
@@ -157,6 +164,7 @@ async fn drain_batches(
         let store_started = Instant::now();
         let outcome = store_with_retries(state, &events, attempts as i32).await?;
         let store_time = store_started.elapsed();
+        report.store_ms += store_time.as_millis() as u64;
         fault::point("drain:after-insert");
         let dead = store::dead_letter(db, &malformed)
             .await
@@ -166,9 +174,11 @@ async fn drain_batches(
         report.dead_lettered += outcome.dead_lettered + dead;
 
         fault::point("drain:before-ack");
+        let ack_started = Instant::now();
         queue::ack(upstash, keys, &claim.entries)
             .await
             .context("acknowledging a committed batch")?;
+        report.ack_ms += ack_started.elapsed().as_millis() as u64;
 
         target = if store_time < FAST {
             (target * 2).min(MAX_BATCH)

@@ -1,4 +1,5 @@
-//! Logging setup: `RUST_LOG` filters, `info` by default.
+//! Logging setup: to stderr (stdout is for what commands print), filtered by
+//! `RUST_LOG`, `info` by default.
 
 use tracing_subscriber::EnvFilter;
 
@@ -8,5 +9,6 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
         .try_init();
 }

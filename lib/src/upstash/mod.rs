@@ -133,7 +133,10 @@ impl RetryPolicy {
 #[derive(Debug)]
 pub struct Upstash {
     http: reqwest::Client,
-    base: Url,
+    /// The endpoints, parsed once: `/`, `/pipeline` and `/multi-exec`.
+    command_url: Url,
+    pipeline_url: Url,
+    transaction_url: Url,
     timeout: Duration,
     retry: RetryPolicy,
     sync_token: Mutex<Option<HeaderValue>>,
@@ -177,9 +180,12 @@ impl Upstash {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
+        let endpoint = |path: &str| base.join(path).map_err(protocol);
         Ok(Self {
             http,
-            base,
+            command_url: endpoint("")?,
+            pipeline_url: endpoint("pipeline")?,
+            transaction_url: endpoint("multi-exec")?,
             timeout: config.timeout,
             retry,
             sync_token: Mutex::new(None),
@@ -195,7 +201,7 @@ impl Upstash {
     /// Runs one command and converts its reply.
     pub async fn command<T: FromReply>(&self, command: &Command) -> Result<T, UpstashError> {
         let body = serde_json::to_vec(&command.0).map_err(protocol)?;
-        let envelope: Envelope = self.send("", body).await?;
+        let envelope: Envelope = self.send(&self.command_url, body).await?;
         T::from_reply(envelope_reply(envelope)?)
     }
 
@@ -205,7 +211,7 @@ impl Upstash {
         &self,
         commands: &[Command],
     ) -> Result<Vec<Result<Reply, UpstashError>>, UpstashError> {
-        self.batch("pipeline", commands).await
+        self.batch(&self.pipeline_url, commands).await
     }
 
     /// Runs commands in one `MULTI`/`EXEC` transaction, in one round trip.
@@ -213,7 +219,7 @@ impl Upstash {
         &self,
         commands: &[Command],
     ) -> Result<Vec<Result<Reply, UpstashError>>, UpstashError> {
-        self.batch("multi-exec", commands).await
+        self.batch(&self.transaction_url, commands).await
     }
 
     /// Runs a script by its SHA-1 and sends the source only when Redis lacks
@@ -255,12 +261,12 @@ impl Upstash {
 
     async fn batch(
         &self,
-        path: &str,
+        url: &Url,
         commands: &[Command],
     ) -> Result<Vec<Result<Reply, UpstashError>>, UpstashError> {
         let parts: Vec<&Vec<String>> = commands.iter().map(|c| &c.0).collect();
         let body = serde_json::to_vec(&parts).map_err(protocol)?;
-        let envelopes: Vec<Envelope> = self.send(path, body).await?;
+        let envelopes: Vec<Envelope> = self.send(url, body).await?;
         if envelopes.len() != commands.len() {
             return Err(UpstashError::Protocol(format!(
                 "sent {} commands, got {} results",
@@ -274,10 +280,9 @@ impl Upstash {
     /// Sends one request, retrying only connections that were never made.
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
-        path: &str,
+        url: &Url,
         body: Vec<u8>,
     ) -> Result<T, UpstashError> {
-        let url = self.base.join(path).map_err(protocol)?;
         let body = Bytes::from(body);
         let attempts = async {
             let mut attempt = 0;

@@ -1,0 +1,70 @@
+"""Writes BENCHMARKS.md from one run of bench/run.sh (stdout)."""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+
+
+def machine():
+    cores = os.cpu_count()
+    with open("/proc/meminfo") as meminfo:
+        kib = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cores} cores ({cpu}), {kib / 1024 / 1024:.1f} GiB memory, {platform.system()} {platform.release()}"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    for name in ["mode", "seconds", "lpush", "single", "batch", "drain", "redis", "postgres", "command"]:
+        parser.add_argument(f"--{name}", required=True)
+    args = parser.parse_args()
+    lpush, single, batch = float(args.lpush), float(args.single), float(args.batch)
+    drain = json.loads(args.drain)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+    rows = [
+        ("collect, single event (req/s)", single, "bare LPUSH through the local Upstash server (req/s)", lpush,
+         single / lpush, "≥ 0.5×", single / lpush >= 0.5),
+        ("collect, batches of 50 (events/s)", batch * 50, "collect, single event (events/s)", single,
+         batch * 50 / single, "≥ 20×", batch * 50 / single >= 20),
+        ("drain (events/s)", drain["drain_events_per_second"], "COPY of the same rows into the same tables (events/s)",
+         drain["copy_events_per_second"], drain["drain_events_per_second"] / drain["copy_events_per_second"], "≥ 0.6×",
+         drain["drain_events_per_second"] / drain["copy_events_per_second"] >= 0.6),
+        ("drain, absolute (events/s)", drain["drain_events_per_second"], "target", 30000,
+         drain["drain_events_per_second"] / 30000, "≥ 30,000 events/s", drain["drain_events_per_second"] >= 30000),
+    ]
+    out = []
+    out.append("# Benchmarks\n")
+    out.append("Measured by `bench/run.sh`; every figure against a baseline measured in the same run, on the same machine.\n")
+    out.append(f"- Reproduce: `{args.command}` (also `make bench`; CI runs `bench/run.sh --quick`)")
+    out.append(f"- Run: {args.mode} mode, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, commit {commit}")
+    out.append(f"- Machine: {machine()}")
+    out.append(f"- Redis {args.redis}, PostgreSQL {args.postgres}; release build; wrk with 1 thread and 32 connections for {args.seconds} s per figure, on 127.0.0.1")
+    out.append("")
+    out.append("| figure | value | baseline | baseline value | ratio | target | met |")
+    out.append("|---|---:|---|---:|---:|---|---|")
+    for figure, value, baseline, base_value, ratio, target, met in rows:
+        out.append(f"| {figure} | {value:,.0f} | {baseline} | {base_value:,.0f} | {ratio:.2f}× | {target} | {'yes' if met else '**no**'} |")
+    out.append("")
+    out.append("## Details\n")
+    out.append(f"- The drain stored {drain['events']:,} events in {drain['drain_seconds']:.1f} s with "
+               f"{drain['drain_batches']} batches and {drain['drain_statements']} Postgres statements "
+               "(one insert per batch, plus the partition check once per run); the COPY baseline loaded "
+               f"the same rows in {drain['copy_seconds']:.1f} s. Filling the queue took {drain['fill_seconds']:.1f} s.")
+    out.append("- Collect and LPUSH both go through real HTTP on loopback: collect to `tollgate dev` (which makes one "
+               "Upstash round trip per request to its embedded local Upstash server), LPUSH straight to a local "
+               "Upstash server in front of the same Redis. Both servers and wrk share the same 2 cores.")
+    out.append("")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
