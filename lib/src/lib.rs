@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod drain;
 pub mod error;
+pub mod limits;
 pub mod events;
 pub mod fault;
 pub mod queue;

@@ -8,6 +8,8 @@
 //! | `events:stats` | hash | none | last drain, bots dropped: what queue-status reports |
 //! | `events:drain-lock` | string | the drain budget | keeps overlapping drain runs apart (correctness does not depend on it) |
 //! | `salt:<yyyy-mm-dd>` | string | 2 days | the random daily salt of visitor ids |
+//! | `ban:key:<key id>`, `ban:ip:<ip>` | string (reason) | the ban's length; none if permanent | bans in force; permanent ones mirror Postgres `bans` |
+//! | `bans:loaded` | string | 1 day | set once the permanent bans of Postgres are in Redis; missing after a flush |
 
 use chrono::NaiveDate;
 
@@ -50,5 +52,27 @@ impl RedisKeys {
     /// The visitor-id salt of one UTC day.
     pub fn visitor_salt(&self, day: NaiveDate) -> String {
         format!("{}salt:{}", self.prefix, day.format("%Y-%m-%d"))
+    }
+}
+
+impl RedisKeys {
+    /// A ban of an API key, by key id.
+    pub fn key_ban(&self, key_id: &str) -> String {
+        format!("{}ban:key:{key_id}", self.prefix)
+    }
+
+    /// A ban of a client IP.
+    pub fn ip_ban(&self, ip: &str) -> String {
+        format!("{}ban:ip:{ip}", self.prefix)
+    }
+
+    /// Present while Redis holds Postgres's permanent bans.
+    pub fn bans_loaded(&self) -> String {
+        format!("{}bans:loaded", self.prefix)
+    }
+
+    /// The configured prefix, for scripts that build key names themselves.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 }
