@@ -10,6 +10,8 @@
 //! | `salt:<yyyy-mm-dd>` | string | 2 days | the random daily salt of visitor ids |
 //! | `ban:key:<key id>`, `ban:ip:<ip>` | string (reason) | the ban's length; none if permanent | bans in force; permanent ones mirror Postgres `bans` |
 //! | `bans:loaded` | string | 1 day | set once the permanent bans of Postgres are in Redis; missing after a flush |
+//! | `viol:key:<key id>`, `viol:ip:<ip>` | sorted set | 10 min | recent limit violations, for ban escalation |
+//! | `banlevel:key:<key id>`, `banlevel:ip:<ip>` | string | 30 days | how many bans the subject has had: 5 min, then 1 day, then permanent |
 
 use chrono::NaiveDate;
 
@@ -64,6 +66,16 @@ impl RedisKeys {
     /// A ban of a client IP.
     pub fn ip_ban(&self, ip: &str) -> String {
         format!("{}ban:ip:{ip}", self.prefix)
+    }
+
+    /// Recent violations of a subject (`key:<id>` or `ip:<ip>`).
+    pub fn violations(&self, subject: &str) -> String {
+        format!("{}viol:{subject}", self.prefix)
+    }
+
+    /// The ban escalation level of a subject (`key:<id>` or `ip:<ip>`).
+    pub fn ban_level(&self, subject: &str) -> String {
+        format!("{}banlevel:{subject}", self.prefix)
     }
 
     /// Present while Redis holds Postgres's permanent bans.
