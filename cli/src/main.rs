@@ -1,16 +1,27 @@
 //! The `tollgate` command: the local dev stack, the local Upstash REST
-//! server, the private Redis and Postgres instances, and migrations.
+//! server, the private Redis and Postgres instances, migrations, and the
+//! management of API keys and bans.
 
-use std::path::PathBuf;
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use tollgate::{config::DatabaseConfig, db::Db, secret::Secret};
+use clap::{Args, Parser, Subcommand};
+use tollgate::{
+    admin::{self, AdminError, Ban, BanSubject, Changed, KeySummary, Origin, Override, RedisSync},
+    apikeys::{KeyStatus, NewKey, Tier},
+    config::{parse_duration, DatabaseConfig, UpstashConfig},
+    db::Db,
+    redis_keys::RedisKeys,
+    secret::Secret,
+    upstash::Upstash,
+};
 use tollgate_cli::{
     dev::{self, DevOptions},
     services::{Layout, Services},
     upstash_local,
 };
+use url::Url;
+use uuid::Uuid;
 
 #[derive(Parser)]
 #[command(
@@ -67,6 +78,148 @@ enum Command {
         #[arg(long, global = true, default_value_t = tollgate_cli::services::DEFAULT_POSTGRES_PORT)]
         postgres_port: u16,
     },
+    /// Create, list, revoke and rotate API keys, and change their limits.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        #[command(flatten)]
+        env: AdminEnv,
+    },
+    /// List, add and lift bans of API keys and client IPs.
+    Bans {
+        #[command(subcommand)]
+        action: BansAction,
+        #[command(flatten)]
+        env: AdminEnv,
+    },
+}
+
+/// Where `keys` and `bans` make their changes. Postgres is required; without
+/// Upstash the change is recorded but Redis is not told (see `admin.rs`).
+#[derive(Args)]
+struct AdminEnv {
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    #[arg(long, global = true, env = "UPSTASH_REDIS_REST_URL")]
+    upstash_url: Option<Url>,
+    #[arg(
+        long,
+        global = true,
+        env = "UPSTASH_REDIS_REST_TOKEN",
+        hide_env_values = true
+    )]
+    upstash_token: Option<String>,
+    #[arg(long, global = true, env = "TOLLGATE_KEY_PREFIX", default_value = tollgate::config::DEFAULT_KEY_PREFIX)]
+    key_prefix: String,
+    #[arg(long, global = true, env = "TOLLGATE_UPSTASH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    upstash_timeout: Duration,
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key; prints its secret and publishable halves once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tier: Tier,
+        #[arg(long)]
+        owner: Option<String>,
+        /// Requests per minute, instead of the tier's.
+        #[arg(long)]
+        rate_limit: Option<u32>,
+        /// Requests per day, instead of the tier's.
+        #[arg(long)]
+        daily: Option<u64>,
+        /// Requests per month, instead of the tier's.
+        #[arg(long)]
+        monthly: Option<u64>,
+        /// Browser origins allowed to use the publishable key, comma-separated
+        /// (e.g. https://a.com,https://b.com); any origin when omitted.
+        #[arg(long, value_delimiter = ',')]
+        origins: Vec<Origin>,
+        /// IANA time zone of the quota days and months (default UTC).
+        #[arg(long)]
+        timezone: Option<String>,
+    },
+    /// List every key with its limits in force (`*` marks the key's own values).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: both halves stop working at once.
+    Revoke { id: Uuid },
+    /// Give a key new halves under the same id; the old ones stop working at once.
+    Rotate { id: Uuid },
+    /// Change a key's tier, limits, origins or time zone.
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
+    SetLimits {
+        id: Uuid,
+        /// Requests per minute, or `default` for the tier's.
+        #[arg(long, group = "change")]
+        rate_limit: Option<Override<u32>>,
+        /// Requests per day, or `default` for the tier's.
+        #[arg(long, group = "change")]
+        daily: Option<Override<u64>>,
+        /// Requests per month, or `default` for the tier's.
+        #[arg(long, group = "change")]
+        monthly: Option<Override<u64>>,
+        /// Allowed origins, comma-separated, replacing the current ones; `any` allows every origin.
+        #[arg(long, value_delimiter = ',', group = "change")]
+        origins: Option<Vec<String>>,
+        #[arg(long, group = "change")]
+        tier: Option<Tier>,
+        #[arg(long, group = "change")]
+        timezone: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BansAction {
+    /// List the bans in force.
+    List {
+        /// Also list lifted and expired bans.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban a key or an IP; replaces a ban already on it.
+    Add {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        #[arg(long)]
+        reason: String,
+        /// How long, e.g. 5m, 12h or 7d; permanent when omitted.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Lift the ban on a key or an IP and clear its violation history.
+    Lift {
+        #[command(flatten)]
+        subject: SubjectArgs,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct SubjectArgs {
+    /// A key id.
+    #[arg(long)]
+    key: Option<Uuid>,
+    /// A client IP address.
+    #[arg(long)]
+    ip: Option<IpAddr>,
+}
+
+impl SubjectArgs {
+    fn subject(&self) -> BanSubject {
+        match (self.key, self.ip) {
+            (Some(id), _) => BanSubject::Key(id),
+            (None, Some(ip)) => BanSubject::Ip(ip),
+            (None, None) => unreachable!("clap requires --key or --ip"),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -147,5 +300,377 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Keys { action, env } => operator_error(keys(action, &Admin::connect(env)?).await),
+        Command::Bans { action, env } => operator_error(bans(action, &Admin::connect(env)?).await),
+    }
+}
+
+/// Expected failures (no such key, a value out of range) are the operator's
+/// to fix: they get one line and exit code 1, not a backtrace.
+fn operator_error(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    let Err(error) = result else {
+        return Ok(());
+    };
+    match error.downcast_ref::<AdminError>() {
+        None | Some(AdminError::Unexpected(_)) => Err(error),
+        Some(expected) => {
+            eprintln!("error: {expected}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Postgres, and Upstash when it is configured.
+struct Admin {
+    db: Db,
+    upstash: Option<Upstash>,
+    keys: RedisKeys,
+}
+
+impl Admin {
+    fn connect(env: AdminEnv) -> anyhow::Result<Self> {
+        let database_url = env
+            .database_url
+            .context("DATABASE_URL is not set; it names the Postgres database to change")?;
+        // Unnamed statements work both directly and behind a transaction-mode
+        // pooler, and a command runs too few statements to gain from caching.
+        let db = Db::connect_lazy(&DatabaseConfig {
+            url: Secret::new(database_url),
+            max_connections: 1,
+            transaction_pooler: true,
+        })?;
+        let upstash = match (env.upstash_url, env.upstash_token) {
+            (Some(url), Some(token)) => Some(
+                Upstash::new(&UpstashConfig {
+                    url,
+                    token: Secret::new(token),
+                    timeout: env.upstash_timeout,
+                })
+                .context("building the Upstash client")?,
+            ),
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "set both UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN, or neither"
+            ),
+        };
+        Ok(Self {
+            db,
+            upstash,
+            keys: RedisKeys::new(&env.key_prefix),
+        })
+    }
+
+    /// Applies a change's Redis side, or says what not doing so means.
+    /// `without` completes "Redis was not updated: …".
+    async fn sync<T>(&self, change: Changed<T>, without: &str) -> anyhow::Result<T> {
+        match &self.upstash {
+            Some(upstash) => apply(upstash, &change.redis, without).await?,
+            None => eprintln!(
+                "warning: UPSTASH_REDIS_REST_URL/TOKEN are not set, so Redis was not updated: {without}"
+            ),
+        }
+        Ok(change.value)
+    }
+}
+
+async fn apply(upstash: &Upstash, redis: &RedisSync, without: &str) -> anyhow::Result<()> {
+    redis.apply(upstash).await.with_context(|| {
+        format!("the change is saved in Postgres, but updating Redis failed ({without})")
+    })
+}
+
+const CACHE_NOTE: &str = "cached copies of the key expire within 5 minutes; run the command again with Upstash reachable to apply it at once";
+
+async fn keys(action: KeysAction, admin: &Admin) -> anyhow::Result<()> {
+    match action {
+        KeysAction::Create {
+            name,
+            tier,
+            owner,
+            rate_limit,
+            daily,
+            monthly,
+            origins,
+            timezone,
+        } => {
+            let key = admin::create_key(
+                &admin.db,
+                admin::CreateKey {
+                    name: name.clone(),
+                    owner,
+                    tier,
+                    rate_limit,
+                    daily,
+                    monthly,
+                    origins,
+                    timezone,
+                },
+            )
+            .await?;
+            println!("Created key {} ({name}, tier {tier}).\n", key.id);
+            print_halves(&key);
+        }
+        KeysAction::List { json } => {
+            let keys = admin::list_keys(&admin.db).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+            } else {
+                print_keys(&keys);
+            }
+        }
+        KeysAction::Revoke { id } => {
+            let change = admin::revoke_key(&admin.db, &admin.keys, id).await?;
+            admin.sync(change, CACHE_NOTE).await?;
+            println!("Revoked key {id}.");
+        }
+        KeysAction::Rotate { id } => {
+            let change = admin::rotate_key(&admin.db, &admin.keys, id).await?;
+            let key = admin
+                .sync(
+                    change,
+                    "the old halves keep working until their cached copies expire, within 5 minutes",
+                )
+                .await?;
+            println!("Rotated key {id}; the old halves no longer work.\n");
+            print_halves(&key);
+        }
+        KeysAction::SetLimits {
+            id,
+            rate_limit,
+            daily,
+            monthly,
+            origins,
+            tier,
+            timezone,
+        } => {
+            let origins = origins.map(parse_origins).transpose()?;
+            let change = admin::set_limits(
+                &admin.db,
+                &admin.keys,
+                id,
+                admin::LimitsChange {
+                    rate_limit,
+                    daily,
+                    monthly,
+                    origins,
+                    tier,
+                    timezone,
+                },
+            )
+            .await?;
+            let key = admin.sync(change, CACHE_NOTE).await?;
+            println!("Updated key {id}:");
+            print_keys(&[key]);
+        }
+    }
+    Ok(())
+}
+
+/// `any` (or `default`) alone clears the list: every origin is allowed.
+fn parse_origins(list: Vec<String>) -> anyhow::Result<Vec<Origin>> {
+    if let [only] = list.as_slice() {
+        if only == "any" || only == "default" {
+            return Ok(Vec::new());
+        }
+    }
+    Ok(list
+        .iter()
+        .map(|o| Origin::parse(o))
+        .collect::<Result<_, _>>()?)
+}
+
+fn print_halves(key: &NewKey) {
+    println!("  secret key:      {}", key.secret.expose());
+    println!("  publishable key: {}", key.publishable);
+    println!();
+    println!("Save the secret key now: tollgate stores only its SHA-256 and cannot show it again.");
+    println!("The secret key is for servers and SDKs; the publishable key may go in web pages.");
+}
+
+fn print_keys(keys: &[KeySummary]) {
+    let limit = |value: Option<String>, own: bool| {
+        let value = value.unwrap_or_else(|| "unlimited".to_owned());
+        if own {
+            format!("{value}*")
+        } else {
+            value
+        }
+    };
+    let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(
+            || "never".to_owned(),
+            |t| t.format("%Y-%m-%d %H:%M").to_string(),
+        )
+    };
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.id.to_string(),
+                k.name.clone(),
+                k.owner.clone().unwrap_or_else(|| "-".to_owned()),
+                k.tier.to_string(),
+                match k.status {
+                    KeyStatus::Active => "active".to_owned(),
+                    _ => "revoked".to_owned(),
+                },
+                limit(
+                    k.limits.per_minute.map(|n| n.to_string()),
+                    k.overrides.per_minute.is_some(),
+                ),
+                limit(
+                    k.limits.per_day.map(|n| n.to_string()),
+                    k.overrides.per_day.is_some(),
+                ),
+                limit(
+                    k.limits.per_month.map(|n| n.to_string()),
+                    k.overrides.per_month.is_some(),
+                ),
+                if k.origins.is_empty() {
+                    "any".to_owned()
+                } else {
+                    k.origins.join(",")
+                },
+                k.timezone.clone(),
+                k.created_at.format("%Y-%m-%d %H:%M").to_string(),
+                when(k.last_used_at),
+                k.total_requests.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "NAME",
+            "OWNER",
+            "TIER",
+            "STATUS",
+            "PER MIN",
+            "PER DAY",
+            "PER MONTH",
+            "ORIGINS",
+            "TIMEZONE",
+            "CREATED",
+            "LAST USED",
+            "REQUESTS",
+        ],
+        &rows,
+    );
+    if keys.is_empty() {
+        println!("(no keys; create one with `tollgate keys create`)");
+    }
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+async fn bans(action: BansAction, admin: &Admin) -> anyhow::Result<()> {
+    match action {
+        BansAction::List { all, json } => {
+            let bans = admin::list_bans(&admin.db, all).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&bans)?);
+            } else {
+                print_bans(&bans);
+            }
+        }
+        BansAction::Add {
+            subject,
+            reason,
+            duration,
+        } => {
+            let change = admin::add_ban(
+                &admin.db,
+                &admin.keys,
+                admin::NewBan {
+                    subject: subject.subject(),
+                    reason,
+                    duration,
+                },
+            )
+            .await?;
+            let ban = admin
+                .sync(
+                    change,
+                    "requests are not refused until the ban reaches Redis; run the command again with Upstash reachable",
+                )
+                .await?;
+            match ban.expires_at {
+                None => println!("Banned {} permanently (ban {}).", ban.subject, ban.id),
+                Some(until) => println!(
+                    "Banned {} until {} (ban {}).",
+                    ban.subject,
+                    until.format("%Y-%m-%d %H:%M:%S UTC"),
+                    ban.id
+                ),
+            }
+        }
+        BansAction::Lift { subject } => {
+            let subject = subject.subject();
+            let change = admin::lift_ban(&admin.db, &admin.keys, subject).await?;
+            let lifted = admin
+                .sync(
+                    change,
+                    "a ban marker in Redis stays until it expires; run the command again with Upstash reachable",
+                )
+                .await?;
+            match lifted {
+                Some(ban) => println!("Lifted ban {} on {subject}.", ban.id),
+                None => println!(
+                    "Postgres had no ban in force on {subject}; cleared any ban and violation history in Redis."
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_bans(bans: &[Ban]) {
+    let when = |t: Option<chrono::DateTime<chrono::Utc>>, none: &str| {
+        t.map_or_else(
+            || none.to_owned(),
+            |t| t.format("%Y-%m-%d %H:%M").to_string(),
+        )
+    };
+    let rows: Vec<Vec<String>> = bans
+        .iter()
+        .map(|b| {
+            vec![
+                b.id.to_string(),
+                b.subject.to_string(),
+                format!("{:?}", b.status).to_lowercase(),
+                b.created_at.format("%Y-%m-%d %H:%M").to_string(),
+                when(b.expires_at, "permanent"),
+                when(b.lifted_at, "-"),
+                b.reason.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID", "SUBJECT", "STATUS", "CREATED", "ENDS", "LIFTED", "REASON",
+        ],
+        &rows,
+    );
+    if bans.is_empty() {
+        println!("(no bans)");
     }
 }
