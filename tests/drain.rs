@@ -344,7 +344,9 @@ async fn queue_status_reports_depth_age_and_thresholds() {
     let status = app.queue_status().await;
     assert_eq!(status["status"], "warning", "{status}");
     assert_eq!(status["queue"]["events"], 150);
-    assert_eq!(status["queue"]["requests"], 3);
+    // Three collect requests: three entries of events and their three
+    // request-log entries.
+    assert_eq!(status["queue"]["requests"], 6);
     assert!(status["queue"]["oldest_age_seconds"].as_f64().unwrap() >= 0.0);
     assert!(status["reasons"][0]
         .as_str()

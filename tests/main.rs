@@ -4,6 +4,8 @@
 //! app on port 0 with its own database and its own Redis key prefix, so tests
 //! run in parallel.
 
+mod admin;
+mod blob_token;
 mod collect;
 mod database;
 mod drain;

@@ -202,6 +202,25 @@ pub struct CachedKey {
     /// Browser origins allowed to use a publishable key; empty means any.
     #[serde(default)]
     pub origins: Vec<String>,
+    /// The key's effective limits; absent for unknown and revoked keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<CachedLimits>,
+    /// The key's time zone's offset from UTC now, in seconds, so the
+    /// admission script can tell the key's calendar day. It is refreshed
+    /// with the cache entry (every few minutes), which covers DST changes.
+    #[serde(default)]
+    pub tz_offset: i32,
+}
+
+/// Limits as the admission script reads them; an absent field is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CachedLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month: Option<u64>,
 }
 
 /// How long a cached key lives: revocations reach the cache at once (the
@@ -213,38 +232,87 @@ pub const UNKNOWN_CACHE_TTL: std::time::Duration = std::time::Duration::from_sec
 /// Looks a presented key up in Postgres.
 pub async fn lookup(db: &Db, key: &PresentedKey) -> anyhow::Result<CachedKey> {
     use sqlx::Row;
+    const COLUMNS: &str = "id, status, allowed_origins, tier, rate_limit_per_minute, daily_quota,
+                           monthly_quota, timezone";
     let row = match key.kind {
         KeyKind::Sk => {
-            db.query("SELECT id, status, allowed_origins FROM api_keys WHERE secret_hash = $1")
-                .bind(hash_secret(key.value.expose()).as_slice())
-                .fetch_optional(db.pool())
-                .await?
+            db.query(&format!(
+                "SELECT {COLUMNS} FROM api_keys WHERE secret_hash = $1"
+            ))
+            .bind(hash_secret(key.value.expose()).as_slice())
+            .fetch_optional(db.pool())
+            .await?
         }
         KeyKind::Pk => {
-            db.query("SELECT id, status, allowed_origins FROM api_keys WHERE publishable_key = $1")
-                .bind(key.value.expose())
-                .fetch_optional(db.pool())
-                .await?
+            db.query(&format!(
+                "SELECT {COLUMNS} FROM api_keys WHERE publishable_key = $1"
+            ))
+            .bind(key.value.expose())
+            .fetch_optional(db.pool())
+            .await?
         }
     };
-    Ok(match row {
-        None => CachedKey {
+    let Some(row) = row else {
+        return Ok(CachedKey {
             id: None,
             kind: key.kind,
             status: KeyStatus::Unknown,
             origins: Vec::new(),
+            limits: None,
+            tz_offset: 0,
+        });
+    };
+    let active = row.try_get::<String, _>("status")? == "active";
+    let tier: Tier = row
+        .try_get::<String, _>("tier")?
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let limits = crate::limits::Limits::for_key(
+        tier,
+        crate::limits::Overrides {
+            per_minute: row
+                .try_get::<Option<i32>, _>("rate_limit_per_minute")?
+                .map(|n| n as u32),
+            per_day: row
+                .try_get::<Option<i64>, _>("daily_quota")?
+                .map(|n| n as u64),
+            per_month: row
+                .try_get::<Option<i64>, _>("monthly_quota")?
+                .map(|n| n as u64),
         },
-        Some(row) => CachedKey {
-            id: Some(row.try_get("id")?),
-            kind: key.kind,
-            status: if row.try_get::<String, _>("status")? == "active" {
-                KeyStatus::Active
-            } else {
-                KeyStatus::Revoked
-            },
-            origins: row.try_get("allowed_origins")?,
+    );
+    Ok(CachedKey {
+        id: Some(row.try_get("id")?),
+        kind: key.kind,
+        status: if active {
+            KeyStatus::Active
+        } else {
+            KeyStatus::Revoked
         },
+        origins: row.try_get("allowed_origins")?,
+        limits: active.then_some(CachedLimits {
+            minute: limits.per_minute,
+            day: limits.per_day,
+            month: limits.per_month,
+        }),
+        tz_offset: utc_offset(&row.try_get::<String, _>("timezone")?),
     })
+}
+
+/// The current offset from UTC of an IANA time zone, in seconds; UTC for a
+/// name chrono-tz does not know (the CLI validates names when they are set).
+pub fn utc_offset(timezone: &str) -> i32 {
+    use chrono::Offset;
+    timezone
+        .parse::<chrono_tz::Tz>()
+        .map(|tz| {
+            chrono::Utc::now()
+                .with_timezone(&tz)
+                .offset()
+                .fix()
+                .local_minus_utc()
+        })
+        .unwrap_or(0)
 }
 
 /// Looks a key up in Postgres and writes the result to the Redis cache.

@@ -20,6 +20,17 @@ pub struct Config {
     /// Prefix of every Redis key, so environments can share one database.
     pub key_prefix: String,
     pub pipeline: PipelineConfig,
+    pub admission: AdmissionConfig,
+}
+
+/// How admission runs.
+#[derive(Debug, Clone)]
+pub struct AdmissionConfig {
+    /// Upper bound on the admission round trip; past it, the route falls
+    /// back as configured (collect writes to Postgres directly).
+    pub timeout: Duration,
+    /// Requests per minute one client IP may make with publishable keys.
+    pub public_ip_limit: u32,
 }
 
 /// The event pipeline: what collect accepts and how the drain runs.
@@ -103,6 +114,8 @@ pub const VARIABLES: &[&str] = &[
     "TOLLGATE_QUEUE_CRITICAL_DEPTH",
     "TOLLGATE_QUEUE_WARNING_LAG",
     "TOLLGATE_QUEUE_CRITICAL_LAG",
+    "TOLLGATE_ADMISSION_TIMEOUT",
+    "TOLLGATE_PUBLIC_IP_RATE_LIMIT",
 ];
 
 /// The default Redis key prefix.
@@ -171,6 +184,17 @@ impl Config {
             ),
         };
 
+        let admission = AdmissionConfig {
+            timeout: vars.optional(
+                "TOLLGATE_ADMISSION_TIMEOUT",
+                parse_duration,
+                Duration::from_millis(500),
+            ),
+            public_ip_limit: vars
+                .optional("TOLLGATE_PUBLIC_IP_RATE_LIMIT", parse_count, 600)
+                .min(u64::from(u32::MAX)) as u32,
+        };
+
         if !vars.problems.is_empty() {
             return Err(ConfigError {
                 problems: vars.problems,
@@ -202,6 +226,7 @@ impl Config {
             cron_secret,
             key_prefix,
             pipeline,
+            admission,
         })
     }
 }

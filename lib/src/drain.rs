@@ -20,6 +20,7 @@ use crate::{
         Event,
     },
     fault,
+    logs::{self, RequestLog, UploadLog},
     queue::{self, Entry},
     state::AppState,
     upstash::Command,
@@ -153,7 +154,7 @@ async fn drain_batches(
         report.reclaimed += claim.reclaimed;
         report.batches += 1;
 
-        let (events, malformed) = decode(&claim.entries);
+        let rows = decode(&claim.entries);
         report.drained += claim.entries.iter().map(|e| e.count).sum::<u64>();
         let attempts = claim
             .entries
@@ -162,11 +163,17 @@ async fn drain_batches(
             .max()
             .unwrap_or(1);
         let store_started = Instant::now();
-        let outcome = store_with_retries(state, &events, attempts as i32).await?;
+        let outcome = store_with_retries(state, &rows.events, attempts as i32).await?;
+        logs::insert_requests(db, &rows.requests)
+            .await
+            .context("inserting the request log")?;
+        logs::insert_uploads(db, &rows.uploads)
+            .await
+            .context("inserting the upload log")?;
         let store_time = store_started.elapsed();
         report.store_ms += store_time.as_millis() as u64;
         fault::point("drain:after-insert");
-        let dead = store::dead_letter(db, &malformed)
+        let dead = store::dead_letter(db, &rows.malformed)
             .await
             .context("dead-lettering malformed queue entries")?;
         report.inserted += outcome.inserted;
@@ -190,41 +197,66 @@ async fn drain_batches(
     }
 }
 
-/// Turns entries into rows; an entry that cannot be read (it should not
-/// happen, short of a version mismatch) becomes a dead letter as a whole.
-fn decode(entries: &[Entry]) -> (Vec<StoredEvent>, Vec<DeadLetter>) {
-    let mut events = Vec::new();
-    let mut malformed = Vec::new();
+/// A claimed batch, turned into rows for each table.
+#[derive(Default)]
+struct Rows {
+    events: Vec<StoredEvent>,
+    requests: Vec<(Uuid, RequestLog)>,
+    uploads: Vec<(Uuid, UploadLog)>,
+    /// Entries that cannot be read (it should not happen, short of a version
+    /// mismatch): each becomes a dead letter as a whole.
+    malformed: Vec<DeadLetter>,
+}
+
+fn decode(entries: &[Entry]) -> Rows {
+    let mut rows = Rows::default();
     for entry in entries {
         let key = entry
             .key_id
             .as_deref()
             .and_then(|id| Uuid::parse_str(id).ok());
-        let parsed = serde_json::from_slice::<Vec<Event>>(&entry.events);
-        match (key, parsed) {
-            (Some(api_key_id), Ok(batch)) => {
-                events.extend(batch.into_iter().map(|event| StoredEvent {
-                    api_key_id,
-                    visitor_id: entry.visitor_id.clone(),
-                    event,
-                }))
-            }
-            (key, parsed) => malformed.push(DeadLetter {
-                event_id: None,
-                api_key_id: key,
-                payload: String::from_utf8_lossy(&entry.events).into_owned(),
-                reason: match parsed {
-                    Err(error) => format!(
-                        "queue entry {} is not a JSON array of events: {error}",
-                        entry.id
-                    ),
-                    Ok(_) => format!("queue entry {} has no valid key id", entry.id),
-                },
-                attempts: entry.deliveries as i32,
-            }),
-        }
+        let problem = match (key, entry.kind.as_str()) {
+            (None, _) => format!("queue entry {} has no valid key id", entry.id),
+            (Some(api_key_id), "ev") => match serde_json::from_slice::<Vec<Event>>(&entry.events) {
+                Ok(batch) => {
+                    rows.events
+                        .extend(batch.into_iter().map(|event| StoredEvent {
+                            api_key_id,
+                            visitor_id: entry.visitor_id.clone(),
+                            event,
+                        }));
+                    continue;
+                }
+                Err(error) => format!(
+                    "queue entry {} is not a JSON array of events: {error}",
+                    entry.id
+                ),
+            },
+            (Some(api_key_id), "req") => match serde_json::from_slice(&entry.events) {
+                Ok(log) => {
+                    rows.requests.push((api_key_id, log));
+                    continue;
+                }
+                Err(error) => format!("queue entry {} is not a request log: {error}", entry.id),
+            },
+            (Some(api_key_id), "up") => match serde_json::from_slice(&entry.events) {
+                Ok(log) => {
+                    rows.uploads.push((api_key_id, log));
+                    continue;
+                }
+                Err(error) => format!("queue entry {} is not an upload log: {error}", entry.id),
+            },
+            (Some(_), other) => format!("queue entry {} has unknown type `{other}`", entry.id),
+        };
+        rows.malformed.push(DeadLetter {
+            event_id: None,
+            api_key_id: key,
+            payload: String::from_utf8_lossy(&entry.events).into_owned(),
+            reason: problem,
+            attempts: entry.deliveries as i32,
+        });
     }
-    (events, malformed)
+    rows
 }
 
 /// Stores a batch, retrying failures that are not about its data with

@@ -5,6 +5,8 @@
 //! Vercel function under `api/` is a thin adapter ([`vercel::serve`]) over a
 //! route in [`routes`], and `tollgate dev` serves the same routes locally.
 
+pub mod admin;
+pub mod admission;
 pub mod apikeys;
 pub mod auth;
 pub mod clock;
@@ -12,9 +14,12 @@ pub mod config;
 pub mod db;
 pub mod drain;
 pub mod error;
-pub mod limits;
 pub mod events;
 pub mod fault;
+pub mod limits;
+pub mod logs;
+pub mod metrics;
+pub mod presign;
 pub mod queue;
 pub mod redis_keys;
 pub mod response;

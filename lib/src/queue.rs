@@ -1,7 +1,9 @@
 //! The event queue in Redis: a stream read through one consumer group.
 //!
-//! `collect.lua` appends one entry per collect request (its key id, visitor
-//! id, event count and events as JSON). A drain claims entries with
+//! The admission script appends entries: one per collect request (`t` =
+//! `ev`: its key id, visitor id, event count and events as JSON), one per
+//! metered request (`t` = `req`: the request log), one per presigned
+//! upload (`t` = `up`: the upload log). A drain claims entries with
 //! `claim.lua`, which moves them into the group's pending list, the
 //! in-flight area; only after their Postgres commit does `ack.lua` remove
 //! them. An entry whose run died stays pending and is reclaimed by the next
@@ -17,18 +19,19 @@ use crate::{
     upstash::{Reply, Script, Upstash, UpstashError},
 };
 
-pub static COLLECT: Script = Script::new("collect", include_str!("scripts/collect.lua"));
 pub static CLAIM: Script = Script::new("claim", include_str!("scripts/claim.lua"));
 pub static ACK: Script = Script::new("ack", include_str!("scripts/ack.lua"));
 pub static UNLOCK: Script = Script::new("unlock", include_str!("scripts/unlock.lua"));
 pub static QUEUE_STATUS: Script =
     Script::new("queue_status", include_str!("scripts/queue_status.lua"));
 
-/// One claimed queue entry, as `collect.lua` wrote it.
+/// One claimed queue entry, as the admission script wrote it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     /// The stream id, e.g. `1732222222222-0`; its first part is the enqueue time in ms.
     pub id: String,
+    /// `ev` (events), `req` (request log) or `up` (upload log).
+    pub kind: String,
     pub key_id: Option<String>,
     pub visitor_id: Option<String>,
     /// How many events the entry holds.
@@ -103,6 +106,7 @@ fn parse_entry(reply: Reply) -> Result<Entry, UpstashError> {
     };
     let mut entry = Entry {
         id: String::from_utf8_lossy(&id).into_owned(),
+        kind: "ev".to_owned(),
         key_id: None,
         visitor_id: None,
         count: 0,
@@ -112,6 +116,7 @@ fn parse_entry(reply: Reply) -> Result<Entry, UpstashError> {
     let mut fields = fields.into_iter();
     while let (Some(Reply::Bulk(name)), Some(Reply::Bulk(value))) = (fields.next(), fields.next()) {
         match name.as_ref() {
+            b"t" => entry.kind = String::from_utf8_lossy(&value).into_owned(),
             b"k" => entry.key_id = Some(String::from_utf8_lossy(&value).into_owned()),
             b"v" => entry.visitor_id = Some(String::from_utf8_lossy(&value).into_owned()),
             b"n" => {

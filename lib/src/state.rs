@@ -1,7 +1,10 @@
 //! The shared state every handler receives: configuration and the ways out
 //! to the world (Upstash, Postgres, the clock).
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicI64, Ordering},
+    Arc,
+};
 
 use anyhow::Context;
 
@@ -22,6 +25,9 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Names of the Redis keys, under the configured prefix.
     pub keys: RedisKeys,
+    /// Added to Redis's clock by the admission script: zero in production;
+    /// tests move it to walk through time-based behaviour (bans, windows).
+    redis_time_offset_ms: Arc<AtomicI64>,
 }
 
 impl AppState {
@@ -35,7 +41,19 @@ impl AppState {
             upstash: Arc::new(upstash),
             db,
             clock: Arc::new(SystemClock),
+            redis_time_offset_ms: Arc::default(),
         })
+    }
+
+    /// The offset added to Redis's clock by the admission script.
+    pub fn redis_time_offset_ms(&self) -> i64 {
+        self.redis_time_offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// Moves the admission script's clock forward, for tests.
+    pub fn advance_redis_time(&self, by: std::time::Duration) {
+        self.redis_time_offset_ms
+            .fetch_add(by.as_millis() as i64, Ordering::Relaxed);
     }
 
     /// Replaces the clock, for tests.

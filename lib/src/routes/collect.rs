@@ -1,9 +1,9 @@
 //! `POST /api/collect`: analytics events from browsers, apps and servers.
 //!
 //! The body is decoded and every event validated here, then the valid ones
-//! go to Redis in one round trip (`collect.lua` authenticates the key from
-//! the key cache, checks the origin and enqueues). No Postgres statement is
-//! made while the key cache is warm. If Upstash cannot be reached, the
+//! go to Redis in one round trip: admission (`admission.rs`) authenticates
+//! the key, checks the origin, bans and limits, and enqueues the events in
+//! the same script. No Postgres statement is made while the caches are warm. If Upstash cannot be reached, the
 //! events are written straight to Postgres through the drain's own writer,
 //! so a 202 always means the events are durable in Redis or in Postgres.
 
@@ -13,9 +13,11 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use serde::Serialize;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::{
+    admission::{self, Decision, EventsPayload, RateLimit},
     apikeys::{self, CachedKey, KeyKind, KeyStatus, PresentedKey},
     auth,
     error::ApiError,
@@ -24,15 +26,9 @@ use crate::{
         store::{self, StoredEvent},
         Event,
     },
-    queue,
     response::json_response,
     state::AppState,
-    upstash::{Reply, UpstashError},
 };
-
-/// The daily visitor salt outlives its day by one, so late events of a
-/// day still hash with that day's salt.
-const SALT_TTL: Duration = Duration::from_secs(2 * 86_400);
 
 #[derive(Debug, Serialize)]
 struct Accepted {
@@ -65,10 +61,13 @@ pub async fn handle(state: &AppState, request: Request<Bytes>) -> Response<Bytes
         }
         .into_response()
     } else {
-        match collect(state, &request).await {
+        let (result, rate) = collect(state, &request).await;
+        let mut response = match result {
             Ok((status, body)) => json_response(status, &body),
             Err(error) => error.into_response(),
-        }
+        };
+        rate.write_headers(response.headers_mut());
+        response
     };
     add_cors_headers(request.headers(), response.headers_mut());
     response
@@ -97,9 +96,23 @@ fn add_cors_headers(request: &HeaderMap, response: &mut HeaderMap) {
     );
 }
 
+/// The response body, or the error, and the rate-limit headers to send
+/// with either.
 async fn collect(
     state: &AppState,
     request: &Request<Bytes>,
+) -> (Result<(StatusCode, Accepted), ApiError>, RateLimit) {
+    let started = Instant::now();
+    let mut rate = RateLimit::default();
+    let result = accept(state, request, started, &mut rate).await;
+    (result, rate)
+}
+
+async fn accept(
+    state: &AppState,
+    request: &Request<Bytes>,
+    started: Instant,
+    rate: &mut RateLimit,
 ) -> Result<(StatusCode, Accepted), ApiError> {
     let headers = request.headers();
     let limits = Limits {
@@ -157,15 +170,44 @@ async fn collect(
         key: &key,
         origin,
         events: &events,
-        dropped_as_bot,
         ip: client_ip(headers),
         user_agent: user_agent.unwrap_or(""),
     };
-    let accepted = match enqueue(state, &submission).await {
-        Ok(accepted) => accepted,
-        Err(EnqueueError::Refused(error)) => return Err(error),
-        Err(EnqueueError::Upstash(error)) => {
-            tracing::error!(error = ?error, "Upstash unreachable; writing events straight to Postgres");
+    let payload = EventsPayload {
+        n: events.len(),
+        json: serde_json::to_string(&events).context("encoding the events")?,
+        bots: dropped_as_bot,
+        ua: submission.user_agent,
+        day: state.clock.now().format("%Y-%m-%d").to_string(),
+        salt: Uuid::new_v4().simple().to_string(),
+    };
+    let admission = admission::Request {
+        route: "collect",
+        key: &key,
+        origin,
+        ip: submission.ip,
+        valid: true,
+        success_status: 202,
+        invalid_status: 400,
+        metrics: None,
+        events: Some(payload),
+        upload: None,
+        latency: started.elapsed(),
+    };
+    let accepted = match admission::admit(state, &admission).await {
+        Ok(Decision::Admitted { rate: limits, .. }) => {
+            *rate = limits;
+            events.len()
+        }
+        Ok(Decision::Refused {
+            error,
+            rate: limits,
+        }) => {
+            *rate = limits;
+            return Err(error);
+        }
+        Err(error) => {
+            tracing::error!(error = ?error.0, "admission failed; writing events straight to Postgres");
             write_direct(state, &submission).await?
         }
     };
@@ -240,77 +282,8 @@ struct Submission<'a> {
     key: &'a PresentedKey,
     origin: &'a str,
     events: &'a [Event],
-    dropped_as_bot: usize,
     ip: &'a str,
     user_agent: &'a str,
-}
-
-enum EnqueueError {
-    /// The key or origin was refused: answer the client.
-    Refused(ApiError),
-    /// Upstash could not be used: fall back to Postgres.
-    Upstash(anyhow::Error),
-}
-
-/// Runs `collect.lua`: one round trip with a warm key cache, two (and one
-/// Postgres lookup) when the key must be loaded into the cache first.
-async fn enqueue(state: &AppState, submission: &Submission<'_>) -> Result<usize, EnqueueError> {
-    let payload = if submission.events.is_empty() {
-        String::new()
-    } else {
-        serde_json::to_string(submission.events).map_err(|e| EnqueueError::Upstash(e.into()))?
-    };
-    let keys = &state.keys;
-    let cache_key = keys.key_cache(&submission.key.cache_id());
-    let queue_key = keys.event_queue();
-    let stats_key = keys.event_stats();
-    let salt_key = keys.visitor_salt(state.clock.now().date_naive());
-    let args = [
-        submission.origin.to_owned(),
-        payload,
-        submission.events.len().to_string(),
-        submission.dropped_as_bot.to_string(),
-        submission.ip.to_owned(),
-        submission.user_agent.to_owned(),
-        Uuid::new_v4().simple().to_string(),
-        SALT_TTL.as_secs().to_string(),
-    ];
-    for attempt in 0..2 {
-        let reply: Vec<Reply> = state
-            .upstash
-            .eval(
-                &queue::COLLECT,
-                &[&cache_key, &queue_key, &stats_key, &salt_key],
-                &args,
-            )
-            .await
-            .map_err(upstash_failure)?;
-        match reply.first().and_then(Reply::as_str) {
-            Some("ok") => return Ok(submission.events.len()),
-            Some("miss") if attempt == 0 => {
-                apikeys::refresh_cache(&state.db, &state.upstash, keys, submission.key)
-                    .await
-                    .map_err(EnqueueError::Upstash)?;
-            }
-            Some("invalid") => return Err(EnqueueError::Refused(invalid_key())),
-            Some("revoked") => return Err(EnqueueError::Refused(revoked_key())),
-            Some("origin") => {
-                return Err(EnqueueError::Refused(origin_not_allowed(submission.origin)))
-            }
-            other => {
-                return Err(EnqueueError::Upstash(anyhow::anyhow!(
-                    "collect.lua answered {other:?}"
-                )))
-            }
-        }
-    }
-    Err(EnqueueError::Upstash(anyhow::anyhow!(
-        "the key cache stayed empty after it was filled"
-    )))
-}
-
-fn upstash_failure(error: UpstashError) -> EnqueueError {
-    EnqueueError::Upstash(anyhow::Error::new(error).context("running collect.lua"))
 }
 
 fn revoked_key() -> ApiError {
@@ -374,7 +347,7 @@ async fn write_direct(state: &AppState, submission: &Submission<'_>) -> Result<u
     Ok(rows.len())
 }
 
-/// The same checks `collect.lua` makes, for the direct path.
+/// The same key checks the admission script makes, for the direct path.
 fn check_key(key: &CachedKey, origin: &str) -> Result<Uuid, ApiError> {
     match (key.status, key.id) {
         (KeyStatus::Active, Some(id)) => {

@@ -9,6 +9,7 @@ pub mod collect;
 pub mod health;
 pub mod process_events;
 pub mod queue_status;
+pub mod sync_metrics;
 
 use std::{future::Future, pin::Pin};
 
@@ -48,6 +49,10 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/api/cron/queue-status",
         handler: |state, request| Box::pin(queue_status::handle(state, request)),
+    },
+    Route {
+        path: "/api/cron/sync-metrics",
+        handler: |state, request| Box::pin(sync_metrics::handle(state, request)),
     },
 ];
 

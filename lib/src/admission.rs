@@ -1,0 +1,422 @@
+//! Admission: the one decision every metered route asks of Redis before it
+//! does its work, made by one script (`scripts/admit.lua`) in one round trip.
+//!
+//! It authenticates the key from the key cache, checks the origin and the
+//! bans, applies the per-minute rate limits and the daily and monthly
+//! quotas, escalates bans on repeated violations, counts the request in the
+//! write-behind metrics, and enqueues the request log and the route's own
+//! payload. The rate limiter is GCRA: its state is one timestamp per key, it
+//! admits exactly `limit` requests in a burst (so a concurrent burst can
+//! never exceed it, the script being atomic), and it refills smoothly
+//! instead of at minute boundaries; a sliding-window log would need memory
+//! per request. Time comes from Redis (`TIME`), never from the caller.
+//!
+//! Redis is a cache: when the script finds the key, the bans or a quota
+//! counter missing, this module fills them from Postgres and asks again, an
+//! extra round trip once per key per period (or per flush).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use http::{HeaderMap, HeaderValue};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{
+    apikeys::{self, PresentedKey},
+    error::ApiError,
+    state::AppState,
+    upstash::{Command, Reply, Script},
+};
+
+pub static ADMIT: Script = Script::new("admit", include_str!("scripts/admit.lua"));
+
+/// How long Redis keeps the permanent bans it loaded before reloading them.
+const BANS_LOADED_TTL: Duration = Duration::from_secs(86_400);
+
+/// A request asking to be admitted.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The route's name, for the request log (`collect`, `signed-url`).
+    pub route: &'static str,
+    pub key: &'a PresentedKey,
+    pub origin: &'a str,
+    /// The client address; rate-limited and banned on public routes only.
+    pub ip: &'a str,
+    /// Whether the request passed the route's validation. Invalid requests
+    /// are rate limited and counted as failed, but use no quota.
+    pub valid: bool,
+    pub success_status: u16,
+    pub invalid_status: u16,
+    pub metrics: Option<UploadMetrics<'a>>,
+    pub events: Option<EventsPayload<'a>>,
+    /// The upload log entry (JSON) of an admitted signed-url request.
+    pub upload: Option<String>,
+    /// Time spent on the request so far, for the request log.
+    pub latency: Duration,
+}
+
+/// What an admitted upload adds to the metrics.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct UploadMetrics<'a> {
+    pub files: u64,
+    pub bytes: u64,
+    pub provider: &'a str,
+    pub content_type: &'a str,
+}
+
+/// Events to enqueue for an admitted collect request.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventsPayload<'a> {
+    /// How many events `json` holds.
+    pub n: usize,
+    /// The events, as a JSON array.
+    pub json: String,
+    /// Events dropped as bot traffic (counted, not enqueued).
+    pub bots: usize,
+    /// The user agent and today's (UTC) date, for the visitor id.
+    pub ua: &'a str,
+    pub day: String,
+    /// A fresh salt, used if today has none yet.
+    pub salt: String,
+}
+
+/// The script's input, as JSON.
+#[derive(Serialize)]
+struct ScriptRequest<'a> {
+    prefix: &'a str,
+    route: &'static str,
+    origin: &'a str,
+    ip: &'a str,
+    public: bool,
+    ip_limit: u32,
+    offset_ms: i64,
+    valid: bool,
+    success_status: u16,
+    invalid_status: u16,
+    request_id: Uuid,
+    latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<UploadMetrics<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<&'a EventsPayload<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upload: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reseed: Option<Reseed>,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct Reseed {
+    day: i64,
+    month: i64,
+}
+
+/// The per-minute limit as the response headers report it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Zero when the key has no per-minute limit.
+    pub limit: u64,
+    pub remaining: u64,
+    /// Until the limiter is full again.
+    pub reset: Duration,
+}
+
+impl RateLimit {
+    /// Adds the `X-RateLimit-*` headers and the IETF `RateLimit` and
+    /// `RateLimit-Policy` headers.
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        if self.limit == 0 {
+            return;
+        }
+        let reset = self.reset.as_secs_f64().ceil() as u64;
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        };
+        put("x-ratelimit-limit", self.limit.to_string());
+        put("x-ratelimit-remaining", self.remaining.to_string());
+        put("x-ratelimit-reset", reset.to_string());
+        put(
+            "ratelimit",
+            format!(
+                "limit={}, remaining={}, reset={reset}",
+                self.limit, self.remaining
+            ),
+        );
+        put("ratelimit-policy", format!("{};w=60", self.limit));
+    }
+}
+
+/// The outcome of an admission.
+#[derive(Debug)]
+pub enum Decision {
+    Admitted {
+        key_id: Uuid,
+        rate: RateLimit,
+    },
+    /// Refused, with the error to answer and the limit headers to send.
+    Refused {
+        error: ApiError,
+        rate: RateLimit,
+    },
+}
+
+/// Why admission could not be decided: Upstash or Postgres failed.
+#[derive(Debug, thiserror::Error)]
+#[error("admission could not be decided")]
+pub struct Undecided(#[from] pub anyhow::Error);
+
+/// Admits or refuses one request.
+pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, Undecided> {
+    let config = &state.config.admission;
+    let events = request.events.as_ref();
+    let mut script = ScriptRequest {
+        prefix: state.keys.prefix(),
+        route: request.route,
+        origin: request.origin,
+        ip: request.ip,
+        public: request.key.kind() == apikeys::KeyKind::Pk,
+        ip_limit: config.public_ip_limit,
+        offset_ms: state.redis_time_offset_ms(),
+        valid: request.valid,
+        success_status: request.success_status,
+        invalid_status: request.invalid_status,
+        request_id: Uuid::now_v7(),
+        latency_ms: request.latency.as_secs_f64() * 1000.0,
+        metrics: request.metrics,
+        events,
+        upload: request.upload.as_deref(),
+        reseed: None,
+    };
+    let cache_key = state.keys.key_cache(&request.key.cache_id());
+    // At most: fill the key cache, load the bans, reseed the quotas, decide.
+    for _ in 0..4 {
+        let args = [serde_json::to_string(&script).context("encoding the admission request")?];
+        let keys = [cache_key.as_str()];
+        let call = state.upstash.eval::<Vec<Reply>>(&ADMIT, &keys, &args);
+        let reply = tokio::time::timeout(config.timeout, call)
+            .await
+            .map_err(|_| anyhow::anyhow!("admission took over {:?}", config.timeout))?
+            .context("running admit.lua")?;
+        let verdict = Verdict::parse(&reply)?;
+        match verdict.code.as_str() {
+            "miss" => {
+                apikeys::refresh_cache(&state.db, &state.upstash, &state.keys, request.key).await?;
+            }
+            "reseed_bans" => load_bans(state).await?,
+            "reseed_quota" => {
+                let key_id = verdict.key_id()?;
+                script.reseed = Some(quota_used(state, key_id, &verdict.detail).await?);
+            }
+            _ => return verdict.into_decision(state, request.ip).await,
+        }
+    }
+    Err(Undecided(anyhow::anyhow!(
+        "admission did not settle after refilling its caches"
+    )))
+}
+
+/// The script's reply.
+struct Verdict {
+    code: String,
+    key_id: String,
+    rate: RateLimit,
+    retry_after: Duration,
+    detail: String,
+}
+
+impl Verdict {
+    fn parse(reply: &[Reply]) -> anyhow::Result<Self> {
+        let text = |i: usize| {
+            reply
+                .get(i)
+                .and_then(Reply::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let int = |i: usize| match reply.get(i) {
+            Some(Reply::Int(n)) => (*n).max(0) as u64,
+            _ => 0,
+        };
+        anyhow::ensure!(reply.len() == 7, "admit.lua answered {reply:?}");
+        Ok(Self {
+            code: text(0),
+            key_id: text(1),
+            rate: RateLimit {
+                limit: int(2),
+                remaining: int(3),
+                reset: Duration::from_millis(int(4)),
+            },
+            retry_after: Duration::from_millis(int(5)),
+            detail: text(6),
+        })
+    }
+
+    fn key_id(&self) -> anyhow::Result<Uuid> {
+        Uuid::parse_str(&self.key_id).context("admit.lua returned a malformed key id")
+    }
+
+    async fn into_decision(self, state: &AppState, ip: &str) -> Result<Decision, Undecided> {
+        let rate = self.rate;
+        let error = match self.code.as_str() {
+            "ok" => {
+                return Ok(Decision::Admitted {
+                    key_id: self.key_id()?,
+                    rate,
+                })
+            }
+            "invalid_key" => ApiError::Unauthorized {
+                code: "invalid_key",
+                message: "no API key matches".into(),
+            },
+            "revoked_key" => ApiError::Unauthorized {
+                code: "revoked_key",
+                message: "this API key has been revoked".into(),
+            },
+            "origin_not_allowed" => ApiError::Forbidden {
+                code: "origin_not_allowed",
+                message: "this origin is not allowed to use this key".into(),
+            },
+            "banned" => ApiError::Forbidden {
+                code: "banned",
+                message: ban_message(&self.detail),
+            },
+            "rate_limited" => {
+                if self.detail.starts_with("permanent") {
+                    record_permanent_ban(state, &self, ip).await?;
+                }
+                ApiError::TooManyRequests {
+                    code: "rate_limited",
+                    message: format!("over the limit of {} requests per minute", rate.limit),
+                    retry_after: self.retry_after,
+                }
+            }
+            "daily_quota_exceeded" => ApiError::TooManyRequests {
+                code: "daily_quota_exceeded",
+                message: "the daily quota of this key is used up".into(),
+                retry_after: self.retry_after,
+            },
+            "monthly_quota_exceeded" => ApiError::TooManyRequests {
+                code: "monthly_quota_exceeded",
+                message: "the monthly quota of this key is used up".into(),
+                retry_after: Duration::from_secs(86_400),
+            },
+            other => return Err(Undecided(anyhow::anyhow!("admit.lua answered `{other}`"))),
+        };
+        Ok(Decision::Refused { error, rate })
+    }
+}
+
+/// "banned until 2026-11-21T12:00:00Z (rate limit violations)", or "for good".
+fn ban_message(detail: &str) -> String {
+    let ban: serde_json::Value = serde_json::from_str(detail).unwrap_or_default();
+    let reason = ban["reason"].as_str().unwrap_or("banned");
+    match ban["until"]
+        .as_i64()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+    {
+        Some(until) => format!("banned until {} ({reason})", until.to_rfc3339()),
+        None => format!("banned permanently ({reason})"),
+    }
+}
+
+/// Writes a permanent ban the script just issued to Postgres, which is
+/// authoritative for them.
+async fn record_permanent_ban(state: &AppState, verdict: &Verdict, ip: &str) -> anyhow::Result<()> {
+    let (kind, subject) = if verdict.detail == "permanent-ip" {
+        ("ip", ip)
+    } else {
+        ("key", verdict.key_id.as_str())
+    };
+    state
+        .db
+        .query(
+            "INSERT INTO bans (subject_type, subject, reason) VALUES ($1, $2, 'rate limit violations')
+             ON CONFLICT (subject_type, subject) WHERE lifted_at IS NULL
+             DO UPDATE SET expires_at = NULL, reason = EXCLUDED.reason",
+        )
+        .bind(kind)
+        .bind(subject)
+        .execute(state.db.pool())
+        .await
+        .context("recording a permanent ban")?;
+    Ok(())
+}
+
+/// Loads Postgres's bans in force into Redis, then marks them loaded.
+async fn load_bans(state: &AppState) -> anyhow::Result<()> {
+    use sqlx::Row;
+    let rows = state
+        .db
+        .query(
+            "SELECT subject_type, subject, reason,
+                    (extract(epoch FROM expires_at) * 1000)::bigint AS until_ms
+             FROM bans
+             WHERE lifted_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
+        )
+        .fetch_all(state.db.pool())
+        .await
+        .context("reading the bans in force")?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut commands = Vec::with_capacity(rows.len() + 1);
+    for row in rows {
+        let kind: String = row.try_get("subject_type")?;
+        let subject: String = row.try_get("subject")?;
+        let until: Option<i64> = row.try_get("until_ms")?;
+        let key = if kind == "key" {
+            state.keys.key_ban(&subject)
+        } else {
+            state.keys.ip_ban(&subject)
+        };
+        let value =
+            serde_json::json!({"reason": row.try_get::<String, _>("reason")?, "until": until});
+        let mut command = Command::new("SET").arg(key).arg(value.to_string());
+        if let Some(until) = until {
+            command = command.arg("PX").arg((until - now_ms).max(1));
+        }
+        commands.push(command);
+    }
+    commands.push(
+        Command::new("SET")
+            .arg(state.keys.bans_loaded())
+            .arg(1)
+            .arg("EX")
+            .arg(BANS_LOADED_TTL.as_secs()),
+    );
+    for result in state.upstash.pipeline(&commands).await? {
+        result.context("loading a ban into Redis")?;
+    }
+    Ok(())
+}
+
+/// What Postgres knows of a key's use on a day and in a month (ids as the
+/// script gives them: `2026-11-21|2026-11`).
+async fn quota_used(state: &AppState, key_id: Uuid, periods: &str) -> anyhow::Result<Reseed> {
+    use sqlx::Row;
+    let (day, month) = periods
+        .split_once('|')
+        .context("admit.lua sent malformed periods")?;
+    let day = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").context("the day to reseed")?;
+    let month_start = chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d")
+        .context("the month to reseed")?;
+    let row = state
+        .db
+        .query(
+            "SELECT coalesce(sum(successful_requests) FILTER (WHERE day = $2), 0)::bigint AS day,
+                    coalesce(sum(successful_requests), 0)::bigint AS month
+             FROM api_key_usage_daily
+             WHERE api_key_id = $1 AND day >= $3 AND day < ($3 + interval '1 month')",
+        )
+        .bind(key_id)
+        .bind(day)
+        .bind(month_start)
+        .fetch_one(state.db.pool())
+        .await
+        .context("reading the key's usage to reseed its quotas")?;
+    Ok(Reseed {
+        day: row.try_get("day")?,
+        month: row.try_get("month")?,
+    })
+}

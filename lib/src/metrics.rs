@@ -1,0 +1,382 @@
+//! The metrics sync: moves the write-behind usage counters from Redis into
+//! Postgres, crash-safe and in bulk.
+//!
+//! 1. `snapshot.lua` atomically moves the dirty counter hashes into a batch
+//!    with an id, recorded as pending.
+//! 2. One Postgres transaction applies the whole batch, one `UNNEST` upsert
+//!    per table, and inserts the batch id into `sync_batches`; a batch whose
+//!    id is already there was applied before and is skipped.
+//! 3. Only then is the batch deleted from Redis.
+//!
+//! A run that dies after 1 leaves the batch pending and the next run applies
+//! it; one that dies after 2 leaves it pending too, and the next run finds
+//! its id in `sync_batches` and only deletes it. Nothing is lost, nothing is
+//! counted twice, while requests keep incrementing fresh hashes meanwhile.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::{
+    fault,
+    state::AppState,
+    upstash::{Command, Reply, Script},
+};
+
+pub static SNAPSHOT: Script = Script::new("snapshot", include_str!("scripts/snapshot.lua"));
+
+/// Dirty key-days per batch: bounds how long the snapshot script holds Redis.
+const BATCH_KEY_DAYS: u64 = 2_000;
+
+/// What one sync run did.
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct SyncReport {
+    pub batches: u64,
+    /// Batches found already applied (their run died before deleting them).
+    pub already_applied: u64,
+    /// Counter fields moved into Postgres.
+    pub counters: u64,
+    pub key_days: u64,
+    pub statements: u64,
+    pub duration_ms: u64,
+    /// `empty` or `budget`.
+    pub stopped: &'static str,
+}
+
+/// Counters of one key on one day, as the admission script keeps them.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct KeyDay {
+    requests: i64,
+    successful: i64,
+    failed: i64,
+    files: i64,
+    bytes: i64,
+    last_ms: i64,
+    /// Per provider: uploads, bytes, last use.
+    providers: BTreeMap<String, (i64, i64, i64)>,
+    /// Uploads per content type.
+    file_types: BTreeMap<String, i64>,
+}
+
+/// Syncs batches until nothing is dirty or the time budget is spent.
+pub async fn sync(state: &AppState) -> anyhow::Result<SyncReport> {
+    let started = Instant::now();
+    let statements_before = state.db.statements();
+    let mut report = SyncReport::default();
+    loop {
+        if started.elapsed() >= state.config.pipeline.drain_budget {
+            report.stopped = "budget";
+            break;
+        }
+        let reply: Vec<Reply> = state
+            .upstash
+            .eval(
+                &SNAPSHOT,
+                &[],
+                &[
+                    state.keys.prefix().to_owned(),
+                    Uuid::new_v4().to_string(),
+                    BATCH_KEY_DAYS.to_string(),
+                ],
+            )
+            .await
+            .context("snapshotting dirty counters")?;
+        let (batch_id, fields) = match reply.as_slice() {
+            [Reply::Bulk(id), Reply::Array(fields)] => {
+                (String::from_utf8_lossy(id).into_owned(), fields)
+            }
+            other => anyhow::bail!("snapshot.lua answered {other:?}"),
+        };
+        if batch_id.is_empty() {
+            report.stopped = "empty";
+            break;
+        }
+        fault::point("sync:after-snapshot");
+        let key_days = parse_batch(fields)?;
+        report.counters += (fields.len() / 2) as u64;
+        report.key_days += key_days.len() as u64;
+        if !apply(state, &batch_id, &key_days, (fields.len() / 2) as i32).await? {
+            report.already_applied += 1;
+        }
+        fault::point("sync:after-commit");
+        report.batches += 1;
+        fault::point("sync:before-delete");
+        let results = state
+            .upstash
+            .transaction(&[
+                Command::new("DEL").arg(format!("{}mx:batch:{batch_id}", state.keys.prefix())),
+                Command::new("SREM")
+                    .arg(format!("{}mx:pending", state.keys.prefix()))
+                    .arg(&batch_id),
+            ])
+            .await
+            .context("deleting an applied batch")?;
+        for result in results {
+            result.context("deleting an applied batch")?;
+        }
+    }
+    report.statements = state.db.statements() - statements_before;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Groups the batch's `<key id>:<day>|<counter>` fields by key and day.
+fn parse_batch(fields: &[Reply]) -> anyhow::Result<BTreeMap<(Uuid, NaiveDate), KeyDay>> {
+    let mut key_days: BTreeMap<(Uuid, NaiveDate), KeyDay> = BTreeMap::new();
+    for pair in fields.chunks(2) {
+        let [name, value] = pair else { continue };
+        let (Some(name), Some(value)) = (name.as_str(), value.as_str()) else {
+            anyhow::bail!("a batch field is not text");
+        };
+        let value: i64 = value
+            .parse()
+            .with_context(|| format!("counter {name} = {value}"))?;
+        let (member, counter) = name.split_once('|').context("a batch field has no `|`")?;
+        let (key, day) = member
+            .rsplit_once(':')
+            .context("a batch member has no day")?;
+        let key = Uuid::parse_str(key).with_context(|| format!("key id of {member}"))?;
+        let day = NaiveDate::parse_from_str(day, "%Y-%m-%d")
+            .with_context(|| format!("day of {member}"))?;
+        let entry = key_days.entry((key, day)).or_default();
+        match counter {
+            "req" => entry.requests += value,
+            "ok" => entry.successful += value,
+            "fail" => entry.failed += value,
+            "files" => entry.files += value,
+            "bytes" => entry.bytes += value,
+            "last" => entry.last_ms = entry.last_ms.max(value),
+            other => {
+                if let Some(content_type) = other.strip_prefix("ft:") {
+                    *entry.file_types.entry(content_type.to_owned()).or_default() += value;
+                } else if let Some(rest) = other.strip_prefix("p:") {
+                    let (provider, field) = rest.rsplit_once(':').context("a provider counter")?;
+                    let slot = entry.providers.entry(provider.to_owned()).or_default();
+                    match field {
+                        "n" => slot.0 += value,
+                        "b" => slot.1 += value,
+                        "last" => slot.2 = slot.2.max(value),
+                        _ => tracing::warn!(counter = other, "unknown provider counter; skipped"),
+                    }
+                } else {
+                    tracing::warn!(counter = other, "unknown counter; skipped");
+                }
+            }
+        }
+    }
+    Ok(key_days)
+}
+
+fn time(ms: i64) -> Option<DateTime<Utc>> {
+    (ms > 0)
+        .then(|| DateTime::from_timestamp_millis(ms))
+        .flatten()
+}
+
+/// Applies one batch in one transaction. Returns false if the batch had
+/// been applied before (and so was not applied again).
+async fn apply(
+    state: &AppState,
+    batch_id: &str,
+    key_days: &BTreeMap<(Uuid, NaiveDate), KeyDay>,
+    counters: i32,
+) -> anyhow::Result<bool> {
+    let db = &state.db;
+    let mut tx = db
+        .pool()
+        .begin()
+        .await
+        .context("starting the sync transaction")?;
+    let fresh = db
+        .query(
+            "INSERT INTO sync_batches (batch_id, counters) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(batch_id)
+        .bind(counters)
+        .execute(&mut *tx)
+        .await
+        .context("recording the sync batch")?
+        .rows_affected()
+        == 1;
+    if !fresh {
+        tx.rollback().await.ok();
+        return Ok(false);
+    }
+
+    // Per key and day.
+    let (mut keys, mut days, mut reqs, mut oks, mut fails, mut files, mut bytes, mut lasts) = (
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+    );
+    for ((key, day), c) in key_days {
+        keys.push(*key);
+        days.push(*day);
+        reqs.push(c.requests);
+        oks.push(c.successful);
+        fails.push(c.failed);
+        files.push(c.files);
+        bytes.push(c.bytes);
+        lasts.push(time(c.last_ms));
+    }
+    // Rows of keys deleted since are skipped rather than failing the batch.
+    db.query(
+        "INSERT INTO api_key_usage_daily AS u (api_key_id, day, total_requests, successful_requests,
+                                               failed_requests, total_files, total_bytes, last_used_at)
+         SELECT t.* FROM UNNEST($1::uuid[], $2::date[], $3::bigint[], $4::bigint[], $5::bigint[],
+                                $6::bigint[], $7::bigint[], $8::timestamptz[])
+              AS t(api_key_id, day, req, ok, fail, files, bytes, last)
+         WHERE EXISTS (SELECT 1 FROM api_keys k WHERE k.id = t.api_key_id)
+         ON CONFLICT (api_key_id, day) DO UPDATE SET
+            total_requests = u.total_requests + EXCLUDED.total_requests,
+            successful_requests = u.successful_requests + EXCLUDED.successful_requests,
+            failed_requests = u.failed_requests + EXCLUDED.failed_requests,
+            total_files = u.total_files + EXCLUDED.total_files,
+            total_bytes = u.total_bytes + EXCLUDED.total_bytes,
+            last_used_at = GREATEST(u.last_used_at, EXCLUDED.last_used_at)",
+    )
+    .bind(&keys)
+    .bind(&days)
+    .bind(&reqs)
+    .bind(&oks)
+    .bind(&fails)
+    .bind(&files)
+    .bind(&bytes)
+    .bind(&lasts)
+    .execute(&mut *tx)
+    .await
+    .context("upserting daily usage")?;
+
+    // Totals per key, with the file-type counts merged into the JSON object.
+    let mut totals: BTreeMap<Uuid, KeyDay> = BTreeMap::new();
+    for ((key, _), c) in key_days {
+        let t = totals.entry(*key).or_default();
+        t.requests += c.requests;
+        t.successful += c.successful;
+        t.failed += c.failed;
+        t.files += c.files;
+        t.bytes += c.bytes;
+        t.last_ms = t.last_ms.max(c.last_ms);
+        for (content_type, n) in &c.file_types {
+            *t.file_types.entry(content_type.clone()).or_default() += n;
+        }
+    }
+    let mut ft_keys = vec![];
+    let mut ft_types = vec![];
+    let mut ft_counts = vec![];
+    for (key, t) in &totals {
+        for (content_type, n) in &t.file_types {
+            ft_keys.push(*key);
+            ft_types.push(content_type.as_str());
+            ft_counts.push(*n);
+        }
+    }
+    db.query(
+        "WITH t AS (
+            SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                                 $6::bigint[], $7::timestamptz[])
+                AS t(id, req, ok, fail, files, bytes, last)
+         ),
+         ft AS (
+            SELECT id, content_type, n FROM UNNEST($8::uuid[], $9::text[], $10::bigint[])
+                AS f(id, content_type, n)
+         )
+         UPDATE api_keys k SET
+            total_requests = k.total_requests + t.req,
+            successful_requests = k.successful_requests + t.ok,
+            failed_requests = k.failed_requests + t.fail,
+            total_files = k.total_files + t.files,
+            total_bytes = k.total_bytes + t.bytes,
+            last_used_at = GREATEST(k.last_used_at, t.last),
+            file_type_counts = coalesce((
+                SELECT jsonb_object_agg(content_type, n) FROM (
+                    SELECT content_type, sum(n)::bigint AS n FROM (
+                        SELECT key AS content_type, value::bigint AS n
+                        FROM jsonb_each_text(k.file_type_counts)
+                        UNION ALL
+                        SELECT content_type, n FROM ft WHERE ft.id = k.id
+                    ) merged GROUP BY content_type
+                ) summed
+            ), '{}'::jsonb)
+         FROM t WHERE k.id = t.id",
+    )
+    .bind(totals.keys().copied().collect::<Vec<_>>())
+    .bind(totals.values().map(|t| t.requests).collect::<Vec<_>>())
+    .bind(totals.values().map(|t| t.successful).collect::<Vec<_>>())
+    .bind(totals.values().map(|t| t.failed).collect::<Vec<_>>())
+    .bind(totals.values().map(|t| t.files).collect::<Vec<_>>())
+    .bind(totals.values().map(|t| t.bytes).collect::<Vec<_>>())
+    .bind(totals.values().map(|t| time(t.last_ms)).collect::<Vec<_>>())
+    .bind(&ft_keys)
+    .bind(&ft_types)
+    .bind(&ft_counts)
+    .execute(&mut *tx)
+    .await
+    .context("adding to the keys' totals")?;
+
+    // Per key, provider and day; and per key and provider, all time.
+    let (mut p_keys, mut p_names, mut p_days, mut p_n, mut p_b, mut p_last) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for ((key, day), c) in key_days {
+        for (provider, (n, b, last)) in &c.providers {
+            p_keys.push(*key);
+            p_names.push(provider.as_str());
+            p_days.push(*day);
+            p_n.push(*n);
+            p_b.push(*b);
+            p_last.push(time(*last));
+        }
+    }
+    if !p_keys.is_empty() {
+        db.query(
+            "INSERT INTO provider_usage_daily AS u (api_key_id, provider, day, uploads, bytes, last_used_at)
+             SELECT t.* FROM UNNEST($1::uuid[], $2::text[], $3::date[], $4::bigint[], $5::bigint[],
+                                    $6::timestamptz[]) AS t(api_key_id, provider, day, n, b, last)
+             WHERE EXISTS (SELECT 1 FROM api_keys k WHERE k.id = t.api_key_id)
+             ON CONFLICT (api_key_id, provider, day) DO UPDATE SET
+                uploads = u.uploads + EXCLUDED.uploads,
+                bytes = u.bytes + EXCLUDED.bytes,
+                last_used_at = GREATEST(u.last_used_at, EXCLUDED.last_used_at)",
+        )
+        .bind(&p_keys)
+        .bind(&p_names)
+        .bind(&p_days)
+        .bind(&p_n)
+        .bind(&p_b)
+        .bind(&p_last)
+        .execute(&mut *tx)
+        .await
+        .context("upserting daily provider usage")?;
+        db.query(
+            "INSERT INTO provider_usage AS u (api_key_id, provider, uploads, bytes, last_used_at)
+             SELECT api_key_id, provider, sum(n), sum(b), max(last)
+             FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::timestamptz[])
+                  AS t(api_key_id, provider, n, b, last)
+             WHERE EXISTS (SELECT 1 FROM api_keys k WHERE k.id = t.api_key_id)
+             GROUP BY api_key_id, provider
+             ON CONFLICT (api_key_id, provider) DO UPDATE SET
+                uploads = u.uploads + EXCLUDED.uploads,
+                bytes = u.bytes + EXCLUDED.bytes,
+                last_used_at = GREATEST(u.last_used_at, EXCLUDED.last_used_at)",
+        )
+        .bind(&p_keys)
+        .bind(&p_names)
+        .bind(&p_n)
+        .bind(&p_b)
+        .bind(&p_last)
+        .execute(&mut *tx)
+        .await
+        .context("upserting provider usage")?;
+    }
+    tx.commit().await.context("committing the sync batch")?;
+    Ok(true)
+}

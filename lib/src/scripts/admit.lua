@@ -1,0 +1,231 @@
+-- admit.lua: everything one metered request needs from Redis, in one round
+-- trip: authenticate the key from the key cache, check the origin and the
+-- bans, apply the rate limits (GCRA) and the daily and monthly quotas,
+-- escalate bans on repeated violations, count the request in the
+-- write-behind metrics, and enqueue the request log and the route's own
+-- payload (collected events, an upload log).
+--
+-- Key names are built here from the prefix, because the key id they contain
+-- is only known once the cache entry is read.
+--
+-- KEYS[1]  the key cache entry of the presented key (JSON, see apikeys.rs)
+-- ARGV[1]  the request, as JSON (see admission.rs, `ScriptRequest`)
+--
+-- Returns {verdict, key_id, limit, remaining, reset_ms, retry_after_ms, detail}:
+--   verdict "ok" | "invalid_key" | "revoked_key" | "origin_not_allowed" |
+--   "banned" | "rate_limited" | "daily_quota_exceeded" |
+--   "monthly_quota_exceeded" | "miss" | "reseed_quota" | "reseed_bans";
+--   limit/remaining/reset_ms describe the per-minute limit;
+--   detail is the ban's JSON, "permanent" when this request made a ban
+--   permanent, or the day and month ids to reseed ("2026-11-21|2026-11").
+
+local req = cjson.decode(ARGV[1])
+local p = req.prefix
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + (req.offset_ms or 0)
+
+local cached = redis.call('GET', KEYS[1])
+if not cached then return {'miss', '', 0, 0, 0, 0, ''} end
+local key = cjson.decode(cached)
+if key.status == 'unknown' then return {'invalid_key', '', 0, 0, 0, 0, ''} end
+if key.status ~= 'active' then return {'revoked_key', key.id or '', 0, 0, 0, 0, ''} end
+local id = key.id
+
+if key.kind == 'pk' and type(key.origins) == 'table' and #key.origins > 0 then
+  local allowed = false
+  for _, origin in ipairs(key.origins) do
+    if origin == req.origin then allowed = true break end
+  end
+  if not allowed then return {'origin_not_allowed', id, 0, 0, 0, 0, ''} end
+end
+
+-- Permanent bans live in Postgres; after a flush Redis must load them first.
+if redis.call('EXISTS', p .. 'bans:loaded') == 0 then
+  return {'reseed_bans', id, 0, 0, 0, 0, ''}
+end
+local public_ip = req.public and req.ip ~= ''
+-- A ban ends at its `until` by the script's clock, as well as by its TTL, so
+-- that tests can move through time without waiting.
+local function ban_of(ban_key)
+  local ban = redis.call('GET', ban_key)
+  if ban then
+    local untill = cjson.decode(ban)['until']
+    if type(untill) == 'number' and untill <= now then
+      redis.call('DEL', ban_key)
+      return nil
+    end
+  end
+  return ban
+end
+local ban = ban_of(p .. 'ban:key:' .. id)
+if not ban and public_ip then ban = ban_of(p .. 'ban:ip:' .. req.ip) end
+
+-- Calendar day and month in the key's time zone (Hinnant's civil_from_days).
+local function civil(ms)
+  local days = math.floor(ms / 86400000)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return y, m, d
+end
+local offset = (key.tz_offset or 0) * 1000
+local y, m, d = civil(now + offset)
+local day_id = string.format('%04d-%02d-%02d', y, m, d)
+local month_id = string.format('%04d-%02d', y, m)
+local metrics_key = p .. 'mx:' .. id .. ':' .. day_id
+
+-- Write-behind metrics: one hash per key and day, found by the sync through
+-- the dirty set, never by scanning.
+local function count(ok)
+  redis.call('HINCRBY', metrics_key, 'req', 1)
+  redis.call('HINCRBY', metrics_key, ok and 'ok' or 'fail', 1)
+  local last = tonumber(redis.call('HGET', metrics_key, 'last') or '0')
+  if now > last then redis.call('HSET', metrics_key, 'last', now) end
+  local metrics = req.metrics
+  if ok and metrics then
+    redis.call('HINCRBY', metrics_key, 'files', metrics.files)
+    redis.call('HINCRBY', metrics_key, 'bytes', metrics.bytes)
+    local pp = 'p:' .. metrics.provider .. ':'
+    redis.call('HINCRBY', metrics_key, pp .. 'n', metrics.files)
+    redis.call('HINCRBY', metrics_key, pp .. 'b', metrics.bytes)
+    redis.call('HSET', metrics_key, pp .. 'last', now)
+    redis.call('HINCRBY', metrics_key, 'ft:' .. metrics.content_type, metrics.files)
+  end
+  redis.call('SADD', p .. 'mx:dirty', id .. ':' .. day_id)
+end
+
+local function log(outcome, status)
+  local entry = cjson.encode({id = req.request_id, route = req.route, outcome = outcome,
+    status = status, latency_ms = req.latency_ms, at = now})
+  redis.call('XADD', p .. 'events:queue', '*', 't', 'req', 'k', id, 'n', 0, 'e', entry)
+end
+
+local function refuse(verdict, limit, remaining, reset, retry, detail, status)
+  count(false)
+  log(verdict, status)
+  return {verdict, id, limit, remaining, reset, retry, detail}
+end
+
+if ban then
+  return refuse('banned', 0, 0, 0, 0, ban, 403)
+end
+
+-- GCRA: the state is one timestamp per limiter (the theoretical arrival
+-- time), admitting `limit` at once and then one per period/limit.
+local function gcra(state_key, limit, cost)
+  local interval = 60000 / limit
+  local tat = math.max(tonumber(redis.call('GET', state_key) or '0'), now)
+  local new_tat = tat + interval * cost
+  local allow_at = new_tat - 60000
+  if allow_at > now then
+    return false, tat, math.ceil(allow_at - now), 0, math.ceil(tat - now)
+  end
+  return true, new_tat, 0, math.floor((60000 - (new_tat - now)) / interval), math.ceil(new_tat - now)
+end
+
+local rate_key = p .. 'rl:key:' .. id
+local limit = tonumber(key.limits and key.limits.minute) or 0
+local ok_rate, tat, retry, remaining, reset = true, nil, 0, limit, 0
+if limit > 0 then
+  ok_rate, tat, retry, remaining, reset = gcra(rate_key, limit, 1)
+end
+local ip_key, ip_ok, ip_tat, ip_retry = nil, true, nil, 0
+if public_ip and (req.ip_limit or 0) > 0 then
+  ip_key = p .. 'rl:ip:' .. req.ip
+  local ip_remaining, ip_reset
+  ip_ok, ip_tat, ip_retry, ip_remaining, ip_reset = gcra(ip_key, req.ip_limit, 1)
+end
+
+-- Three violations within ten minutes ban the subject: five minutes, then a
+-- day, then for good (Postgres records permanent bans; the caller writes it).
+local function violate(subject)
+  local viol = p .. 'viol:' .. subject
+  redis.call('ZADD', viol, now, now .. ':' .. req.request_id)
+  redis.call('ZREMRANGEBYSCORE', viol, '-inf', now - 600000)
+  redis.call('PEXPIRE', viol, 600000)
+  if redis.call('ZCARD', viol) < 3 then return '' end
+  redis.call('DEL', viol)
+  local level_key = p .. 'banlevel:' .. subject
+  local level = redis.call('INCR', level_key)
+  redis.call('PEXPIRE', level_key, 30 * 86400000)
+  local ban_key = p .. 'ban:' .. subject
+  if level == 1 then
+    redis.call('SET', ban_key, cjson.encode({reason = 'rate limit violations', ['until'] = now + 300000}), 'PX', 300000)
+  elseif level == 2 then
+    redis.call('SET', ban_key, cjson.encode({reason = 'rate limit violations', ['until'] = now + 86400000}), 'PX', 86400000)
+  else
+    redis.call('SET', ban_key, cjson.encode({reason = 'rate limit violations'}))
+    return 'permanent'
+  end
+  return ''
+end
+
+if not ok_rate or not ip_ok then
+  local detail = ''
+  if not ok_rate then detail = violate('key:' .. id) end
+  if not ip_ok then
+    local ip_detail = violate('ip:' .. req.ip)
+    if ip_detail ~= '' then detail = 'permanent-ip' end
+  end
+  return refuse('rate_limited', limit, 0, reset, math.max(retry, ip_retry), detail, 429)
+end
+
+-- Quotas count admitted, valid requests. A missing counter is either a new
+-- period or a lost one: the caller reseeds it from Postgres (plus what the
+-- unsynced metrics hold) and calls again.
+local cost = req.valid and 1 or 0
+local day_key = p .. 'q:d:' .. id .. ':' .. day_id
+local month_key = p .. 'q:m:' .. id .. ':' .. month_id
+local day_limit = tonumber(key.limits and key.limits.day)
+local month_limit = tonumber(key.limits and key.limits.month)
+if req.reseed then
+  local unsynced = tonumber(redis.call('HGET', metrics_key, 'ok') or '0')
+  if day_limit then redis.call('SET', day_key, req.reseed.day + unsynced, 'NX', 'PX', 2 * 86400000) end
+  if month_limit then redis.call('SET', month_key, req.reseed.month + unsynced, 'NX', 'PX', 32 * 86400000) end
+end
+local used_day = redis.call('GET', day_key)
+local used_month = redis.call('GET', month_key)
+if (day_limit and not used_day) or (month_limit and not used_month) then
+  return {'reseed_quota', id, 0, 0, 0, 0, day_id .. '|' .. month_id}
+end
+if day_limit and tonumber(used_day) + cost > day_limit then
+  local day_end = (math.floor((now + offset) / 86400000) + 1) * 86400000 - offset
+  return refuse('daily_quota_exceeded', limit, remaining, reset, day_end - now, '', 429)
+end
+if month_limit and tonumber(used_month) + cost > month_limit then
+  return refuse('monthly_quota_exceeded', limit, remaining, reset, 0, '', 429)
+end
+
+-- Admitted: commit the limiter state and the quota use.
+if tat then redis.call('SET', rate_key, tat, 'PX', math.max(1, math.ceil(tat - now))) end
+if ip_key and ip_tat then redis.call('SET', ip_key, ip_tat, 'PX', math.max(1, math.ceil(ip_tat - now))) end
+if cost > 0 then
+  if day_limit then redis.call('INCRBY', day_key, cost) end
+  if month_limit then redis.call('INCRBY', month_key, cost) end
+end
+
+count(req.valid)
+log(req.valid and 'admitted' or 'invalid', req.valid and req.success_status or req.invalid_status)
+
+local events = req.events
+if req.valid and events and events.n > 0 then
+  local salt_key = p .. 'salt:' .. events.day
+  redis.call('SET', salt_key, events.salt, 'NX', 'EX', 172800)
+  local salt = redis.call('GET', salt_key)
+  local visitor = redis.sha1hex(salt .. '|' .. req.ip .. '|' .. events.ua .. '|' .. id)
+  redis.call('XADD', p .. 'events:queue', '*', 't', 'ev', 'k', id, 'v', visitor, 'n', events.n, 'e', events.json)
+  redis.call('HINCRBY', p .. 'events:stats', 'queued_events', events.n)
+end
+if (events and events.bots or 0) > 0 then
+  redis.call('HINCRBY', p .. 'events:stats', 'bots_dropped', events.bots)
+end
+if req.valid and req.upload then
+  redis.call('XADD', p .. 'events:queue', '*', 't', 'up', 'k', id, 'n', 0, 'e', req.upload)
+end
+return {'ok', id, limit, remaining, reset, 0, ''}
