@@ -326,3 +326,72 @@ impl TestApp {
             .expect("counting events")
     }
 }
+
+impl TestApp {
+    /// Sets a key's own limits (None keeps the tier's), as `keys set-limits` does.
+    pub async fn set_limits(
+        &self,
+        key: &NewKey,
+        per_minute: Option<i32>,
+        daily: Option<i64>,
+        monthly: Option<i64>,
+    ) {
+        sqlx::query(
+            "UPDATE api_keys SET rate_limit_per_minute = $2, daily_quota = $3, monthly_quota = $4
+             WHERE id = $1",
+        )
+        .bind(key.id)
+        .bind(per_minute)
+        .bind(daily)
+        .bind(monthly)
+        .execute(self.state.db.pool())
+        .await
+        .expect("setting limits");
+    }
+
+    /// Deletes every Redis key of this test, as a flush would: the other
+    /// tests share the server, so a real FLUSHALL is not an option.
+    pub async fn flush_redis(&self) {
+        let mut cursor = "0".to_owned();
+        loop {
+            let reply: tollgate::upstash::Reply = self
+                .redis(
+                    tollgate::upstash::Command::new("SCAN")
+                        .arg(&cursor)
+                        .arg("MATCH")
+                        .arg(format!("{}*", self.key_prefix))
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await;
+            let tollgate::upstash::Reply::Array(parts) = reply else {
+                panic!("SCAN reply")
+            };
+            cursor = parts[0].as_str().expect("cursor").to_owned();
+            if let tollgate::upstash::Reply::Array(keys) = &parts[1] {
+                if !keys.is_empty() {
+                    let names: Vec<&str> = keys.iter().filter_map(|k| k.as_str()).collect();
+                    let _: i64 = self
+                        .redis(tollgate::upstash::Command::new("DEL").args(names))
+                        .await;
+                }
+            }
+            if cursor == "0" {
+                break;
+            }
+        }
+    }
+
+    /// Runs one metrics sync through the cron route and returns its report.
+    pub async fn sync_metrics(&self) -> serde_json::Value {
+        let response = self
+            .http
+            .get(format!("{}/api/cron/sync-metrics", self.address))
+            .bearer_auth(CRON_SECRET)
+            .send()
+            .await
+            .expect("request to sync-metrics");
+        assert_eq!(response.status(), 200, "sync failed");
+        response.json().await.expect("sync report")
+    }
+}

@@ -5,6 +5,7 @@
 //! run in parallel.
 
 mod admin;
+mod admission;
 mod blob_token;
 mod collect;
 mod database;
