@@ -70,9 +70,9 @@ impl fmt::Display for ByteLimit {
         const KB: usize = 1024;
         const MB: usize = 1024 * 1024;
         let bytes = self.0;
-        if bytes >= MB && bytes % MB == 0 {
+        if bytes >= MB && bytes.is_multiple_of(MB) {
             write!(f, "{bytes} bytes ({} MB)", bytes / MB)
-        } else if bytes >= KB && bytes % KB == 0 {
+        } else if bytes >= KB && bytes.is_multiple_of(KB) {
             write!(f, "{bytes} bytes ({} KB)", bytes / KB)
         } else {
             write!(f, "{bytes} bytes")
@@ -966,11 +966,11 @@ fn show_duration(d: Duration) -> String {
     let secs = d.as_secs();
     let (n, unit) = if secs == 0 {
         (0, "second")
-    } else if secs % 86_400 == 0 && secs > 86_400 {
+    } else if secs.is_multiple_of(86_400) && secs > 86_400 {
         (secs / 86_400, "day")
-    } else if secs % 3_600 == 0 {
+    } else if secs.is_multiple_of(3_600) {
         (secs / 3_600, "hour")
-    } else if secs % 60 == 0 {
+    } else if secs.is_multiple_of(60) {
         (secs / 60, "minute")
     } else {
         (secs, "second")
