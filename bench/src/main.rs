@@ -178,7 +178,7 @@ fn sample_event(now: chrono::DateTime<chrono::Utc>, i: u64) -> Event {
     Event {
         id: Uuid::now_v7(),
         kind: EventKind::Web,
-        name: if i % 5 == 0 {
+        name: if i.is_multiple_of(5) {
             "signup".into()
         } else {
             "pageview".into()
