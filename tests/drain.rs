@@ -1,14 +1,14 @@
 //! `GET /api/cron/process-events`: the drain, under crashes, concurrency and
 //! bad rows.
 
-use std::{process::Stdio, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use chrono::{TimeZone, Utc};
 use serde_json::{json, Value};
 use tollgate::{clock::FixedClock, upstash::Command};
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp, TestOptions, CRON_SECRET};
+use crate::helpers::{crash_function_at, spawn_app, spawn_app_with, TestApp, TestOptions};
 
 fn event(id: Uuid) -> Value {
     json!({"id": id, "type": "server", "name": "request", "service": "api", "status": 200, "duration_ms": 12.5})
@@ -151,45 +151,6 @@ async fn overlapping_drains_do_not_claim_side_by_side() {
     assert_eq!(report["stopped"], "locked", "{report}");
 }
 
-/// Runs the real `cron-process-events` function binary with the fault switch
-/// set, calls it, and waits for it to die at the fault point.
-async fn crash_drain_at(app: &TestApp, point: &str) {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cron-process-events"))
-        .envs(app.env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("VERCEL_DEV_PORT", port.to_string())
-        .env("TOLLGATE_FAULT_POINT", point)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting the function binary");
-    let url = format!("http://127.0.0.1:{port}/api/cron/process-events");
-    let mut answered = None;
-    for _ in 0..200 {
-        match app.http.get(&url).bearer_auth(CRON_SECRET).send().await {
-            Ok(response) => {
-                answered = Some(response.status());
-                break;
-            }
-            // Refused: not listening yet. Closed mid-request: it died.
-            Err(error) if error.is_connect() => tokio::time::sleep(Duration::from_millis(25)).await,
-            Err(_) => break,
-        }
-    }
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("the function exits")
-        .unwrap();
-    assert!(
-        !status.success(),
-        "the drain should have died at {point} (answered {answered:?})"
-    );
-}
-
 #[tokio::test]
 async fn a_drain_killed_at_any_step_loses_and_doubles_nothing() {
     for point in [
@@ -205,7 +166,13 @@ async fn a_drain_killed_at_any_step_loses_and_doubles_nothing() {
         let key = app.create_key().await;
         let ids = enqueue(&app, &key.publishable, 300, 30).await;
 
-        crash_drain_at(&app, point).await;
+        crash_function_at(
+            &app,
+            env!("CARGO_BIN_EXE_cron-process-events"),
+            "/api/cron/process-events",
+            point,
+        )
+        .await;
         let status = app.queue_status().await;
         assert!(
             status["in_flight"]["requests"].as_u64().unwrap() > 0,

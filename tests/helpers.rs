@@ -395,3 +395,44 @@ impl TestApp {
         response.json().await.expect("sync report")
     }
 }
+
+/// Runs a real cron function binary (e.g. `CARGO_BIN_EXE_cron-process-events`)
+/// against the app's Redis and database with the fault switch set, calls its
+/// route, and waits for it to die at the fault point.
+pub async fn crash_function_at(app: &TestApp, binary: &str, route: &str, point: &str) {
+    use std::{process::Stdio, time::Duration};
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        listener.local_addr().expect("address").port()
+    };
+    let mut child = tokio::process::Command::new(binary)
+        .envs(app.env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("VERCEL_DEV_PORT", port.to_string())
+        .env("TOLLGATE_FAULT_POINT", point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the function binary");
+    let url = format!("http://127.0.0.1:{port}{route}");
+    let mut answered = None;
+    for _ in 0..200 {
+        match app.http.get(&url).bearer_auth(CRON_SECRET).send().await {
+            Ok(response) => {
+                answered = Some(response.status());
+                break;
+            }
+            // Refused: not listening yet. Closed mid-request: it died.
+            Err(error) if error.is_connect() => tokio::time::sleep(Duration::from_millis(25)).await,
+            Err(_) => break,
+        }
+    }
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the function exits")
+        .expect("waiting for the function");
+    assert!(
+        !status.success(),
+        "{route} should have died at {point} (answered {answered:?})"
+    );
+}

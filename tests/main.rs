@@ -12,5 +12,6 @@ mod database;
 mod drain;
 mod health;
 mod helpers;
+mod sync;
 mod upstash_client;
 mod upstash_local;
