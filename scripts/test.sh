@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every check and test of tollgate: formatting, clippy, and the unit and
+# Runs every check and test of tollgate: formatting, clippy, the unit and
 # integration tests against private Redis and PostgreSQL instances (started
-# here, stopped on exit), including the @upstash/redis conformance suite.
+# here, stopped on exit), including the @upstash/redis conformance suite and
+# the @vercel/blob token check, and finally the offline Vercel deploy check.
 #
 # `make test` runs this; so does CI (.ci/run). It installs what is missing.
 set -euo pipefail
@@ -28,8 +29,9 @@ rm -rf "$dir"
 trap 'services stop >/dev/null 2>&1 || true' EXIT
 eval "$(services start | sed 's/^/export TEST_/')"
 
-echo "==> npm packages for the conformance suite"
+echo "==> npm packages for the node-driven tests"
 (cd tests/upstash-js && npm ci --no-audit --no-fund --loglevel=error)
+(cd tests/blob-js && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -42,3 +44,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+services stop >/dev/null 2>&1 || true
+
+echo "==> deploy check (vercel build, offline)"
+scripts/deploy-check.sh

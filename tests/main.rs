@@ -12,6 +12,7 @@ mod database;
 mod drain;
 mod health;
 mod helpers;
+mod signed_url;
 mod sync;
 mod upstash_client;
 mod upstash_local;

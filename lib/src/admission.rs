@@ -48,21 +48,35 @@ pub struct Request<'a> {
     pub valid: bool,
     pub success_status: u16,
     pub invalid_status: u16,
-    pub metrics: Option<UploadMetrics<'a>>,
     pub events: Option<EventsPayload<'a>>,
-    /// The upload log entry (JSON) of an admitted signed-url request.
-    pub upload: Option<String>,
+    pub upload: Option<UploadCheck<'a>>,
     /// Time spent on the request so far, for the request log.
     pub latency: Duration,
 }
 
-/// What an admitted upload adds to the metrics.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct UploadMetrics<'a> {
-    pub files: u64,
-    pub bytes: u64,
-    pub provider: &'a str,
+/// An upload to check against the key's own policy (which only the script
+/// knows), to count, and to log.
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadCheck<'a> {
+    /// The upload's id (also in its object key).
+    pub id: Uuid,
+    pub filename: &'a str,
     pub content_type: &'a str,
+    pub size: u64,
+    /// The provider asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<&'static str>,
+    /// The first configured provider, when neither the request nor the key names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<&'static str>,
+    /// Which providers are configured, by name.
+    pub configured: std::collections::BTreeMap<&'static str, bool>,
+    /// Whether the content type is in the default list, for keys without their own.
+    pub default_type_ok: bool,
+    pub default_max: u64,
+    /// The object key after `<key id>/`: `<yyyy>/<mm>/<id>-<filename>`.
+    pub suffix: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Events to enqueue for an admitted collect request.
@@ -97,11 +111,9 @@ struct ScriptRequest<'a> {
     request_id: Uuid,
     latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    metrics: Option<UploadMetrics<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     events: Option<&'a EventsPayload<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    upload: Option<&'a str>,
+    upload: Option<&'a UploadCheck<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reseed: Option<Reseed>,
 }
@@ -152,15 +164,14 @@ impl RateLimit {
 /// The outcome of an admission.
 #[derive(Debug)]
 pub enum Decision {
+    /// Admitted; `provider` is the storage provider of an admitted upload.
     Admitted {
         key_id: Uuid,
         rate: RateLimit,
+        provider: Option<String>,
     },
     /// Refused, with the error to answer and the limit headers to send.
-    Refused {
-        error: ApiError,
-        rate: RateLimit,
-    },
+    Refused { error: ApiError, rate: RateLimit },
 }
 
 /// Why admission could not be decided: Upstash or Postgres failed.
@@ -185,9 +196,8 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
         invalid_status: request.invalid_status,
         request_id: Uuid::now_v7(),
         latency_ms: request.latency.as_secs_f64() * 1000.0,
-        metrics: request.metrics,
         events,
-        upload: request.upload.as_deref(),
+        upload: request.upload.as_ref(),
         reseed: None,
     };
     let cache_key = state.keys.key_cache(&request.key.cache_id());
@@ -265,8 +275,28 @@ impl Verdict {
                 return Ok(Decision::Admitted {
                     key_id: self.key_id()?,
                     rate,
+                    provider: (!self.detail.is_empty()).then(|| self.detail.clone()),
                 })
             }
+            "content_type_not_allowed" => ApiError::BadRequest {
+                code: "content_type_not_allowed",
+                message: "`content_type` is not in this key's list of allowed types".into(),
+            },
+            "file_too_large" => ApiError::PayloadTooLarge(format!(
+                "`size` is over this key's limit of {} bytes",
+                self.detail
+            )),
+            "provider_not_configured" => ApiError::BadRequest {
+                code: "provider_not_configured",
+                message: if self.detail.is_empty() {
+                    "no storage provider is configured (S3_* or BLOB_READ_WRITE_TOKEN)".into()
+                } else {
+                    format!(
+                        "`provider` `{}` is not configured on this deployment",
+                        self.detail
+                    )
+                },
+            },
             "invalid_key" => ApiError::Unauthorized {
                 code: "invalid_key",
                 message: "no API key matches".into(),

@@ -205,11 +205,25 @@ pub struct CachedKey {
     /// The key's effective limits; absent for unknown and revoked keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<CachedLimits>,
+    /// The key's own upload policy; absent fields take the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<CachedUpload>,
     /// The key's time zone's offset from UTC now, in seconds, so the
     /// admission script can tell the key's calendar day. It is refreshed
     /// with the cache entry (every few minutes), which covers DST changes.
     #[serde(default)]
     pub tz_offset: i32,
+}
+
+/// A key's upload policy as the admission script reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct CachedUpload {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 /// Limits as the admission script reads them; an absent field is unlimited.
@@ -233,7 +247,8 @@ pub const UNKNOWN_CACHE_TTL: std::time::Duration = std::time::Duration::from_sec
 pub async fn lookup(db: &Db, key: &PresentedKey) -> anyhow::Result<CachedKey> {
     use sqlx::Row;
     const COLUMNS: &str = "id, status, allowed_origins, tier, rate_limit_per_minute, daily_quota,
-                           monthly_quota, timezone";
+                           monthly_quota, timezone, allowed_content_types, max_upload_bytes,
+                           default_provider";
     let row = match key.kind {
         KeyKind::Sk => {
             db.query(&format!(
@@ -259,6 +274,7 @@ pub async fn lookup(db: &Db, key: &PresentedKey) -> anyhow::Result<CachedKey> {
             status: KeyStatus::Unknown,
             origins: Vec::new(),
             limits: None,
+            upload: None,
             tz_offset: 0,
         });
     };
@@ -294,6 +310,13 @@ pub async fn lookup(db: &Db, key: &PresentedKey) -> anyhow::Result<CachedKey> {
             minute: limits.per_minute,
             day: limits.per_day,
             month: limits.per_month,
+        }),
+        upload: Some(CachedUpload {
+            types: row.try_get("allowed_content_types")?,
+            max_bytes: row
+                .try_get::<Option<i64>, _>("max_upload_bytes")?
+                .map(|n| n as u64),
+            provider: row.try_get("default_provider")?,
         }),
         tz_offset: utc_offset(&row.try_get::<String, _>("timezone")?),
     })

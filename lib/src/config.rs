@@ -21,6 +21,15 @@ pub struct Config {
     pub key_prefix: String,
     pub pipeline: PipelineConfig,
     pub admission: AdmissionConfig,
+    /// The storage providers signed-url can sign for; none, one or both.
+    pub providers: Providers,
+}
+
+/// Storage providers configured from the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Providers {
+    pub s3: Option<crate::presign::s3::S3Config>,
+    pub blob: Option<crate::presign::blob::BlobConfig>,
 }
 
 /// How admission runs.
@@ -116,6 +125,13 @@ pub const VARIABLES: &[&str] = &[
     "TOLLGATE_QUEUE_CRITICAL_LAG",
     "TOLLGATE_ADMISSION_TIMEOUT",
     "TOLLGATE_PUBLIC_IP_RATE_LIMIT",
+    "S3_ENDPOINT",
+    "S3_REGION",
+    "S3_BUCKET",
+    "S3_ACCESS_KEY_ID",
+    "S3_SECRET_ACCESS_KEY",
+    "S3_FORCE_PATH_STYLE",
+    "BLOB_READ_WRITE_TOKEN",
 ];
 
 /// The default Redis key prefix.
@@ -195,6 +211,16 @@ impl Config {
                 .min(u64::from(u32::MAX)) as u32,
         };
 
+        let s3 = crate::presign::s3::S3Config::from_lookup(&lookup).unwrap_or_else(|problems| {
+            vars.problems.extend(problems);
+            None
+        });
+        let blob =
+            crate::presign::blob::BlobConfig::from_lookup(&lookup).unwrap_or_else(|problem| {
+                vars.problems.push(problem);
+                None
+            });
+
         if !vars.problems.is_empty() {
             return Err(ConfigError {
                 problems: vars.problems,
@@ -227,6 +253,7 @@ impl Config {
             key_prefix,
             pipeline,
             admission,
+            providers: Providers { s3, blob },
         })
     }
 }

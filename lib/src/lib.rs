@@ -27,6 +27,7 @@ pub mod routes;
 pub mod secret;
 pub mod state;
 pub mod telemetry;
+pub mod uploads;
 pub mod upstash;
 pub mod vercel;
 

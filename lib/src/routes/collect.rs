@@ -189,7 +189,6 @@ async fn accept(
         valid: true,
         success_status: 202,
         invalid_status: 400,
-        metrics: None,
         events: Some(payload),
         upload: None,
         latency: started.elapsed(),

@@ -9,6 +9,7 @@ pub mod collect;
 pub mod health;
 pub mod process_events;
 pub mod queue_status;
+pub mod signed_url;
 pub mod sync_metrics;
 
 use std::{future::Future, pin::Pin};
@@ -41,6 +42,10 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/api/collect",
         handler: |state, request| Box::pin(collect::handle(state, request)),
+    },
+    Route {
+        path: "/api/signed-url",
+        handler: |state, request| Box::pin(signed_url::handle(state, request)),
     },
     Route {
         path: "/api/cron/process-events",

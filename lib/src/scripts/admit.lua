@@ -17,7 +17,10 @@
 --   "monthly_quota_exceeded" | "miss" | "reseed_quota" | "reseed_bans";
 --   limit/remaining/reset_ms describe the per-minute limit;
 --   detail is the ban's JSON, "permanent" when this request made a ban
---   permanent, or the day and month ids to reseed ("2026-11-21|2026-11").
+--   permanent, the day and month ids to reseed ("2026-11-21|2026-11"), the
+--   provider of an admitted upload, or the size limit an upload broke;
+--   uploads may also be refused as "content_type_not_allowed",
+--   "file_too_large" or "provider_not_configured" (counted as failed).
 
 local req = cjson.decode(ARGV[1])
 local p = req.prefix
@@ -82,20 +85,20 @@ local metrics_key = p .. 'mx:' .. id .. ':' .. day_id
 
 -- Write-behind metrics: one hash per key and day, found by the sync through
 -- the dirty set, never by scanning.
-local function count(ok)
+local function count(ok, provider)
   redis.call('HINCRBY', metrics_key, 'req', 1)
   redis.call('HINCRBY', metrics_key, ok and 'ok' or 'fail', 1)
   local last = tonumber(redis.call('HGET', metrics_key, 'last') or '0')
   if now > last then redis.call('HSET', metrics_key, 'last', now) end
-  local metrics = req.metrics
-  if ok and metrics then
-    redis.call('HINCRBY', metrics_key, 'files', metrics.files)
-    redis.call('HINCRBY', metrics_key, 'bytes', metrics.bytes)
-    local pp = 'p:' .. metrics.provider .. ':'
-    redis.call('HINCRBY', metrics_key, pp .. 'n', metrics.files)
-    redis.call('HINCRBY', metrics_key, pp .. 'b', metrics.bytes)
+  local upload = req.upload
+  if ok and upload and provider then
+    redis.call('HINCRBY', metrics_key, 'files', 1)
+    redis.call('HINCRBY', metrics_key, 'bytes', upload.size)
+    local pp = 'p:' .. provider .. ':'
+    redis.call('HINCRBY', metrics_key, pp .. 'n', 1)
+    redis.call('HINCRBY', metrics_key, pp .. 'b', upload.size)
     redis.call('HSET', metrics_key, pp .. 'last', now)
-    redis.call('HINCRBY', metrics_key, 'ft:' .. metrics.content_type, metrics.files)
+    redis.call('HINCRBY', metrics_key, 'ft:' .. upload.content_type, 1)
   end
   redis.call('SADD', p .. 'mx:dirty', id .. ':' .. day_id)
 end
@@ -176,10 +179,37 @@ if not ok_rate or not ip_ok then
   return refuse('rate_limited', limit, 0, reset, math.max(retry, ip_retry), detail, 429)
 end
 
+-- An upload is checked against the key's own policy here, where the key is
+-- known: its content types (or the default list, judged by the caller), its
+-- size limit (or the default), and the provider (asked for, the key's
+-- default, or the first configured), which must be configured.
+local upload_error, provider = nil, nil
+if req.upload then
+  local u = req.upload
+  local policy = key.upload or {}
+  local allowed = u.default_type_ok
+  if type(policy.types) == 'table' then
+    allowed = false
+    for _, t in ipairs(policy.types) do
+      if t == u.content_type then allowed = true break end
+    end
+  end
+  local max = tonumber(policy.max_bytes) or u.default_max
+  provider = u.provider or policy.provider or u.fallback
+  if not allowed then
+    upload_error = {'content_type_not_allowed', ''}
+  elseif u.size > max then
+    upload_error = {'file_too_large', tostring(max)}
+  elseif not provider or u.configured[provider] ~= true then
+    upload_error = {'provider_not_configured', provider or ''}
+  end
+end
+local valid = req.valid and not upload_error
+
 -- Quotas count admitted, valid requests. A missing counter is either a new
 -- period or a lost one: the caller reseeds it from Postgres (plus what the
 -- unsynced metrics hold) and calls again.
-local cost = req.valid and 1 or 0
+local cost = valid and 1 or 0
 local day_key = p .. 'q:d:' .. id .. ':' .. day_id
 local month_key = p .. 'q:m:' .. id .. ':' .. month_id
 local day_limit = tonumber(key.limits and key.limits.day)
@@ -210,11 +240,15 @@ if cost > 0 then
   if month_limit then redis.call('INCRBY', month_key, cost) end
 end
 
-count(req.valid)
-log(req.valid and 'admitted' or 'invalid', req.valid and req.success_status or req.invalid_status)
+count(valid, provider)
+log(valid and 'admitted' or (upload_error and upload_error[1] or 'invalid'),
+  valid and req.success_status or req.invalid_status)
+if upload_error then
+  return {upload_error[1], id, limit, remaining, reset, 0, upload_error[2]}
+end
 
 local events = req.events
-if req.valid and events and events.n > 0 then
+if valid and events and events.n > 0 then
   local salt_key = p .. 'salt:' .. events.day
   redis.call('SET', salt_key, events.salt, 'NX', 'EX', 172800)
   local salt = redis.call('GET', salt_key)
@@ -225,7 +259,10 @@ end
 if (events and events.bots or 0) > 0 then
   redis.call('HINCRBY', p .. 'events:stats', 'bots_dropped', events.bots)
 end
-if req.valid and req.upload then
-  redis.call('XADD', p .. 'events:queue', '*', 't', 'up', 'k', id, 'n', 0, 'e', req.upload)
+if valid and req.upload then
+  local u = req.upload
+  local entry = cjson.encode({id = u.id, provider = provider, object_key = id .. '/' .. u.suffix,
+    filename = u.filename, content_type = u.content_type, size_bytes = u.size, created_at = u.created_at})
+  redis.call('XADD', p .. 'events:queue', '*', 't', 'up', 'k', id, 'n', 0, 'e', entry)
 end
-return {'ok', id, limit, remaining, reset, 0, ''}
+return {'ok', id, limit, remaining, reset, 0, provider or ''}

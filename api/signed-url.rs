@@ -1,0 +1,6 @@
+//! `/api/signed-url` as a Vercel function.
+
+#[tokio::main]
+async fn main() -> Result<(), vercel_runtime::Error> {
+    tollgate::vercel::serve("/api/signed-url").await
+}

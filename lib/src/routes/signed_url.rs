@@ -1,0 +1,203 @@
+//! `POST /api/signed-url`: a presigned upload for a secret key, behind the
+//! same admission as every metered route (bans, rate limit, quotas), which
+//! also counts the upload in the write-behind metrics and logs it, all in
+//! one Upstash round trip and no Postgres statement.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::{
+    admission::{self, Decision, RateLimit, UploadCheck},
+    apikeys::{KeyKind, PresentedKey},
+    auth,
+    error::ApiError,
+    presign::{blob, s3},
+    response::json_response,
+    state::AppState,
+    uploads::{Provider, UploadRequest, DEFAULT_CONTENT_TYPES, DEFAULT_MAX_BYTES},
+};
+
+#[derive(Debug, Serialize)]
+struct Signed {
+    provider: &'static str,
+    method: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    /// Headers the upload must carry, exactly.
+    headers: BTreeMap<String, String>,
+    object_key: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// Handles `POST /api/signed-url`.
+pub async fn handle(state: &AppState, request: Request<Bytes>) -> Response<Bytes> {
+    if request.method() != Method::POST {
+        return ApiError::MethodNotAllowed { allow: "POST" }.into_response();
+    }
+    let mut rate = RateLimit::default();
+    let mut response = match sign(state, &request, &mut rate).await {
+        Ok(signed) => json_response(StatusCode::OK, &signed),
+        Err(error) => error.into_response(),
+    };
+    rate.write_headers(response.headers_mut());
+    response
+}
+
+async fn sign(
+    state: &AppState,
+    request: &Request<Bytes>,
+    rate: &mut RateLimit,
+) -> Result<Signed, ApiError> {
+    let started = Instant::now();
+    let key = match auth::bearer(request).map(PresentedKey::parse) {
+        None => {
+            return Err(ApiError::Unauthorized {
+                code: "missing_key",
+                message: "send the secret key as `Authorization: Bearer sk_…`".into(),
+            })
+        }
+        Some(Some(key)) if key.kind() == KeyKind::Sk => key,
+        Some(_) => {
+            return Err(ApiError::Unauthorized {
+                code: "invalid_key",
+                message: "signed-url takes a secret key (sk_…)".into(),
+            })
+        }
+    };
+    // A malformed request still goes through admission: it is rate limited
+    // and counted as failed, then refused with its own error.
+    let parsed = UploadRequest::parse(request.body());
+    let now = state.clock.now();
+    let upload_id = Uuid::now_v7();
+    let providers = &state.config.providers;
+    let configured = BTreeMap::from([
+        (Provider::S3.as_str(), providers.s3.is_some()),
+        (Provider::Blob.as_str(), providers.blob.is_some()),
+    ]);
+    let fallback = [Provider::S3, Provider::Blob]
+        .into_iter()
+        .find(|p| configured[p.as_str()])
+        .map(Provider::as_str);
+    let suffix = parsed
+        .as_ref()
+        .ok()
+        .map(|upload| format!("{}/{upload_id}-{}", now.format("%Y/%m"), upload.filename));
+    let check = match (&parsed, &suffix) {
+        (Ok(upload), Some(suffix)) => Some(UploadCheck {
+            id: upload_id,
+            filename: &upload.filename,
+            content_type: &upload.content_type,
+            size: upload.size,
+            provider: upload.provider.map(Provider::as_str),
+            fallback,
+            configured: configured.clone(),
+            default_type_ok: DEFAULT_CONTENT_TYPES.contains(&upload.content_type.as_str()),
+            default_max: DEFAULT_MAX_BYTES,
+            suffix: suffix.clone(),
+            created_at: now,
+        }),
+        _ => None,
+    };
+    let admission = admission::Request {
+        route: "signed-url",
+        key: &key,
+        origin: "",
+        ip: "",
+        valid: parsed.is_ok(),
+        success_status: 200,
+        invalid_status: 400,
+        events: None,
+        upload: check,
+        latency: started.elapsed(),
+    };
+    let (key_id, provider) = match admission::admit(state, &admission).await {
+        Ok(Decision::Admitted {
+            key_id,
+            rate: limits,
+            provider,
+        }) => {
+            *rate = limits;
+            (key_id, provider)
+        }
+        Ok(Decision::Refused {
+            error,
+            rate: limits,
+        }) => {
+            *rate = limits;
+            return Err(error);
+        }
+        // Handing out uploads unmetered would let usage escape billing:
+        // signed-url fails closed.
+        Err(error) => {
+            tracing::error!(error = ?error.0, "admission failed; refusing the upload");
+            return Err(ApiError::Unavailable {
+                message: "usage metering is unavailable; retry shortly".into(),
+                retry_after: std::time::Duration::from_secs(5),
+            });
+        }
+    };
+    let upload = parsed?;
+    let object_key = format!("{key_id}/{}", suffix.unwrap_or_default());
+    let expires_at = now + upload.expires_in;
+    match provider.as_deref().and_then(Provider::parse) {
+        Some(Provider::S3) => {
+            let config = providers.s3.as_ref().ok_or_else(unconfigured)?;
+            let presigned = s3::presign_put(
+                config,
+                &s3::PresignRequest {
+                    object_key: &object_key,
+                    content_type: &upload.content_type,
+                    expires_in: upload.expires_in,
+                    now,
+                },
+            )
+            .map_err(|e| ApiError::Unexpected(anyhow::Error::new(e).context("presigning")))?;
+            Ok(Signed {
+                provider: "s3",
+                method: presigned.method,
+                url: Some(presigned.url.to_string()),
+                token: None,
+                headers: presigned.headers.into_iter().collect(),
+                object_key,
+                expires_at: presigned.expires_at,
+            })
+        }
+        Some(Provider::Blob) => {
+            let config = providers.blob.as_ref().ok_or_else(unconfigured)?;
+            let token = blob::client_token(
+                config,
+                &blob::ClientTokenRequest {
+                    pathname: &object_key,
+                    allowed_content_types: std::slice::from_ref(&upload.content_type),
+                    maximum_size_in_bytes: upload.size,
+                    valid_until: expires_at,
+                },
+            );
+            Ok(Signed {
+                provider: "blob",
+                method: "PUT",
+                url: None,
+                token: Some(token),
+                headers: BTreeMap::from([("Content-Type".to_owned(), upload.content_type.clone())]),
+                object_key,
+                expires_at,
+            })
+        }
+        None => Err(unconfigured()),
+    }
+}
+
+fn unconfigured() -> ApiError {
+    ApiError::BadRequest {
+        code: "provider_not_configured",
+        message: "no storage provider is configured (S3_* or BLOB_READ_WRITE_TOKEN)".into(),
+    }
+}
