@@ -626,3 +626,22 @@ async fn with_redis_and_postgres_down_collect_answers_503_with_retry_after() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unavailable");
 }
+
+#[tokio::test]
+async fn collect_configured_to_fail_closed_answers_503_when_upstash_is_down() {
+    let app = spawn_app_with(TestOptions {
+        upstash_url: Some("http://127.0.0.1:1".into()),
+        env: vec![("TOLLGATE_FAIL_OPEN_ROUTES", "none".into())],
+        ..TestOptions::default()
+    })
+    .await;
+    let key = app.create_key().await;
+
+    let response = app
+        .collect(&key.publishable, &web_event(Uuid::new_v4()))
+        .await;
+
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(app.stored_events().await, 0);
+}

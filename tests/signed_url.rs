@@ -258,3 +258,35 @@ async fn usage_metrics_are_exact_after_a_thousand_concurrent_mixed_requests_and_
         .unwrap();
     assert_eq!(logged, 500);
 }
+
+#[tokio::test]
+async fn with_upstash_down_signed_url_fails_closed_unless_configured_open() {
+    let body = json!({"filename": "a.png", "content_type": "image/png", "size": 10}).to_string();
+    let down = |fail_open: &str| {
+        let mut env = providers(false);
+        env.push(("TOLLGATE_FAIL_OPEN_ROUTES", fail_open.to_owned()));
+        spawn_app_with(TestOptions {
+            upstash_url: Some("http://127.0.0.1:1".into()),
+            env,
+            ..TestOptions::default()
+        })
+    };
+
+    let closed = down("collect").await;
+    let key = closed.create_key().await;
+    let (status, body_closed) = sign(&closed, Some(key.secret.expose()), &body).await;
+    assert_eq!(status, 503, "{body_closed}");
+    assert_eq!(body_closed["error"]["code"], "unavailable");
+
+    let open = down("collect,signed-url").await;
+    let key = open.create_key().await;
+    let (status, signed) = sign(&open, Some(key.secret.expose()), &body).await;
+    assert_eq!(status, 200, "{signed}");
+    let counted: i64 = sqlx::query_scalar(
+        "SELECT value FROM operational_counters WHERE name = 'fail_open_admissions'",
+    )
+    .fetch_one(open.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(counted, 1);
+}

@@ -40,6 +40,17 @@ pub struct AdmissionConfig {
     pub timeout: Duration,
     /// Requests per minute one client IP may make with publishable keys.
     pub public_ip_limit: u32,
+    /// Routes that admit without limits when admission cannot be decided
+    /// (Upstash down or slow); the others refuse with 503. Default: collect,
+    /// whose events then go straight to Postgres.
+    pub fail_open: Vec<String>,
+}
+
+impl AdmissionConfig {
+    /// Whether `route` admits when admission cannot be decided.
+    pub fn fails_open(&self, route: &str) -> bool {
+        self.fail_open.iter().any(|r| r == route)
+    }
 }
 
 /// The event pipeline: what collect accepts and how the drain runs.
@@ -125,6 +136,7 @@ pub const VARIABLES: &[&str] = &[
     "TOLLGATE_QUEUE_CRITICAL_LAG",
     "TOLLGATE_ADMISSION_TIMEOUT",
     "TOLLGATE_PUBLIC_IP_RATE_LIMIT",
+    "TOLLGATE_FAIL_OPEN_ROUTES",
     "S3_ENDPOINT",
     "S3_REGION",
     "S3_BUCKET",
@@ -209,6 +221,11 @@ impl Config {
             public_ip_limit: vars
                 .optional("TOLLGATE_PUBLIC_IP_RATE_LIMIT", parse_count, 600)
                 .min(u64::from(u32::MAX)) as u32,
+            fail_open: vars.optional(
+                "TOLLGATE_FAIL_OPEN_ROUTES",
+                parse_routes,
+                vec!["collect".to_owned()],
+            ),
         };
 
         let s3 = crate::presign::s3::S3Config::from_lookup(&lookup).unwrap_or_else(|problems| {
@@ -349,6 +366,23 @@ fn parse_retention(value: &str) -> Result<Option<Duration>, String> {
         ));
     }
     Ok(Some(duration))
+}
+
+/// A comma-separated list of metered routes, or `none`.
+fn parse_routes(value: &str) -> Result<Vec<String>, String> {
+    if value == "none" {
+        return Ok(Vec::new());
+    }
+    value
+        .split(',')
+        .map(str::trim)
+        .map(|route| match route {
+            "collect" | "signed-url" => Ok(route.to_owned()),
+            other => Err(format!(
+                "`{other}` is not a metered route; use collect, signed-url or none"
+            )),
+        })
+        .collect()
 }
 
 fn parse_count(value: &str) -> Result<u64, String> {

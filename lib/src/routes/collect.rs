@@ -205,9 +205,16 @@ async fn accept(
             *rate = limits;
             return Err(error);
         }
-        Err(error) => {
+        Err(error) if state.config.admission.fails_open("collect") => {
             tracing::error!(error = ?error.0, "admission failed; writing events straight to Postgres");
             write_direct(state, &submission).await?
+        }
+        Err(error) => {
+            tracing::error!(error = ?error.0, "admission failed; collect fails closed");
+            return Err(ApiError::Unavailable {
+                message: "event collection is unavailable; retry shortly".into(),
+                retry_after: Duration::from_secs(5),
+            });
         }
     };
     Ok((

@@ -66,6 +66,9 @@ struct Fallbacks {
     direct_to_postgres_events: i64,
     /// Events dropped because a bot sent them.
     bots_dropped: u64,
+    /// Requests admitted without limits because admission could not be
+    /// decided (routes configured to fail open, other than collect).
+    fail_open_admissions: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,13 +107,16 @@ async fn status(state: &AppState, request: &Request<Bytes>) -> Result<Response<B
         .query(
             "SELECT (SELECT count(*) FROM dead_letter_events) AS dead_letters,
                     (SELECT coalesce(sum(value), 0)::bigint FROM operational_counters
-                      WHERE name = 'direct_to_postgres_events') AS direct_writes",
+                      WHERE name = 'direct_to_postgres_events') AS direct_writes,
+                    (SELECT coalesce(sum(value), 0)::bigint FROM operational_counters
+                      WHERE name = 'fail_open_admissions') AS fail_open",
         )
         .fetch_one(state.db.pool())
         .await
         .context("reading dead letters and fallback counters")?;
     let dead_letters: i64 = row.try_get("dead_letters").context("dead_letters")?;
     let direct_writes: i64 = row.try_get("direct_writes").context("direct_writes")?;
+    let fail_open: i64 = row.try_get("fail_open").context("fail_open")?;
 
     let now_ms = state.clock.now().timestamp_millis();
     let age = |ms: Option<i64>| ms.map(|ms| ((now_ms - ms).max(0) as f64) / 1000.0);
@@ -220,6 +226,7 @@ async fn status(state: &AppState, request: &Request<Bytes>) -> Result<Response<B
         fallbacks: Fallbacks {
             direct_to_postgres_events: direct_writes,
             bots_dropped: stat_u64("bots_dropped"),
+            fail_open_admissions: fail_open,
         },
         thresholds: Thresholds {
             warning_depth: config.warning_depth,

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     admission::{self, Decision, RateLimit, UploadCheck},
-    apikeys::{KeyKind, PresentedKey},
+    apikeys::{self, KeyKind, KeyStatus, PresentedKey},
     auth,
     error::ApiError,
     presign::{blob, s3},
@@ -134,8 +134,31 @@ async fn sign(
             *rate = limits;
             return Err(error);
         }
-        // Handing out uploads unmetered would let usage escape billing:
-        // signed-url fails closed.
+        // Unmetered uploads escape billing, so signed-url fails closed unless
+        // configured otherwise; an open failure is counted where
+        // queue-status reports it.
+        Err(error) if state.config.admission.fails_open("signed-url") => {
+            tracing::error!(error = ?error.0, "admission failed; signing without metering");
+            count_fail_open(state).await?;
+            let key = apikeys::lookup(&state.db, &key).await?;
+            let key_id = key
+                .id
+                .filter(|_| key.status == KeyStatus::Active)
+                .ok_or_else(|| ApiError::Unauthorized {
+                    code: "invalid_key",
+                    message: "no active API key matches".into(),
+                })?;
+            let upload = parsed.as_ref().map_err(|e| ApiError::BadRequest {
+                code: e.code(),
+                message: e.to_string(),
+            })?;
+            let provider = upload
+                .provider
+                .map(Provider::as_str)
+                .or(fallback)
+                .map(str::to_owned);
+            (key_id, provider)
+        }
         Err(error) => {
             tracing::error!(error = ?error.0, "admission failed; refusing the upload");
             return Err(ApiError::Unavailable {
@@ -193,6 +216,20 @@ async fn sign(
         }
         None => Err(unconfigured()),
     }
+}
+
+/// Counts a request signed without admission, for queue-status.
+async fn count_fail_open(state: &AppState) -> anyhow::Result<()> {
+    state
+        .db
+        .query(
+            "INSERT INTO operational_counters (name, value) VALUES ('fail_open_admissions', 1)
+             ON CONFLICT (name) DO UPDATE
+                SET value = operational_counters.value + 1, updated_at = now()",
+        )
+        .execute(state.db.pool())
+        .await?;
+    Ok(())
 }
 
 fn unconfigured() -> ApiError {
