@@ -23,11 +23,14 @@ def machine():
 
 def main():
     parser = argparse.ArgumentParser()
-    for name in ["mode", "seconds", "lpush", "single", "batch", "drain", "redis", "postgres", "command"]:
+    for name in ["mode", "seconds", "lpush", "single", "batch", "drain", "redis", "postgres", "command",
+                 "evalsha", "signed", "peer", "sync", "limiter-bytes", "quota-bytes"]:
         parser.add_argument(f"--{name}", required=True)
     args = parser.parse_args()
     lpush, single, batch = float(args.lpush), float(args.single), float(args.batch)
     drain = json.loads(args.drain)
+    evalsha, signed = float(args.evalsha), float(args.signed)
+    peer, sync = json.loads(args.peer), json.loads(args.sync)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
     rows = [
@@ -40,6 +43,12 @@ def main():
          drain["drain_events_per_second"] / drain["copy_events_per_second"] >= 0.6),
         ("drain, absolute (events/s)", drain["drain_events_per_second"], "target", 30000,
          drain["drain_events_per_second"] / 30000, "≥ 30,000 events/s", drain["drain_events_per_second"] >= 30000),
+        ("signed-url through admission (req/s)", signed, "bare EVALSHA of `return 1` through the local Upstash server (req/s)",
+         evalsha, signed / evalsha, "≥ 0.5×", signed / evalsha >= 0.5),
+        ("collect through admission (req/s)", single, "bare EVALSHA (req/s)", evalsha, single / evalsha, "≥ 0.5×",
+         single / evalsha >= 0.5),
+        (f"sync-metrics, {sync['counters']:,} counters of {sync['keys']:,} keys (s)", sync["seconds"], "target (s)", 10,
+         sync["seconds"] / 10, "under 10 s", sync["seconds"] < 10),
     ]
     out = []
     out.append("# Benchmarks\n")
@@ -59,6 +68,14 @@ def main():
                f"{drain['drain_batches']} batches and {drain['drain_statements']} Postgres statements "
                "(one insert per batch, plus the partition check once per run); the COPY baseline loaded "
                f"the same rows in {drain['copy_seconds']:.1f} s. Filling the queue took {drain['fill_seconds']:.1f} s.")
+    out.append(f"- sync-metrics moved {sync['counters']:,} counters of {sync['keys']:,} keys in {sync['batches']} batches "
+               f"with {sync['statements']} Postgres statements (five per batch: the batch id and one upsert per table).")
+    out.append(f"- Redis memory per active key: the rate limiter's state is {args.limiter_bytes} bytes (one GCRA timestamp); "
+               f"the day and month quota counters add {args.quota_bytes} bytes (`MEMORY USAGE`).")
+    out.append(f"- Peer check, 500 concurrent requests against a limit of 100 per minute through the same local Upstash "
+               f"server: tollgate's GCRA admits exactly 100 (the integration test "
+               f"`a_burst_of_500_concurrent_requests_against_a_limit_of_100_admits_exactly_100` asserts it); "
+               f"`@upstash/ratelimit`'s sliding window admitted {peer['admitted']}.")
     out.append("- Collect and LPUSH both go through real HTTP on loopback: collect to `tollgate dev` (which makes one "
                "Upstash round trip per request to its embedded local Upstash server), LPUSH straight to a local "
                "Upstash server in front of the same Redis. Both servers and wrk share the same 2 cores.")

@@ -19,12 +19,12 @@ for arg in "$@"; do
   esac
 done
 if [ $quick = 1 ]; then
-  seconds=5; drain_events=100000; mode=quick
+  seconds=5; drain_events=100000; sync_keys=2000; mode=quick
 else
-  seconds=15; drain_events=1000000; mode=full
+  seconds=15; drain_events=1000000; sync_keys=10000; mode=full
 fi
 
-scripts/bootstrap.sh redis postgres wrk
+scripts/bootstrap.sh redis postgres node wrk
 cargo build --release --locked -p tollgate-cli -p tollgate-bench
 tollgate=target/release/tollgate
 
@@ -56,8 +56,11 @@ export REDIS_URL DATABASE_URL
 # The bare local Upstash server: the baseline of one Upstash hop.
 "$tollgate" upstash-local --port $upstash_port --token "$token" --redis-url "$REDIS_URL" >"$work/upstash.log" 2>&1 &
 pids+=($!)
-# The whole app, as `make dev` runs it, without its crons.
+# The whole app, as `make dev` runs it, without its crons, with an S3
+# provider configured (signing is local work; nothing is uploaded).
 CRON_SECRET="$cron_secret" UPSTASH_REDIS_REST_TOKEN="$token" RUST_LOG=warn \
+  S3_ENDPOINT=http://127.0.0.1:9000 S3_REGION=us-east-1 S3_BUCKET=bench \
+  S3_ACCESS_KEY_ID=AKIABENCH S3_SECRET_ACCESS_KEY=bench-secret S3_FORCE_PATH_STYLE=true \
   "$tollgate" dev --port $dev_port --upstash-port $dev_upstash_port --no-crons >"$work/dev.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 200); do
@@ -65,7 +68,13 @@ for _ in $(seq 1 200); do
   sleep 0.1
 done
 curl -sf "http://127.0.0.1:$dev_port/api/health" >/dev/null || { cat "$work/dev.log"; exit 1; }
-pk=$(sed -n 's/.*"publishable": *"\([^"]*\)".*/\1/p' .tollgate/dev/demo-key.json)
+# A key whose limits the load cannot reach, so every request is admitted
+# (a refusal would count as an error below).
+"$tollgate" keys create --name bench --tier enterprise --rate-limit 1000000000 \
+  --daily 1000000000000 --monthly 1000000000000 >"$work/key.txt"
+sk=$(sed -n 's/^  secret key: *//p' "$work/key.txt")
+pk=$(sed -n 's/^  publishable key: *//p' "$work/key.txt")
+key_id=$(sed -n 's/^Created key \([^ ]*\) .*/\1/p' "$work/key.txt")
 
 event='{"type":"web","name":"pageview","url":"https://shop.example.com/pricing?utm_source=news","referrer":"https://news.example.org/","title":"Pricing","screen":"1920x1080","language":"en-GB","properties":{"plan":"pro"}}'
 printf '%s' "$event" >"$work/single.json"
@@ -74,7 +83,11 @@ import json, sys
 work, event = sys.argv[1], json.loads(sys.argv[2])
 json.dump([event] * 50, open(f"{work}/batch.json", "w"))
 json.dump(["LPUSH", "bench:baseline", json.dumps(event)], open(f"{work}/lpush.json", "w"))
+# SHA-1 of `return 1`, loaded below: the trivial script of the baseline.
+json.dump(["EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", "0"], open(f"{work}/evalsha.json", "w"))
+json.dump({"filename": "photo.png", "content_type": "image/png", "size": 48213}, open(f"{work}/upload.json", "w"))
 PY
+curl -sf "http://127.0.0.1:$upstash_port/" -H "Authorization: Bearer $token" -d '["SCRIPT","LOAD","return 1"]' >/dev/null
 
 # Requests per second of one wrk run: load_rps NAME URL BODY TOKEN
 load_rps() {
@@ -96,10 +109,29 @@ single=$(load_rps single "http://127.0.0.1:$dev_port/api/collect" "$work/single.
 batch=$(load_rps batch "http://127.0.0.1:$dev_port/api/collect" "$work/batch.json" "$pk")
 echo "    LPUSH $lpush req/s, collect $single req/s, collect x50 $batch req/s"
 
+echo "==> admission: signed-url vs bare EVALSHA (${seconds}s each)"
+evalsha=$(load_rps evalsha "http://127.0.0.1:$upstash_port/" "$work/evalsha.json" "$token")
+signed=$(load_rps signed "http://127.0.0.1:$dev_port/api/signed-url" "$work/upload.json" "$sk")
+echo "    EVALSHA $evalsha req/s, signed-url $signed req/s"
+# The limiter's state for one active key: its GCRA timestamp.
+limiter_bytes=$(redis-cli -p $redis_port MEMORY USAGE "tg:rl:key:$key_id")
+quota_bytes=$(redis-cli -p $redis_port --scan --pattern "tg:q:*:$key_id:*" | while read -r k; do redis-cli -p $redis_port MEMORY USAGE "$k"; done | awk "{ s += \$1 } END { print s + 0 }")
+echo "    limiter state $limiter_bytes bytes, quota counters $quota_bytes bytes per key"
+
+echo "==> @upstash/ratelimit peer check: 500 concurrent requests, limit 100"
+(cd bench/peer && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+peer=$(UPSTASH_REDIS_REST_URL="http://127.0.0.1:$upstash_port" UPSTASH_REDIS_REST_TOKEN="$token" \
+  LIMIT=100 BURST=500 node bench/peer/burst.mjs)
+echo "    $peer"
+
 echo "==> drain vs COPY ($drain_events events)"
 drain_json=$(UPSTASH_REDIS_REST_URL="http://127.0.0.1:$upstash_port" UPSTASH_REDIS_REST_TOKEN="$token" \
   CRON_SECRET="$cron_secret" target/release/tollgate-bench drain-vs-copy --events "$drain_events")
 echo "    $drain_json"
+
+echo "==> sync-metrics with $sync_keys keys"
+sync_json=$(target/release/tollgate-bench sync --keys "$sync_keys")
+echo "    $sync_json"
 
 redis_version=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
 postgres_version=$(psql "$DATABASE_URL" -Atc 'SHOW server_version' 2>/dev/null || echo unknown)
@@ -107,6 +139,8 @@ python3 bench/report.py \
   --mode "$mode" --seconds "$seconds" \
   --lpush "$lpush" --single "$single" --batch "$batch" \
   --drain "$drain_json" \
+  --evalsha "$evalsha" --signed "$signed" --peer "$peer" --sync "$sync_json" \
+  --limiter-bytes "$limiter_bytes" --quota-bytes "$quota_bytes" \
   --redis "$redis_version" --postgres "$postgres_version" \
   --command "bench/run.sh$([ $quick = 1 ] && echo " --quick")" >BENCHMARKS.md
 echo "==> BENCHMARKS.md written"

@@ -41,6 +41,16 @@ enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
+    /// Writes dirty usage counters for many keys straight to Redis, then
+    /// times the metrics sync that moves them into Postgres.
+    Sync {
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: String,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 #[tokio::main]
@@ -52,6 +62,11 @@ async fn main() -> anyhow::Result<()> {
             redis_url,
             database_url,
         } => drain_vs_copy(events, per_entry, &redis_url, &database_url).await,
+        Command::Sync {
+            keys,
+            redis_url,
+            database_url,
+        } => sync(keys, &redis_url, &database_url).await,
     }
 }
 
@@ -132,7 +147,83 @@ async fn drain_vs_copy(
     Ok(())
 }
 
-/// Appends entries exactly as `collect.lua` does, straight to Redis, so the
+/// Ten counters per key, as one upload a day leaves them: requests,
+/// successes, failures, files, bytes, last use, and the provider's and the
+/// file type's counts.
+async fn sync(keys: u64, redis_url: &str, database_url: &str) -> anyhow::Result<()> {
+    let (server, _) = database_url.rsplit_once('/').context("DATABASE_URL names a database")?;
+    let db_url = fresh_database(server, "bench_sync").await?;
+    let prefix = format!("bench:{}:", Uuid::new_v4().simple());
+    let config = Config::from_lookup(|name| match name {
+        "DATABASE_URL" => Some(db_url.clone()),
+        "TOLLGATE_KEY_PREFIX" => Some(prefix.clone()),
+        "TOLLGATE_DRAIN_BUDGET" => Some("30m".into()),
+        "TOLLGATE_UPSTASH_TIMEOUT" => Some("60s".into()),
+        other => std::env::var(other).ok(),
+    })?;
+    let state = AppState::new(config)?;
+    let ids: Vec<Uuid> = (0..keys).map(|_| Uuid::now_v7()).collect();
+    state
+        .db
+        .query(
+            "INSERT INTO api_keys (id, name, secret_hash, publishable_key, tier)
+             SELECT id, 'bench', sha256(id::text::bytea), 'pk_' || id, 'pro' FROM UNNEST($1::uuid[]) AS t(id)",
+        )
+        .bind(&ids)
+        .execute(state.db.pool())
+        .await?;
+
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    for chunk in ids.chunks(500) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            let member = format!("{id}:{day}");
+            pipe.cmd("HSET")
+                .arg(format!("{prefix}mx:{member}"))
+                .arg(&[
+                    ("req", 3),
+                    ("ok", 2),
+                    ("fail", 1),
+                    ("files", 2),
+                    ("bytes", 2048),
+                    ("last", now_ms),
+                    ("p:s3:n", 2),
+                    ("p:s3:b", 2048),
+                    ("p:s3:last", now_ms),
+                    ("ft:image/png", 2),
+                ])
+                .ignore();
+            pipe.cmd("SADD").arg(format!("{prefix}mx:dirty")).arg(&member).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+    }
+
+    let started = Instant::now();
+    let report = tollgate::metrics::sync(&state).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let total: i64 = sqlx::query_scalar("SELECT sum(total_requests)::bigint FROM api_keys")
+        .fetch_one(state.db.pool())
+        .await?;
+    anyhow::ensure!(total == 3 * keys as i64, "synced {total} requests, expected {}", 3 * keys);
+    println!(
+        "{}",
+        serde_json::json!({
+            "keys": keys,
+            "counters": report.counters,
+            "batches": report.batches,
+            "statements": report.statements,
+            "seconds": seconds,
+        })
+    );
+    drop(state);
+    drop_database(server, &db_url).await?;
+    Ok(())
+}
+
+/// Appends entries exactly as the admission script does, straight to Redis, so the
 /// fill costs seconds rather than the collect benchmark's minutes.
 async fn fill_queue(
     redis_url: &str,
