@@ -130,7 +130,8 @@ drain_json=$(UPSTASH_REDIS_REST_URL="http://127.0.0.1:$upstash_port" UPSTASH_RED
 echo "    $drain_json"
 
 echo "==> sync-metrics with $sync_keys keys"
-sync_json=$(target/release/tollgate-bench sync --keys "$sync_keys")
+sync_json=$(UPSTASH_REDIS_REST_URL="http://127.0.0.1:$upstash_port" UPSTASH_REDIS_REST_TOKEN="$token" \
+  CRON_SECRET="$cron_secret" target/release/tollgate-bench sync --keys "$sync_keys")
 echo "    $sync_json"
 
 redis_version=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
