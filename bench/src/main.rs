@@ -151,7 +151,9 @@ async fn drain_vs_copy(
 /// successes, failures, files, bytes, last use, and the provider's and the
 /// file type's counts.
 async fn sync(keys: u64, redis_url: &str, database_url: &str) -> anyhow::Result<()> {
-    let (server, _) = database_url.rsplit_once('/').context("DATABASE_URL names a database")?;
+    let (server, _) = database_url
+        .rsplit_once('/')
+        .context("DATABASE_URL names a database")?;
     let db_url = fresh_database(server, "bench_sync").await?;
     let prefix = format!("bench:{}:", Uuid::new_v4().simple());
     let config = Config::from_lookup(|name| match name {
@@ -196,7 +198,10 @@ async fn sync(keys: u64, redis_url: &str, database_url: &str) -> anyhow::Result<
                     ("ft:image/png", 2),
                 ])
                 .ignore();
-            pipe.cmd("SADD").arg(format!("{prefix}mx:dirty")).arg(&member).ignore();
+            pipe.cmd("SADD")
+                .arg(format!("{prefix}mx:dirty"))
+                .arg(&member)
+                .ignore();
         }
         pipe.query_async::<()>(&mut conn).await?;
     }
@@ -207,7 +212,11 @@ async fn sync(keys: u64, redis_url: &str, database_url: &str) -> anyhow::Result<
     let total: i64 = sqlx::query_scalar("SELECT sum(total_requests)::bigint FROM api_keys")
         .fetch_one(state.db.pool())
         .await?;
-    anyhow::ensure!(total == 3 * keys as i64, "synced {total} requests, expected {}", 3 * keys);
+    anyhow::ensure!(
+        total == 3 * keys as i64,
+        "synced {total} requests, expected {}",
+        3 * keys
+    );
     println!(
         "{}",
         serde_json::json!({
