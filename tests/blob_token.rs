@@ -1,7 +1,5 @@
 //! Vercel Blob client tokens, checked by the official `@vercel/blob` package.
 
-use std::process::Command as Process;
-
 use chrono::{Duration, Utc};
 use serde_json::{json, Value};
 use tollgate::{
@@ -10,7 +8,7 @@ use tollgate::{
 };
 use uuid::Uuid;
 
-use crate::helpers::repo_root;
+use crate::helpers::run_node_tests;
 
 fn config(token: &str) -> BlobConfig {
     BlobConfig::from_lookup(&|name| (name == "BLOB_READ_WRITE_TOKEN").then(|| token.to_owned()))
@@ -70,33 +68,7 @@ async fn client_tokens_are_byte_for_byte_what_the_vercel_blob_package_issues_and
     let tokens_file = std::env::temp_dir().join(format!("blob-tokens-{}.json", Uuid::new_v4()));
     std::fs::write(&tokens_file, serde_json::to_vec(&cases).unwrap()).unwrap();
 
-    let dir = repo_root().join("tests/blob-js");
-    if !dir.join("node_modules/@vercel/blob").exists() {
-        let status = Process::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .status()
-            .expect("running npm ci (is Node.js installed? scripts/bootstrap.sh node)");
-        assert!(status.success(), "npm ci failed in tests/blob-js");
-    }
-    let output = tokio::process::Command::new("node")
-        .args(["--test", "--test-reporter=spec"])
-        .current_dir(&dir)
-        .env("BLOB_TOKENS_FILE", &tokens_file)
-        .output()
-        .await
-        .expect("running node --test");
+    let file = tokens_file.to_string_lossy().into_owned();
+    run_node_tests("blob-js", "@vercel/blob", &[("BLOB_TOKENS_FILE", &file)]).await;
     let _ = std::fs::remove_file(&tokens_file);
-
-    let report = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "@vercel/blob refused a token:\n{report}"
-    );
-    assert!(report.contains("ℹ fail 0"), "{report}");
-    assert!(!report.contains("ℹ pass 0"), "no test ran:\n{report}");
 }

@@ -436,3 +436,33 @@ pub async fn crash_function_at(app: &TestApp, binary: &str, route: &str, point: 
         "{route} should have died at {point} (answered {answered:?})"
     );
 }
+
+/// Runs a node test folder under `tests/` (`node --test`), installing its
+/// npm packages first when `package` is missing, and asserts that tests ran
+/// and none failed.
+pub async fn run_node_tests(folder: &str, package: &str, env: &[(&str, &str)]) {
+    let dir = repo_root().join("tests").join(folder);
+    if !dir.join("node_modules").join(package).exists() {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .expect("running npm ci (is Node.js installed? scripts/bootstrap.sh node)");
+        assert!(status.success(), "npm ci failed in tests/{folder}");
+    }
+    let output = tokio::process::Command::new("node")
+        .args(["--test", "--test-reporter=spec"])
+        .current_dir(&dir)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("running node --test");
+    let report = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "tests/{folder} failed:\n{report}");
+    assert!(report.contains("ℹ fail 0"), "{report}");
+    assert!(!report.contains("ℹ pass 0"), "no test ran:\n{report}");
+}

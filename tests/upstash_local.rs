@@ -1,12 +1,10 @@
 //! The local Upstash REST server, spoken to over plain HTTP, and driven by
 //! the official `@upstash/redis` npm client.
 
-use std::process::Command as Process;
-
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{repo_root, spawn_upstash_local, LocalUpstash};
+use crate::helpers::{run_node_tests, spawn_upstash_local, LocalUpstash};
 
 struct Raw {
     local: LocalUpstash,
@@ -222,37 +220,16 @@ async fn bodies_over_10_mb_are_refused_with_413() {
 /// by `npm ci`, runs its conformance suite against the local server.
 #[tokio::test]
 async fn the_official_upstash_redis_client_passes_its_conformance_suite() {
-    let dir = repo_root().join("tests/upstash-js");
-    if !dir.join("node_modules/@upstash/redis").exists() {
-        let status = Process::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .status()
-            .expect("running npm ci (is Node.js installed? scripts/bootstrap.sh node)");
-        assert!(status.success(), "npm ci failed in tests/upstash-js");
-    }
     let local = spawn_upstash_local().await;
     let prefix = format!("test:{}:", Uuid::new_v4().simple());
-
-    let output = tokio::process::Command::new("node")
-        .args(["--test", "--test-reporter=spec"])
-        .current_dir(&dir)
-        .env("UPSTASH_REDIS_REST_URL", &local.url)
-        .env("UPSTASH_REDIS_REST_TOKEN", &local.token)
-        .env("TEST_PREFIX", &prefix)
-        .output()
-        .await
-        .expect("running node --test");
-
-    let report = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "conformance suite failed:\n{report}"
-    );
-    assert!(report.contains("ℹ fail 0"), "{report}");
-    assert!(!report.contains("ℹ pass 0"), "no test ran:\n{report}");
+    run_node_tests(
+        "upstash-js",
+        "@upstash/redis",
+        &[
+            ("UPSTASH_REDIS_REST_URL", &local.url),
+            ("UPSTASH_REDIS_REST_TOKEN", &local.token),
+            ("TEST_PREFIX", &prefix),
+        ],
+    )
+    .await;
 }
