@@ -12,6 +12,15 @@
 //! | `bans:loaded` | string | 1 day | set once the permanent bans of Postgres are in Redis; missing after a flush |
 //! | `viol:key:<key id>`, `viol:ip:<ip>` | sorted set | 10 min | recent limit violations, for ban escalation |
 //! | `banlevel:key:<key id>`, `banlevel:ip:<ip>` | string | 30 days | how many bans the subject has had: 5 min, then 1 day, then permanent |
+//! | `rl:key:<key id>`, `rl:ip:<ip>` | string | until the limiter is full again | GCRA state: the theoretical arrival time, ms |
+//! | `q:d:<key id>:<yyyy-mm-dd>`, `q:m:<key id>:<yyyy-mm>` | string | 2 days, 32 days | quota use in the key's day and month (its time zone) |
+//! | `mx:<key id>:<yyyy-mm-dd>` | hash | none (moved by the sync) | write-behind usage counters: `req`, `ok`, `fail`, `files`, `bytes`, `last`, `p:<provider>:n|b|last`, `ft:<content type>` |
+//! | `mx:dirty` | set | none | `<key id>:<day>` of the counter hashes changed since the last sync |
+//! | `mx:batch:<batch id>`, `mx:pending` | hash, set | none | a sync batch taken from the counters, until its Postgres commit is confirmed |
+//!
+//! The admission and sync scripts build the `rl:`, `q:`, `mx:`, `ban:`,
+//! `viol:` and `banlevel:` names themselves, from the prefix and the key id
+//! they read from the key cache; the table above is their contract too.
 
 use chrono::NaiveDate;
 
