@@ -14,7 +14,7 @@
 //! | `banlevel:key:<key id>`, `banlevel:ip:<ip>` | string | 30 days | how many bans the subject has had: 5 min, then 1 day, then permanent |
 //! | `rl:key:<key id>`, `rl:ip:<ip>` | string | until the limiter is full again | GCRA state: the theoretical arrival time, ms |
 //! | `q:d:<key id>:<yyyy-mm-dd>`, `q:m:<key id>:<yyyy-mm>` | string | 2 days, 32 days | quota use in the key's day and month (its time zone) |
-//! | `mx:<key id>:<yyyy-mm-dd>` | hash | none (moved by the sync) | write-behind usage counters: `req`, `ok`, `fail`, `files`, `bytes`, `last`, `p:<provider>:n|b|last`, `ft:<content type>` |
+//! | `mx:<key id>:<yyyy-mm-dd>` | hash | none (moved by the sync) | write-behind usage counters: `req`, `ok`, `fail`, `files`, `bytes`, `last`, `p:<provider>:n`, `:b`, `:last`, `ft:<content type>` |
 //! | `mx:dirty` | set | none | `<key id>:<day>` of the counter hashes changed since the last sync |
 //! | `mx:batch:<batch id>`, `mx:pending` | hash, set | none | a sync batch taken from the counters, until its Postgres commit is confirmed |
 //!
