@@ -27,7 +27,10 @@ cargo build --workspace --all-targets --locked
 services stop >/dev/null 2>&1 || true
 rm -rf "$dir"
 trap 'services stop >/dev/null 2>&1 || true' EXIT
-eval "$(services start | sed 's/^/export TEST_/')"
+# Assigned first so that a failed start stops the script (set -e does not
+# see a failure inside `eval "$(...)"`).
+service_env=$(services start)
+eval "$(printf '%s\n' "$service_env" | sed 's/^/export TEST_/')"
 
 echo "==> npm packages for the node-driven tests"
 (cd tests/upstash-js && npm ci --no-audit --no-fund --loglevel=error)
