@@ -50,7 +50,8 @@ trap cleanup EXIT
 
 services stop >/dev/null 2>&1 || true
 rm -rf "$dir"
-eval "$(services start)"
+service_env=$(services start)
+eval "$service_env"
 export REDIS_URL DATABASE_URL
 
 # The bare local Upstash server: the baseline of one Upstash hop.
