@@ -496,12 +496,6 @@ fn print_keys(keys: &[KeySummary]) {
             value
         }
     };
-    let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
-        t.map_or_else(
-            || "never".to_owned(),
-            |t| t.format("%Y-%m-%d %H:%M").to_string(),
-        )
-    };
     let rows: Vec<Vec<String>> = keys
         .iter()
         .map(|k| {
@@ -532,8 +526,8 @@ fn print_keys(keys: &[KeySummary]) {
                     k.origins.join(",")
                 },
                 k.timezone.clone(),
-                k.created_at.format("%Y-%m-%d %H:%M").to_string(),
-                when(k.last_used_at),
+                minute(k.created_at),
+                when(k.last_used_at, "never"),
                 k.total_requests.to_string(),
             ]
         })
@@ -643,13 +637,17 @@ async fn bans(action: BansAction, admin: &Admin) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A time as the tables show it.
+fn minute(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.format("%Y-%m-%d %H:%M").to_string()
+}
+
+/// An optional time as the tables show it, or `none` when there is none.
+fn when(time: Option<chrono::DateTime<chrono::Utc>>, none: &str) -> String {
+    time.map_or_else(|| none.to_owned(), minute)
+}
+
 fn print_bans(bans: &[Ban]) {
-    let when = |t: Option<chrono::DateTime<chrono::Utc>>, none: &str| {
-        t.map_or_else(
-            || none.to_owned(),
-            |t| t.format("%Y-%m-%d %H:%M").to_string(),
-        )
-    };
     let rows: Vec<Vec<String>> = bans
         .iter()
         .map(|b| {
@@ -657,7 +655,7 @@ fn print_bans(bans: &[Ban]) {
                 b.id.to_string(),
                 b.subject.to_string(),
                 format!("{:?}", b.status).to_lowercase(),
-                b.created_at.format("%Y-%m-%d %H:%M").to_string(),
+                minute(b.created_at),
                 when(b.expires_at, "permanent"),
                 when(b.lifted_at, "-"),
                 b.reason.clone(),

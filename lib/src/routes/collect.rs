@@ -127,8 +127,9 @@ async fn accept(
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
     let agent = parse::classify_agent(user_agent);
+    let now = state.clock.now();
     let context = Context {
-        now: state.clock.now(),
+        now,
         agent: agent.fields.clone(),
         geo: parse::geo_from_headers(headers),
     };
@@ -178,7 +179,7 @@ async fn accept(
         json: serde_json::to_string(&events).context("encoding the events")?,
         bots: dropped_as_bot,
         ua: submission.user_agent,
-        day: state.clock.now().format("%Y-%m-%d").to_string(),
+        day: now.format("%Y-%m-%d").to_string(),
         salt: Uuid::new_v4().simple().to_string(),
     };
     let admission = admission::Request {
