@@ -466,3 +466,39 @@ pub async fn run_node_tests(folder: &str, package: &str, env: &[(&str, &str)]) {
     assert!(report.contains("ℹ fail 0"), "{report}");
     assert!(!report.contains("ℹ pass 0"), "no test ran:\n{report}");
 }
+
+/// The Vercel Blob read-write token of test apps with Blob configured.
+pub const RW_TOKEN: &str = "vercel_blob_rw_AbCdEf123456_0123456789abcdefghijklmnopqrstuv";
+
+/// Storage provider settings: S3 (path style), and Vercel Blob if `blob`.
+pub fn providers(blob: bool) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("S3_ENDPOINT", "http://127.0.0.1:9000".to_owned()),
+        ("S3_REGION", "us-east-1".to_owned()),
+        ("S3_BUCKET", "uploads".to_owned()),
+        ("S3_ACCESS_KEY_ID", "AKIAEXAMPLE".to_owned()),
+        ("S3_SECRET_ACCESS_KEY", "secret-example-key".to_owned()),
+        ("S3_FORCE_PATH_STYLE", "true".to_owned()),
+    ];
+    if blob {
+        env.push(("BLOB_READ_WRITE_TOKEN", RW_TOKEN.to_owned()));
+    }
+    env
+}
+
+/// `POST /api/signed-url` with `body`; the status and the JSON answer.
+pub async fn sign(app: &TestApp, key: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+    let mut request = app
+        .http
+        .post(format!("{}/api/signed-url", app.address))
+        .body(body.to_owned());
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}

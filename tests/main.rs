@@ -6,6 +6,7 @@
 
 mod admin;
 mod admission;
+mod analytics;
 mod blob_token;
 mod collect;
 mod database;

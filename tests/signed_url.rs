@@ -5,24 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app_with, TestApp, TestOptions};
-
-const RW_TOKEN: &str = "vercel_blob_rw_AbCdEf123456_0123456789abcdefghijklmnopqrstuv";
-
-fn providers(blob: bool) -> Vec<(&'static str, String)> {
-    let mut env = vec![
-        ("S3_ENDPOINT", "http://127.0.0.1:9000".to_owned()),
-        ("S3_REGION", "us-east-1".to_owned()),
-        ("S3_BUCKET", "uploads".to_owned()),
-        ("S3_ACCESS_KEY_ID", "AKIAEXAMPLE".to_owned()),
-        ("S3_SECRET_ACCESS_KEY", "secret-example-key".to_owned()),
-        ("S3_FORCE_PATH_STYLE", "true".to_owned()),
-    ];
-    if blob {
-        env.push(("BLOB_READ_WRITE_TOKEN", RW_TOKEN.to_owned()));
-    }
-    env
-}
+use crate::helpers::{providers, sign, spawn_app_with, TestApp, TestOptions};
 
 async fn spawn(blob: bool) -> TestApp {
     spawn_app_with(TestOptions {
@@ -30,19 +13,6 @@ async fn spawn(blob: bool) -> TestApp {
         ..TestOptions::default()
     })
     .await
-}
-
-async fn sign(app: &TestApp, key: Option<&str>, body: &str) -> (u16, Value) {
-    let mut request = app
-        .http
-        .post(format!("{}/api/signed-url", app.address))
-        .body(body.to_owned());
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test]

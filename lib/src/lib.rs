@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod analytics;
 pub mod apikeys;
 pub mod auth;
 pub mod clock;

@@ -49,17 +49,17 @@ pub struct SyncReport {
 
 /// Counters of one key on one day, as the admission script keeps them.
 #[derive(Debug, Default, Clone, PartialEq)]
-struct KeyDay {
-    requests: i64,
-    successful: i64,
-    failed: i64,
-    files: i64,
-    bytes: i64,
-    last_ms: i64,
+pub(crate) struct KeyDay {
+    pub(crate) requests: i64,
+    pub(crate) successful: i64,
+    pub(crate) failed: i64,
+    pub(crate) files: i64,
+    pub(crate) bytes: i64,
+    pub(crate) last_ms: i64,
     /// Per provider: uploads, bytes, last use.
-    providers: BTreeMap<String, (i64, i64, i64)>,
+    pub(crate) providers: BTreeMap<String, (i64, i64, i64)>,
     /// Uploads per content type.
-    file_types: BTreeMap<String, i64>,
+    pub(crate) file_types: BTreeMap<String, i64>,
 }
 
 /// Syncs batches until nothing is dirty or the time budget is spent.
@@ -125,7 +125,7 @@ pub async fn sync(state: &AppState) -> anyhow::Result<SyncReport> {
 }
 
 /// Groups the batch's `<key id>:<day>|<counter>` fields by key and day.
-fn parse_batch(fields: &[Reply]) -> anyhow::Result<BTreeMap<(Uuid, NaiveDate), KeyDay>> {
+pub(crate) fn parse_batch(fields: &[Reply]) -> anyhow::Result<BTreeMap<(Uuid, NaiveDate), KeyDay>> {
     let mut key_days: BTreeMap<(Uuid, NaiveDate), KeyDay> = BTreeMap::new();
     for pair in fields.chunks(2) {
         let [name, value] = pair else { continue };

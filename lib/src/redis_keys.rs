@@ -16,10 +16,13 @@
 //! | `q:d:<key id>:<yyyy-mm-dd>`, `q:m:<key id>:<yyyy-mm>` | string | 2 days, 32 days | quota use in the key's day and month (its time zone) |
 //! | `mx:<key id>:<yyyy-mm-dd>` | hash | none (moved by the sync) | write-behind usage counters: `req`, `ok`, `fail`, `files`, `bytes`, `last`, `p:<provider>:n`, `:b`, `:last`, `ft:<content type>` |
 //! | `mx:dirty` | set | none | `<key id>:<day>` of the counter hashes changed since the last sync |
+//! | `mx:days:<key id>` | set | none (emptied by the sync) | the days of the key's unsynced counter hashes, for analytics |
+//! | `an:ver:<key id>` | string (integer) | 7 days | the key's analytics version, bumped by the sync's snapshot |
+//! | `an:c:<key id>:<version>:<view and params>` | string (JSON) | 60 s | a cached analytics result |
 //! | `mx:batch:<batch id>`, `mx:pending` | hash, set | none | a sync batch taken from the counters, until its Postgres commit is confirmed |
 //!
-//! The admission and sync scripts build the `rl:`, `q:`, `mx:`, `ban:`,
-//! `viol:` and `banlevel:` names themselves, from the prefix and the key id
+//! The admission, sync and analytics scripts build the `rl:`, `q:`, `mx:`,
+//! `an:`, `ban:`, `viol:` and `banlevel:` names themselves, from the prefix and the key id
 //! they read from the key cache; the table above is their contract too.
 
 use chrono::NaiveDate;

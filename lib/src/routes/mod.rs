@@ -5,6 +5,7 @@
 //! means writing its module, listing it in [`ROUTES`] and adding its thin
 //! file under `api/`; `tollgate dev` serves it with no further wiring.
 
+pub mod analytics;
 pub mod collect;
 pub mod health;
 pub mod process_events;
@@ -46,6 +47,10 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/api/signed-url",
         handler: |state, request| Box::pin(signed_url::handle(state, request)),
+    },
+    Route {
+        path: "/api/analytics",
+        handler: |state, request| Box::pin(analytics::handle(state, request)),
     },
     Route {
         path: "/api/cron/process-events",

@@ -101,6 +101,8 @@ local function count(ok, provider)
     redis.call('HINCRBY', metrics_key, 'ft:' .. upload.content_type, 1)
   end
   redis.call('SADD', p .. 'mx:dirty', id .. ':' .. day_id)
+  -- The key's own dirty days, so analytics can add what is not synced yet.
+  redis.call('SADD', p .. 'mx:days:' .. id, day_id)
 end
 
 local function log(outcome, status)

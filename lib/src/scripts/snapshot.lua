@@ -4,7 +4,9 @@
 -- and adds `<key id>:<day>` to the set `mx:dirty`. This script moves up to
 -- ARGV[3] dirty hashes into one batch hash (`mx:batch:<id>`, fields
 -- `<key id>:<day>|<counter>`) and deletes them, so increments that arrive
--- afterwards start fresh hashes and are never lost or counted twice. The
+-- afterwards start fresh hashes and are never lost or counted twice. It
+-- also takes the day out of the key's `mx:days:<key id>` set and bumps the
+-- key's analytics version `an:ver:<key id>` (see analytics.lua). The
 -- batch is recorded in `mx:pending` until its Postgres commit is confirmed;
 -- a batch still pending (its run died) is returned again instead of a new one.
 --
@@ -30,6 +32,13 @@ if not batch_id then
       redis.call('HSET', batch_key, member .. '|' .. fields[i], fields[i + 1])
     end
     redis.call('DEL', source)
+    local id, day = string.match(member, '^(.*):([^:]+)$')
+    redis.call('SREM', p .. 'mx:days:' .. id, day)
+    -- Cached analytics of the key were computed from counters that just
+    -- moved; a new version retires them (see analytics.lua).
+    local version = p .. 'an:ver:' .. id
+    redis.call('INCR', version)
+    redis.call('EXPIRE', version, 604800)
   end
   redis.call('SADD', pending_key, batch_id)
 end

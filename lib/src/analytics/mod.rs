@@ -1,0 +1,404 @@
+//! Analytics for one secret key: usage totals, daily series, providers,
+//! file types and collected events, cached in Redis and exact to the last
+//! request.
+//!
+//! A read is one call of `analytics.lua`, which authenticates the key from
+//! the key cache and answers from the result cache when it can: a hit is one
+//! Upstash round trip. On a miss the script also returns the usage counters
+//! the sync has not moved to Postgres yet (the key's live counter hashes
+//! and its share of any pending sync batch); the view's one Postgres
+//! statement adds them to the synced totals, and `analytics_store.lua`
+//! caches the result for [`CACHE_TTL`].
+//!
+//! Invalidation is by version: the sync's snapshot bumps the key's version,
+//! which is part of the cache key, so no list of cache keys is kept or
+//! deleted. The version also guards the sum against a race: if a snapshot
+//! moved counters between the Redis read and the Postgres read, Postgres
+//! may already show counters that the Redis read also returned, so a result
+//! computed under a version that has since moved is recomputed, not served.
+
+pub mod query;
+pub mod views;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::Value;
+use sqlx::Row;
+use uuid::Uuid;
+
+pub use query::{Query, View};
+use views::{Params, Unsynced};
+
+use crate::{
+    apikeys::{self, KeyStatus, PresentedKey},
+    error::ApiError,
+    metrics,
+    state::AppState,
+    upstash::{Reply, Script},
+};
+
+pub static ANALYTICS: Script = Script::new("analytics", include_str!("../scripts/analytics.lua"));
+pub static STORE: Script = Script::new(
+    "analytics_store",
+    include_str!("../scripts/analytics_store.lua"),
+);
+
+/// How long a computed view is served from the cache.
+pub const CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// How often a miss is recomputed when a sync keeps moving the counters
+/// under it; a sync runs once a minute, so a second try all but always wins.
+const ATTEMPTS: usize = 3;
+
+/// Where an answer came from, for the `X-Cache` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    /// Redis was unreachable: computed from Postgres alone, not cached.
+    Bypass,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
+}
+
+/// A view as JSON, and where it came from.
+#[derive(Debug)]
+pub struct Answer {
+    pub body: Bytes,
+    pub cache: CacheStatus,
+}
+
+/// What `analytics.lua` found.
+enum Lookup {
+    KeyNotCached,
+    Refused(ApiError),
+    Hit(Bytes),
+    Miss(Miss),
+}
+
+struct Miss {
+    key_id: Uuid,
+    version: String,
+    utc_offset_seconds: i32,
+    /// The key's live counters, in the sync batch format.
+    live: Vec<Reply>,
+    /// Pending sync batches: id and this key's fields in it.
+    pending: Vec<(String, Vec<Reply>)>,
+}
+
+/// Reads a view for the key presented, from the cache or freshly computed.
+pub async fn read(state: &AppState, key: &PresentedKey, query: &Query) -> Result<Answer, ApiError> {
+    let mut refreshed = false;
+    let mut attempt = 0;
+    loop {
+        let lookup = match lookup(state, key, query).await {
+            Ok(lookup) => lookup,
+            Err(error) => {
+                tracing::warn!(error = ?error, "analytics could not reach Upstash; reading Postgres alone");
+                return bypass(state, key, query).await;
+            }
+        };
+        let miss = match lookup {
+            Lookup::Hit(body) => {
+                return Ok(Answer {
+                    body,
+                    cache: CacheStatus::Hit,
+                })
+            }
+            Lookup::Refused(error) => return Err(error),
+            Lookup::KeyNotCached if !refreshed => {
+                refreshed = true;
+                apikeys::refresh_cache(&state.db, &state.upstash, &state.keys, key)
+                    .await
+                    .map_err(unavailable)?;
+                continue;
+            }
+            Lookup::KeyNotCached => {
+                return Err(anyhow::anyhow!(
+                    "the key cache entry vanished right after it was written"
+                )
+                .into())
+            }
+            Lookup::Miss(miss) => miss,
+        };
+        attempt += 1;
+        let body = compute(state, query, &miss).await?;
+        let stored: i64 = state
+            .upstash
+            .eval(
+                &STORE,
+                &[],
+                &[
+                    state.keys.prefix().to_owned(),
+                    miss.key_id.to_string(),
+                    miss.version.clone(),
+                    query.cache_id(),
+                    String::from_utf8_lossy(&body).into_owned(),
+                    CACHE_TTL.as_secs().to_string(),
+                ],
+            )
+            .await
+            .unwrap_or_else(|error| {
+                // The answer is still right; it is only not cached.
+                tracing::warn!(error = ?error, "could not cache an analytics result");
+                1
+            });
+        if stored == 1 || attempt == ATTEMPTS {
+            return Ok(Answer {
+                body,
+                cache: CacheStatus::Miss,
+            });
+        }
+        tracing::debug!(
+            attempt,
+            "a sync moved the counters during an analytics read; recomputing"
+        );
+    }
+}
+
+async fn lookup(state: &AppState, key: &PresentedKey, query: &Query) -> anyhow::Result<Lookup> {
+    let reply: Vec<Reply> = state
+        .upstash
+        .eval(
+            &ANALYTICS,
+            &[&state.keys.key_cache(&key.cache_id())],
+            &[
+                state.keys.prefix().to_owned(),
+                query.cache_id(),
+                if query.view().reads_counters() {
+                    "1"
+                } else {
+                    "0"
+                }
+                .to_owned(),
+            ],
+        )
+        .await
+        .context("running analytics.lua")?;
+    let verdict = reply.first().and_then(Reply::as_str).unwrap_or_default();
+    Ok(match (verdict, reply.as_slice()) {
+        ("miss_key", _) => Lookup::KeyNotCached,
+        ("invalid_key", _) => Lookup::Refused(invalid_key()),
+        ("revoked_key", _) => Lookup::Refused(revoked_key()),
+        ("wrong_kind", _) => Lookup::Refused(needs_secret_key()),
+        ("hit", [_, _, _, Reply::Bulk(body)]) => Lookup::Hit(body.clone()),
+        ("miss", [_, id, version, offset, Reply::Array(live), Reply::Array(pending)]) => {
+            let text = |reply: &Reply| reply.as_str().unwrap_or_default().to_owned();
+            let pending = pending
+                .chunks(2)
+                .map(|pair| match pair {
+                    [id, Reply::Array(fields)] => Ok((text(id), fields.clone())),
+                    other => anyhow::bail!("a pending batch came back as {other:?}"),
+                })
+                .collect::<anyhow::Result<_>>()?;
+            Lookup::Miss(Miss {
+                key_id: Uuid::parse_str(&text(id)).context("the key id of analytics.lua")?,
+                version: text(version),
+                utc_offset_seconds: match offset {
+                    Reply::Int(n) => *n as i32,
+                    other => other.as_str().and_then(|s| s.parse().ok()).unwrap_or(0),
+                },
+                live: live.clone(),
+                pending,
+            })
+        }
+        _ => anyhow::bail!("analytics.lua answered {reply:?}"),
+    })
+}
+
+/// Computes a view: its Postgres statement plus the unsynced counters.
+async fn compute(state: &AppState, query: &Query, miss: &Miss) -> Result<Bytes, ApiError> {
+    let today = key_today(state.clock.now(), miss.utc_offset_seconds);
+    let range = query.range(today)?;
+    let params = params(
+        miss.key_id,
+        range,
+        today,
+        miss.utc_offset_seconds,
+        &miss.pending,
+    );
+    let mut document = run(state, query.view(), &params).await?;
+    let applied: Vec<String> = document
+        .get_mut("applied")
+        .map(Value::take)
+        .map(serde_json::from_value)
+        .transpose()
+        .context("reading the applied batches")?
+        .unwrap_or_default();
+
+    let mut fields = miss.live.clone();
+    for (batch_id, batch_fields) in &miss.pending {
+        if !applied.contains(batch_id) {
+            fields.extend(batch_fields.iter().cloned());
+        }
+    }
+    let unsynced: Unsynced = metrics::parse_batch(&fields)
+        .context("reading the unsynced counters")?
+        .into_iter()
+        .filter(|((key, _), _)| *key == miss.key_id)
+        .map(|((_, day), counters)| (day, counters))
+        .collect();
+    body(state, query, &params, document, &unsynced, range, true)
+}
+
+/// Redis is down: the key is checked in Postgres and the view computed from
+/// Postgres alone, without the unsynced counters, and not cached.
+async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<Answer, ApiError> {
+    let cached = apikeys::lookup(&state.db, key).await.map_err(unavailable)?;
+    let key_id = match (cached.status, cached.id) {
+        (KeyStatus::Active, Some(id)) => id,
+        (KeyStatus::Revoked, _) => return Err(revoked_key()),
+        _ => return Err(invalid_key()),
+    };
+    let today = key_today(state.clock.now(), cached.tz_offset);
+    let range = query.range(today)?;
+    let params = params(key_id, range, today, cached.tz_offset, &[]);
+    let document = run(state, query.view(), &params).await?;
+    let body = body(
+        state,
+        query,
+        &params,
+        document,
+        &Unsynced::new(),
+        range,
+        false,
+    )?;
+    Ok(Answer {
+        body,
+        cache: CacheStatus::Bypass,
+    })
+}
+
+fn params(
+    key_id: Uuid,
+    range: Option<(NaiveDate, NaiveDate)>,
+    today: NaiveDate,
+    utc_offset_seconds: i32,
+    pending: &[(String, Vec<Reply>)],
+) -> Params {
+    let (start, end) = range.unwrap_or((today, today));
+    let offset = chrono::Duration::seconds(utc_offset_seconds.into());
+    let midnight = |day: NaiveDate| day.and_time(chrono::NaiveTime::MIN).and_utc() - offset;
+    Params {
+        key_id,
+        from: midnight(start),
+        until: midnight(end + chrono::Duration::days(1)),
+        start,
+        end,
+        pending: pending.iter().map(|(id, _)| id.clone()).collect(),
+        utc_offset_seconds: utc_offset_seconds.into(),
+    }
+}
+
+/// Runs a view's statement.
+async fn run(state: &AppState, view: View, params: &Params) -> Result<Value, ApiError> {
+    let sql = views::sql(view);
+    let row = bind(state.db.query(&sql), params)
+        .fetch_one(state.db.pool())
+        .await
+        .map_err(|error| {
+            tracing::error!(error = ?error, view = view.as_str(), "an analytics query failed");
+            ApiError::Unavailable {
+                message: "Postgres is unreachable, so analytics cannot be read".into(),
+                retry_after: Duration::from_secs(10),
+            }
+        })?;
+    Ok(row
+        .try_get::<sqlx::types::Json<Value>, _>(0)
+        .context("reading an analytics document")?
+        .0)
+}
+
+/// Binds a view's parameters, in the order [`Params`] documents.
+pub fn bind<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    params: &Params,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(params.key_id)
+        .bind(params.from)
+        .bind(params.until)
+        .bind(params.start)
+        .bind(params.end)
+        .bind(params.pending.clone())
+        .bind(params.utc_offset_seconds)
+}
+
+fn body(
+    state: &AppState,
+    query: &Query,
+    params: &Params,
+    document: Value,
+    unsynced: &Unsynced,
+    range: Option<(NaiveDate, NaiveDate)>,
+    redis_read: bool,
+) -> Result<Bytes, ApiError> {
+    let fields = views::assemble(query.view(), document, unsynced, range)
+        .context("assembling an analytics view")?;
+    let mut out = serde_json::Map::new();
+    out.insert("view".into(), query.view().as_str().into());
+    out.insert("key_id".into(), params.key_id.to_string().into());
+    out.insert(
+        "generated_at".into(),
+        serde_json::to_value(state.clock.now()).unwrap_or_default(),
+    );
+    if let Some((start, end)) = range {
+        out.insert("start".into(), start.to_string().into());
+        out.insert("end".into(), end.to_string().into());
+    }
+    if query.view().reads_counters() {
+        // False only when Redis was unreachable: the numbers are then those
+        // synced to Postgres, up to a minute behind.
+        out.insert("includes_unsynced".into(), redis_read.into());
+    }
+    out.extend(fields);
+    Ok(Bytes::from(
+        serde_json::to_vec(&out).context("encoding an analytics view")?,
+    ))
+}
+
+/// The key's current calendar day.
+fn key_today(now: DateTime<Utc>, utc_offset_seconds: i32) -> NaiveDate {
+    (now + chrono::Duration::seconds(utc_offset_seconds.into())).date_naive()
+}
+
+fn unavailable(error: anyhow::Error) -> ApiError {
+    tracing::error!(error = ?error, "analytics could not check the key");
+    ApiError::Unavailable {
+        message: "neither Upstash nor Postgres could check the key".into(),
+        retry_after: Duration::from_secs(10),
+    }
+}
+
+fn invalid_key() -> ApiError {
+    ApiError::Unauthorized {
+        code: "invalid_key",
+        message: "no API key matches".into(),
+    }
+}
+
+fn revoked_key() -> ApiError {
+    ApiError::Unauthorized {
+        code: "revoked_key",
+        message: "this API key has been revoked".into(),
+    }
+}
+
+/// The refusal of a publishable key: analytics needs the secret one.
+pub fn needs_secret_key() -> ApiError {
+    ApiError::Forbidden {
+        code: "secret_key_required",
+        message: "analytics needs the secret key (`Authorization: Bearer sk_…`); publishable keys only collect".into(),
+    }
+}
