@@ -2,7 +2,8 @@
 # Runs every check and test of tollgate: formatting, clippy, the unit and
 # integration tests against private Redis and PostgreSQL instances (started
 # here, stopped on exit), including the @upstash/redis conformance suite and
-# the @vercel/blob token check, and finally the offline Vercel deploy check.
+# the @vercel/blob token check and the dashboard and tracker in headless
+# Chromium, and finally the offline Vercel deploy check.
 #
 # `make test` runs this; so does CI (.ci/run). It installs what is missing.
 set -euo pipefail
@@ -12,7 +13,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install Rust with rustup (https://rustup.rs), then rerun." >&2
   exit 1
 fi
-scripts/bootstrap.sh redis postgres node
+scripts/bootstrap.sh redis postgres node chromium
 
 # The private test instances: a fresh data directory each run, so databases
 # from earlier runs never pile up, and stopped however this script exits.
@@ -35,6 +36,7 @@ eval "$(printf '%s\n' "$service_env" | sed 's/^/export TEST_/')"
 echo "==> npm packages for the node-driven tests"
 (cd tests/upstash-js && npm ci --no-audit --no-fund --loglevel=error)
 (cd tests/blob-js && npm ci --no-audit --no-fund --loglevel=error)
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -441,6 +441,16 @@ pub async fn crash_function_at(app: &TestApp, binary: &str, route: &str, point: 
 /// npm packages first when `package` is missing, and asserts that tests ran
 /// and none failed.
 pub async fn run_node_tests(folder: &str, package: &str, env: &[(&str, &str)]) {
+    run_node_test_files(folder, package, &[], env).await
+}
+
+/// Like [`run_node_tests`], for some of the folder's test files only.
+pub async fn run_node_test_files(
+    folder: &str,
+    package: &str,
+    files: &[&str],
+    env: &[(&str, &str)],
+) {
     let dir = repo_root().join("tests").join(folder);
     if !dir.join("node_modules").join(package).exists() {
         let status = std::process::Command::new("npm")
@@ -452,6 +462,7 @@ pub async fn run_node_tests(folder: &str, package: &str, env: &[(&str, &str)]) {
     }
     let output = tokio::process::Command::new("node")
         .args(["--test", "--test-reporter=spec"])
+        .args(files)
         .current_dir(&dir)
         .envs(env.iter().copied())
         .output()

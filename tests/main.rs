@@ -8,6 +8,7 @@ mod admin;
 mod admission;
 mod analytics;
 mod blob_token;
+mod browser;
 mod collect;
 mod database;
 mod drain;

@@ -162,7 +162,13 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     }
 
     print_banner(&base_url, &upstash_url, &database_url, &demo, &cron_secret);
-    let app = router(state, &options.root.join("public"));
+    // The dashboard offers the demo key through this path; only the dev
+    // server has it, so a deployed dashboard asks for a key instead.
+    let demo_json = serde_json::json!({ "secret": demo.secret, "publishable": demo.publishable });
+    let app = router(state, &options.root.join("public")).route(
+        "/_dev/demo-key",
+        axum::routing::get(move || async move { axum::Json(demo_json) }),
+    );
     let mut stopped_for_server = stopped.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -343,12 +349,14 @@ tollgate dev is running on {base_url}
   Demo key       {secret} (secret, server-side)
                  {publishable} (publishable, for browsers)
   Cron secret    {cron_secret}
+  Dashboard      {base_url}/  (the demo key is one click away)
 
 Try it:
   curl -s {base_url}/api/health
   curl -s {base_url}/api/collect -H 'Authorization: Bearer {publishable}' -H 'Content-Type: application/json' \
        -d '{{"type":"web","name":"pageview","url":"https://example.com/pricing?utm_source=readme"}}'
   curl -s {base_url}/api/cron/queue-status -H 'Authorization: Bearer {secret}'
+  curl -s '{base_url}/api/analytics?view=overview' -H 'Authorization: Bearer {secret}'
 
 The process-events cron moves queued events into Postgres every minute; to run it now:
   curl -s {base_url}/api/cron/process-events -H 'Authorization: Bearer {cron_secret}'

@@ -1,0 +1,232 @@
+// The tollgate dashboard: reads /api/analytics and /api/cron/queue-status
+// with a secret key and draws the numbers as plain SVG, with no library and
+// nothing fetched from elsewhere, so it works offline.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const SVG = "http://www.w3.org/2000/svg";
+const COLORS = ["var(--a)", "var(--b)", "var(--c)", "var(--ok)", "var(--bad)"];
+
+// ---- Formatting --------------------------------------------------------------
+
+const number = (n) => Number(n || 0).toLocaleString("en-US");
+function bytes(n) {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  n = Number(n || 0);
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i ? n.toFixed(1) : n) + " " + units[i];
+}
+const shortDay = (day) => day.slice(5);
+const when = (at) => (at ? new Date(at).toLocaleString() : "never");
+
+function element(tag, attrs, text) {
+  const el = tag.includes(":") || ["svg", "rect", "text", "g", "line", "title"].includes(tag)
+    ? document.createElementNS(SVG, tag) : document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) el.setAttribute(name, value);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+// ---- Charts ------------------------------------------------------------------
+
+// Vertical bars over days. `series` is [{name, values}], stacked in order;
+// every bar carries data-series, data-label and data-value for tests.
+function columns(container, name, labels, series, format = number) {
+  container.replaceChildren();
+  const total = labels.map((_, i) => series.reduce((sum, s) => sum + s.values[i], 0));
+  const max = Math.max(1, ...total);
+  const width = 420, height = 170, left = 36, bottom = 20;
+  const step = (width - left) / Math.max(1, labels.length);
+  const svg = element("svg", { viewBox: `0 0 ${width} ${height}`, "data-chart": name, role: "img",
+    "aria-label": name });
+  for (const fraction of [0, 0.5, 1]) {
+    const y = height - bottom - fraction * (height - bottom - 8);
+    svg.append(element("line", { x1: left, x2: width, y1: y, y2: y, stroke: "#e4e7ec" }));
+    svg.append(element("text", { x: left - 6, y: y + 4, "text-anchor": "end" }, format(Math.round(max * fraction))));
+  }
+  labels.forEach((label, i) => {
+    let base = height - bottom;
+    series.forEach((s, k) => {
+      const h = (s.values[i] / max) * (height - bottom - 8);
+      base -= h;
+      const bar = element("rect", { x: left + i * step + step * 0.15, y: base, width: step * 0.7,
+        height: h, fill: COLORS[k % COLORS.length], "data-series": s.name, "data-label": label,
+        "data-value": s.values[i] });
+      bar.append(element("title", {}, `${label} ${s.name}: ${format(s.values[i])}`));
+      svg.append(bar);
+    });
+    const every = Math.ceil(labels.length / 8);
+    if (i % every === 0) {
+      svg.append(element("text", { x: left + i * step + step / 2, y: height - 5, "text-anchor": "middle" },
+        shortDay(label)));
+    }
+  });
+  container.append(svg);
+  if (series.length > 1) {
+    const legend = element("div", { class: "legend" });
+    series.forEach((s, k) => {
+      legend.append(element("i", { style: `background:${COLORS[k % COLORS.length]}` }), s.name);
+    });
+    container.append(legend);
+  }
+  if (total.every((n) => n === 0)) container.append(element("div", { class: "empty" }, "Nothing in this range yet."));
+}
+
+// Horizontal bars for a ranking: [{label, value}], as HTML so that the
+// labels stay readable at any width.
+function ranking(container, name, items, format = number) {
+  container.replaceChildren();
+  const list = element("div", { class: "ranking", "data-chart": name });
+  if (!items.length) list.append(element("div", { class: "empty" }, "Nothing yet."));
+  const max = Math.max(1, ...items.map((item) => item.value));
+  for (const item of items) {
+    const row = element("div", { class: "rank" });
+    const bar = element("div", { class: "bar" });
+    bar.append(element("i", { style: `width:${Math.max(1, (100 * item.value) / max)}%`,
+      "data-label": item.label, "data-value": item.value }));
+    row.append(element("span", { class: "name", title: item.label }, item.label), bar,
+      element("span", { class: "count" }, format(item.value)));
+    list.append(row);
+  }
+  container.append(list);
+}
+
+// ---- Data --------------------------------------------------------------------
+
+class KeyRefused extends Error {}
+
+async function get(path, key) {
+  const response = await fetch(path, { headers: { Authorization: `Bearer ${key}` } });
+  const body = await response.json().catch(() => ({}));
+  if (response.status === 401 || response.status === 403) {
+    throw new KeyRefused(body.error ? body.error.message : "the key was refused");
+  }
+  if (!response.ok) {
+    throw new Error(body.error ? body.error.message : `${path} answered ${response.status}`);
+  }
+  return body;
+}
+
+async function load(key, days) {
+  const view = (query) => get(`/api/analytics?${query}`, key);
+  const [overview, daily, providers, fileTypes] = await Promise.all([
+    view("view=overview"), view(`view=daily&limit=${days}`), view(`view=providers&limit=${days}`),
+    view("view=file-types"),
+  ]);
+  const [events, queue] = await Promise.all([
+    view(`view=events&start=${daily.start}&end=${daily.end}`),
+    get("/api/cron/queue-status", key).catch((error) => ({ error: error.message })),
+  ]);
+  return { overview, daily, providers, fileTypes, events, queue };
+}
+
+// ---- Rendering ---------------------------------------------------------------
+
+function render(data) {
+  const { overview, daily, providers, fileTypes, events, queue } = data;
+  const totals = overview.totals;
+  const cards = [
+    ["Requests", number(totals.requests)], ["Successful", number(totals.successful)],
+    ["Failed", number(totals.failed)], ["Uploads", number(totals.files)],
+    ["Uploaded", bytes(totals.bytes)], ["Events", number(events.events)],
+    ["Visitors", number(events.visitors)], ["Last request", when(totals.last_used_at)],
+  ];
+  $("cards").replaceChildren(...cards.map(([label, value]) => {
+    const small = label === "Last request";
+    const card = element("div", { class: small ? "card small" : "card", "data-card": label.toLowerCase() });
+    card.append(element("div", { class: "label" }, label), element("div", { class: "value" }, value));
+    return card;
+  }));
+
+  const days = daily.days.map((d) => d.day);
+  columns($("chart-requests"), "requests", days, [
+    { name: "successful", values: daily.days.map((d) => d.successful) },
+    { name: "failed", values: daily.days.map((d) => d.failed) },
+  ]);
+  columns($("chart-events"), "events", events.days.map((d) => d.day),
+    [{ name: "events", values: events.days.map((d) => d.events) }]);
+  ranking($("chart-uploads"), "uploads",
+    providers.providers.map((p) => ({ label: p.provider, value: p.uploads })));
+  ranking($("chart-bytes"), "bytes",
+    providers.providers.map((p) => ({ label: p.provider, value: p.bytes })), bytes);
+  ranking($("chart-file-types"), "file-types",
+    fileTypes.file_types.map((t) => ({ label: t.content_type, value: t.files })));
+  ranking($("chart-pages"), "pages", events.top_paths.map((p) => ({ label: p.value, value: p.events })));
+  ranking($("chart-referrers"), "referrers",
+    events.top_referrers.map((r) => ({ label: r.value, value: r.events })));
+  renderQueue(queue);
+
+  const empty = totals.requests === 0 && events.events === 0;
+  message(empty
+    ? "No data yet for this key. Send an event to /api/collect or request a signed URL; numbers appear here at once, events after the next drain (every minute)."
+    : `Updated ${new Date(overview.generated_at).toLocaleTimeString()}.`);
+}
+
+function renderQueue(queue) {
+  const box = $("queue");
+  box.replaceChildren();
+  if (queue.error) {
+    box.append(element("div", { class: "empty" }, `Queue status unavailable: ${queue.error}`));
+    return;
+  }
+  const status = element("p", { "data-queue-status": queue.status },
+    "Status: ");
+  status.append(element("strong", { class: `status-${queue.status}` }, queue.status));
+  const rows = [
+    ["Queued events", number(queue.queue.events)],
+    ["Oldest queued entry", queue.queue.oldest_age_seconds == null ? "–" : `${Math.round(queue.queue.oldest_age_seconds)} s`],
+    ["In flight", number(queue.in_flight.requests)],
+    ["Dead letters", number(queue.dead_letters)],
+    ["Last drain", queue.last_drain ? `${when(queue.last_drain.at)} (${number(queue.last_drain.events)} events)` : "none yet"],
+  ];
+  const table = element("table");
+  for (const [label, value] of rows) {
+    const tr = element("tr");
+    tr.append(element("td", {}, label), element("td", {}, value));
+    table.append(tr);
+  }
+  box.append(status, table);
+  for (const reason of queue.reasons || []) box.append(element("p", { class: "legend" }, reason));
+}
+
+function message(text, error = false) {
+  $("message").textContent = text;
+  $("message").className = error ? "error" : "";
+}
+
+// ---- Wiring ------------------------------------------------------------------
+
+async function show() {
+  const key = $("key").value.trim();
+  if (!key) return message("Paste a secret key first.", true);
+  if (!key.startsWith("sk_")) {
+    return message("The dashboard needs a secret key (sk_…); publishable keys (pk_…) can only send events.", true);
+  }
+  sessionStorage.setItem("tollgate-key", key);
+  message("Loading…");
+  try {
+    render(await load(key, Number($("range").value)));
+    $("dashboard").hidden = false;
+  } catch (error) {
+    $("dashboard").hidden = true;
+    message(error instanceof KeyRefused
+      ? `This key was not accepted: ${error.message}.`
+      : `Could not load the numbers: ${error.message}`, true);
+  }
+}
+
+$("key-form").addEventListener("submit", (event) => { event.preventDefault(); show(); });
+$("range").addEventListener("change", () => { if ($("key").value) show(); });
+
+// `tollgate dev` offers its demo key; a deployment does not.
+fetch("/_dev/demo-key").then((r) => (r.ok ? r.json() : null)).then((demo) => {
+  if (!demo) return;
+  $("demo").hidden = false;
+  $("demo").addEventListener("click", () => { $("key").value = demo.secret; show(); });
+}).catch(() => {});
+
+const fromHash = new URLSearchParams(location.hash.slice(1)).get("key");
+const remembered = fromHash || sessionStorage.getItem("tollgate-key");
+if (fromHash) history.replaceState(null, "", location.pathname);
+if (remembered) { $("key").value = remembered; show(); }

@@ -1,0 +1,75 @@
+/*! tollgate tracker: <script src="https://HOST/t.js" data-key="pk_…" defer></script>
+ * Page views (history API too) and tollgate.track(name, props), batched.
+ * data-api: collect URL (default: this script's origin + /api/collect).
+ * data-dnt="respect": send nothing under Do Not Track. */
+(function (w, d) {
+  var s = d.currentScript, key = s && s.getAttribute("data-key");
+  if (!key || w.tollgate) return;
+  var api = s.getAttribute("data-api") || new URL(s.src, location.href).origin + "/api/collect";
+  var off = s.getAttribute("data-dnt") == "respect" && (navigator.doNotTrack == "1" || w.doNotTrack == "1");
+  var queue = [], timer = 0, tries = 0, last, sid;
+  try {
+    sid = sessionStorage.getItem("tg_sid") || uuid();
+    sessionStorage.setItem("tg_sid", sid);
+  } catch (e) { sid = uuid(); }
+
+  function uuid() {
+    return crypto.randomUUID ? crypto.randomUUID() : "10000000-1000-4000-8000-100000000000".replace(/[018]/g, function (c) {
+      return (c ^ (crypto.getRandomValues(new Uint8Array(1))[0] & (15 >> (c / 4)))).toString(16);
+    });
+  }
+
+  function track(name, props) {
+    if (off) return;
+    var e = {
+      id: uuid(), type: "web", name: String(name), timestamp: new Date().toISOString(),
+      session_id: sid, url: location.href, referrer: d.referrer || undefined, title: d.title,
+      screen: screen.width + "x" + screen.height, language: navigator.language
+    };
+    if (props) e.properties = props;
+    queue.push(e);
+    queue.length >= 20 ? flush() : schedule(1000);
+  }
+
+  function schedule(ms) {
+    if (!timer) timer = setTimeout(function () { timer = 0; flush(); }, ms);
+  }
+
+  // Sends up to 50 events; failed sends go back in the queue and retry with
+  // backoff. Event ids make a resend harmless: the server keeps one copy.
+  function flush(hidden) {
+    if (!queue.length) return;
+    var batch = queue.splice(0, 50), body = JSON.stringify({ key: key, batch: batch });
+    if (hidden && navigator.sendBeacon && navigator.sendBeacon(api, new Blob([body], { type: "text/plain" }))) return;
+    fetch(api, { method: "POST", body: body, keepalive: body.length < 60000, headers: { "Content-Type": "text/plain" } })
+      .then(function (r) {
+        if (r.status == 429 || r.status >= 500) throw r;
+        tries = 0;
+        if (queue.length) schedule(0);
+      })
+      .catch(function () {
+        queue = batch.concat(queue);
+        if (++tries < 8) schedule(Math.min(1000 * Math.pow(2, tries), 60000));
+      });
+  }
+
+  function page() {
+    if (location.href == last) return;
+    last = location.href;
+    track("pageview");
+  }
+
+  ["pushState", "replaceState"].forEach(function (m) {
+    var orig = history[m];
+    history[m] = function () {
+      var r = orig.apply(this, arguments);
+      page();
+      return r;
+    };
+  });
+  w.addEventListener("popstate", page);
+  w.addEventListener("pagehide", function () { flush(1); });
+  d.addEventListener("visibilitychange", function () { if (d.visibilityState == "hidden") flush(1); });
+  w.tollgate = { track: track, flush: flush };
+  page();
+})(window, document);

@@ -1,0 +1,149 @@
+//! The dashboard (`public/index.html`) and the tracker (`public/t.js`) in
+//! headless Chromium, driven by Playwright (`tests/browser`), against the
+//! real app with real data.
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{
+    providers, repo_root, run_node_test_files, sign, spawn_app_with, TestApp, TestOptions,
+};
+
+async fn spawn() -> TestApp {
+    spawn_app_with(TestOptions {
+        env: providers(true),
+        ..TestOptions::default()
+    })
+    .await
+}
+
+/// A page view from a browser, with a referrer when given.
+async fn page_view(app: &TestApp, pk: &str, path: &str, referrer: Option<&str>) -> u16 {
+    let mut event =
+        json!({"type": "web", "name": "pageview", "url": format!("https://shop.example{path}")});
+    if let Some(referrer) = referrer {
+        event["referrer"] = json!(referrer);
+    }
+    app.collect(pk, &event).await.status().as_u16()
+}
+
+#[tokio::test]
+async fn the_dashboard_draws_the_seeded_numbers_and_explains_bad_keys_and_empty_ones() {
+    let app = spawn().await;
+    let key = app.create_key().await;
+    let empty = app.create_key().await;
+    let secret = key.secret.expose();
+    let (mut requests, mut successful) = (0, 0);
+    let mut count = |status: u16, ok: u16| {
+        requests += 1;
+        successful += i64::from(status == ok);
+    };
+
+    let png = json!({"filename": "a.png", "content_type": "image/png", "size": 1000}).to_string();
+    let pdf = json!({"filename": "b.pdf", "content_type": "application/pdf", "size": 250, "provider": "blob"}).to_string();
+    let refused = json!({"filename": "../x", "content_type": "image/png", "size": 1}).to_string();
+    for body in [&png, &png, &png, &png, &pdf, &pdf, &refused] {
+        count(sign(&app, Some(secret), body).await.0, 200);
+    }
+    for (path, referrer) in [
+        ("/", Some("https://news.example.com/a")),
+        ("/", Some("https://news.example.com/b")),
+        ("/", None),
+        ("/pricing", None),
+    ] {
+        count(page_view(&app, &key.publishable, path, referrer).await, 202);
+    }
+    let signup = app
+        .collect(secret, &json!({"type": "server", "name": "signup"}))
+        .await;
+    count(signup.status().as_u16(), 202);
+    app.drain().await;
+    app.sync_metrics().await;
+    // One more after the sync: the dashboard shows it at once.
+    count(sign(&app, Some(secret), &png).await.0, 200);
+
+    let expected = json!({
+        "requests": requests,
+        "successful": successful,
+        "failed": requests - successful,
+        "today": chrono::Utc::now().date_naive().to_string(),
+        "uploads": {"s3": 5, "blob": 2},
+        "bytes": {"s3": 5000, "blob": 500},
+        "file_types": {"image/png": 5, "application/pdf": 2},
+        "events": 5,
+        "pages": {"/": 3, "/pricing": 1},
+        "referrers": {"news.example.com": 2},
+    });
+    let artifacts = repo_root().join("tests").join("artifacts");
+    run_node_test_files(
+        "browser",
+        "playwright-core",
+        &["dashboard.test.mjs"],
+        &[
+            ("APP_URL", &app.address),
+            ("SECRET_KEY", secret),
+            ("EMPTY_KEY", empty.secret.expose()),
+            ("EXPECTED", &expected.to_string()),
+            ("ARTIFACTS", &artifacts.display().to_string()),
+        ],
+    )
+    .await;
+    assert!(artifacts.join("dashboard.png").exists());
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct Stored {
+    id: Uuid,
+    name: String,
+    utm_source: Option<String>,
+    properties: Option<Value>,
+}
+
+#[tokio::test]
+async fn the_tracker_delivers_page_views_and_custom_events_to_postgres_exactly_once() {
+    let app = spawn().await;
+    let key = app.create_key().await;
+    let out = std::env::temp_dir().join(format!("tollgate-tracker-{}.json", Uuid::new_v4()));
+    run_node_test_files(
+        "browser",
+        "playwright-core",
+        &["tracker.test.mjs"],
+        &[
+            ("APP_URL", &app.address),
+            ("PUBLISHABLE_KEY", &key.publishable),
+            ("OUT_FILE", &out.display().to_string()),
+        ],
+    )
+    .await;
+    let sent: Vec<Value> = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    std::fs::remove_file(&out).ok();
+    assert_eq!(sent.len(), 4, "{sent:?}");
+
+    app.drain().await;
+    let stored: Vec<Stored> = sqlx::query_as(
+        "SELECT id, name, utm_source, properties FROM events
+         WHERE api_key_id = $1 ORDER BY occurred_at, name",
+    )
+    .bind(key.id)
+    .fetch_all(app.state.db.pool())
+    .await
+    .unwrap();
+    let mut stored_ids: Vec<String> = stored.iter().map(|row| row.id.to_string()).collect();
+    let mut sent_ids: Vec<String> = sent
+        .iter()
+        .map(|event| event["id"].as_str().unwrap().to_owned())
+        .collect();
+    stored_ids.sort();
+    sent_ids.sort();
+    assert_eq!(
+        stored_ids, sent_ids,
+        "every event sent is stored once: {stored:?}"
+    );
+    let landing = stored
+        .iter()
+        .find(|row| row.utm_source.is_some())
+        .expect("the landing page view");
+    assert_eq!(landing.utm_source.as_deref(), Some("newsletter"));
+    let signup = stored.iter().find(|row| row.name == "signup").unwrap();
+    assert_eq!(signup.properties, Some(json!({"plan": "pro"})));
+}

@@ -1,0 +1,105 @@
+// The dashboard (public/index.html) in headless Chromium against the real
+// app. tests/browser.rs seeds the data and passes, through the environment:
+//   APP_URL, SECRET_KEY (with data), EMPTY_KEY (a key with none),
+//   EXPECTED (JSON of the seeded numbers), ARTIFACTS (a folder for screenshots).
+
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+
+import { launch } from './chromium.mjs';
+
+const { APP_URL, SECRET_KEY, EMPTY_KEY, ARTIFACTS } = process.env;
+const EXPECTED = JSON.parse(process.env.EXPECTED || '{}');
+let browser;
+
+before(async () => {
+  browser = await launch();
+  mkdirSync(ARTIFACTS, { recursive: true });
+});
+after(() => browser?.close());
+
+/// The bars of a chart as {label: value}, summed over series when `series` is not given.
+async function bars(page, chart, series) {
+  return page.$$eval(`[data-chart="${chart}"] [data-value]`, (rects, series) => {
+    const out = {};
+    for (const rect of rects) {
+      if (series && rect.dataset.series !== series) continue;
+      out[rect.dataset.label] = (out[rect.dataset.label] || 0) + Number(rect.dataset.value);
+    }
+    return out;
+  }, series);
+}
+
+const sum = (values) => Object.values(values).reduce((a, b) => a + b, 0);
+
+test('the charts show the seeded numbers', async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  const errors = [];
+  page.on('pageerror', (error) => errors.push(error.message));
+  // Nothing may come from anywhere but the app: the page works offline.
+  const foreign = [];
+  page.on('request', (request) => {
+    if (!request.url().startsWith(APP_URL)) foreign.push(request.url());
+  });
+
+  await page.goto(`${APP_URL}/#key=${SECRET_KEY}`);
+  await page.waitForSelector('svg[data-chart="requests"]');
+
+  const successful = await bars(page, 'requests', 'successful');
+  const failed = await bars(page, 'requests', 'failed');
+  assert.equal(Object.keys(successful).length, 30, 'one bar per day of the range');
+  assert.equal(sum(successful), EXPECTED.successful);
+  assert.equal(sum(failed), EXPECTED.failed);
+  assert.equal(successful[EXPECTED.today], EXPECTED.successful, 'all of it today');
+
+  assert.deepEqual(await bars(page, 'uploads'), EXPECTED.uploads);
+  assert.deepEqual(await bars(page, 'bytes'), EXPECTED.bytes);
+  assert.deepEqual(await bars(page, 'file-types'), EXPECTED.file_types);
+  assert.equal(sum(await bars(page, 'events')), EXPECTED.events);
+  assert.deepEqual(await bars(page, 'pages'), EXPECTED.pages);
+  assert.deepEqual(await bars(page, 'referrers'), EXPECTED.referrers);
+
+  const card = (name) => page.textContent(`[data-card="${name}"] .value`);
+  assert.equal(await card('requests'), EXPECTED.requests.toLocaleString('en-US'));
+  assert.equal(await card('events'), String(EXPECTED.events));
+  assert.ok(await page.isVisible('[data-queue-status]'), 'the queue status is shown');
+
+  await page.screenshot({ path: join(ARTIFACTS, 'dashboard.png'), fullPage: true });
+  assert.deepEqual(errors, []);
+  assert.deepEqual(foreign, []);
+  await page.close();
+});
+
+test('the page fits a phone screen', async () => {
+  const page = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true });
+  await page.goto(`${APP_URL}/#key=${SECRET_KEY}`);
+  await page.waitForSelector('svg[data-chart="requests"]');
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `the page is ${overflow}px wider than the phone`);
+  await page.screenshot({ path: join(ARTIFACTS, 'dashboard-phone.png'), fullPage: true });
+  await page.close();
+});
+
+test('a bad key gets a clear message and no charts', async () => {
+  const page = await browser.newPage();
+  await page.goto(`${APP_URL}/#key=sk_not_a_real_key`);
+  await page.waitForSelector('#message.error');
+  assert.match(await page.textContent('#message'), /not accepted: no API key matches/);
+  assert.equal(await page.isVisible('#dashboard'), false);
+
+  await page.fill('#key', 'pk_publishable');
+  await page.click('button[type=submit]');
+  assert.match(await page.textContent('#message'), /needs a secret key/);
+  await page.close();
+});
+
+test('a key without data says so', async () => {
+  const page = await browser.newPage();
+  await page.goto(`${APP_URL}/#key=${EMPTY_KEY}`);
+  await page.waitForSelector('svg[data-chart="requests"]');
+  assert.match(await page.textContent('#message'), /No data yet/);
+  assert.equal(sum(await bars(page, 'requests')), 0);
+  await page.close();
+});
