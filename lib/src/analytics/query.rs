@@ -220,9 +220,16 @@ impl Query {
 }
 
 fn date(name: &str, value: &str) -> Result<NaiveDate, ApiError> {
-    NaiveDate::parse_from_str(value, "%Y-%m-%d")
-        .ok()
-        .filter(|_| value.len() == 10)
+    // Exactly four, two and two digits: chrono alone also takes a signed
+    // or shorter year (`-999-01-01`).
+    let shaped = value.len() == 10
+        && value.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    shaped
+        .then(|| NaiveDate::parse_from_str(value, "%Y-%m-%d").ok())
+        .flatten()
         .ok_or_else(|| {
             bad(
                 "invalid_date",
@@ -316,6 +323,8 @@ mod tests {
             ("view=daily&start=2026-13-01", "invalid_date", "`start`"),
             ("view=daily&end=yesterday", "invalid_date", "`end`"),
             ("view=daily&start=2026-1-1", "invalid_date", "`start`"),
+            ("view=daily&start=-999-01-01", "invalid_date", "`start`"),
+            ("view=daily&end=+999-01-01", "invalid_date", "`end`"),
             ("view=daily&start=2026-11-23", "invalid_range", "`start`"),
             (
                 "view=daily&start=2026-11-02&end=2026-11-01",

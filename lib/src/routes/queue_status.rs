@@ -242,7 +242,13 @@ async fn status(state: &AppState, request: &Request<Bytes>) -> Result<Response<B
 async fn authorize(state: &AppState, request: &Request<Bytes>) -> Result<(), ApiError> {
     if let Some(key) = auth::bearer(request).and_then(PresentedKey::parse) {
         if key.kind() == KeyKind::Sk {
-            let cached = apikeys::verify(state, &key).await?;
+            let cached = apikeys::verify(state, &key).await.map_err(|error| {
+                tracing::error!(error = ?error, "queue-status could not check the key");
+                ApiError::Unavailable {
+                    message: "Upstash is unreachable, so the key cannot be checked".into(),
+                    retry_after: Duration::from_secs(10),
+                }
+            })?;
             return match cached.status {
                 KeyStatus::Active => Ok(()),
                 KeyStatus::Revoked => Err(ApiError::Unauthorized {
