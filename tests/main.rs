@@ -14,6 +14,7 @@ mod database;
 mod drain;
 mod health;
 mod helpers;
+mod openapi;
 mod signed_url;
 mod sync;
 mod upstash_client;
