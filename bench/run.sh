@@ -19,9 +19,9 @@ for arg in "$@"; do
   esac
 done
 if [ $quick = 1 ]; then
-  seconds=5; drain_events=100000; sync_keys=2000; mode=quick
+  seconds=5; drain_events=100000; sync_keys=2000; analytics_keys=1000; analytics_events=100000; mode=quick
 else
-  seconds=15; drain_events=1000000; sync_keys=10000; mode=full
+  seconds=15; drain_events=1000000; sync_keys=10000; analytics_keys=10000; analytics_events=1000000; mode=full
 fi
 
 scripts/bootstrap.sh redis postgres node wrk
@@ -119,6 +119,34 @@ limiter_bytes=$(redis-cli -p $redis_port MEMORY USAGE "tg:rl:key:$key_id")
 quota_bytes=$(redis-cli -p $redis_port --scan --pattern "tg:q:*:$key_id:*" | while read -r k; do redis-cli -p $redis_port MEMORY USAGE "$k"; done | awk "{ s += \$1 } END { print s + 0 }")
 echo "    limiter state $limiter_bytes bytes, quota counters $quota_bytes bytes per key"
 
+echo "==> analytics: seeding $analytics_keys keys of usage and $analytics_events events"
+analytics_json=$(target/release/tollgate-bench analytics --keys "$analytics_keys" --events "$analytics_events" \
+  --key-id "$key_id")
+echo "    $analytics_json"
+# Requests per second of one wrk run of bench/wrk/analytics.lua: load_get MODE
+load_get() {
+  local mode=$1 out="$work/analytics-$1.wrk"
+  MODE="$mode" TOKEN="$sk" wrk -t1 -c32 -d"${seconds}s" -s bench/wrk/analytics.lua \
+    "http://127.0.0.1:$dev_port" >"$out"
+  python3 - "$mode" "$out" <<'PY' || { cat "$out" >&2; exit 1; }
+import re, sys
+mode, text = sys.argv[1], open(sys.argv[2]).read()
+get = lambda name: float(re.search(rf"^{name}:\s*([\d.]+)", text, re.M).group(1))
+errors, hits, misses = get("error_responses"), get("cache_hits"), get("cache_misses")
+assert errors == 0, f"analytics {mode}: {errors:.0f} error responses"
+# Connections that start together all miss before the first result is stored.
+wrong = misses - 32 if mode == "hit" else hits
+assert wrong <= 0, f"analytics {mode}: {hits:.0f} hits and {misses:.0f} misses"
+print(f"{get('Requests/sec')} {get('latency_p50_ms')}")
+PY
+}
+# Assigned first so that a failed run stops the script.
+hit_line=$(load_get hit)
+miss_line=$(load_get miss)
+read -r hit_rps hit_p50 <<<"$hit_line"
+read -r miss_rps miss_p50 <<<"$miss_line"
+echo "    hit $hit_rps req/s (p50 $hit_p50 ms), miss $miss_rps req/s (p50 $miss_p50 ms)"
+
 echo "==> @upstash/ratelimit peer check: 500 concurrent requests, limit 100"
 (cd bench/peer && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 peer=$(UPSTASH_REDIS_REST_URL="http://127.0.0.1:$upstash_port" UPSTASH_REDIS_REST_TOKEN="$token" \
@@ -143,6 +171,7 @@ python3 bench/report.py \
   --drain "$drain_json" \
   --evalsha "$evalsha" --signed "$signed" --peer "$peer" --sync "$sync_json" \
   --limiter-bytes "$limiter_bytes" --quota-bytes "$quota_bytes" \
+  --analytics "$analytics_json" --hit "$hit_rps" --miss "$miss_rps" --hit-p50 "$hit_p50" --miss-p50 "$miss_p50" \
   --redis "$redis_version" --postgres "$postgres_version" \
   --command "bench/run.sh$([ $quick = 1 ] && echo " --quick")" >BENCHMARKS.md
 echo "==> BENCHMARKS.md written"

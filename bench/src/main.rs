@@ -51,6 +51,23 @@ enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
+    /// Seeds usage rows for many keys and events, a tenth of them the given
+    /// key's, into the app's database, then times each analytics view's
+    /// statement (p50) for that key and for typical keys.
+    Analytics {
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// The key whose views the HTTP benchmark reads: it gets a tenth of
+        /// the events, the others share the rest.
+        #[arg(long)]
+        key_id: Uuid,
+        #[arg(long, default_value_t = 40)]
+        samples: usize,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 #[tokio::main]
@@ -67,6 +84,13 @@ async fn main() -> anyhow::Result<()> {
             redis_url,
             database_url,
         } => sync(keys, &redis_url, &database_url).await,
+        Command::Analytics {
+            keys,
+            events,
+            key_id,
+            samples,
+            database_url,
+        } => analytics(keys, events, key_id, samples, &database_url).await,
     }
 }
 
@@ -230,6 +254,140 @@ async fn sync(keys: u64, redis_url: &str, database_url: &str) -> anyhow::Result<
     drop(state);
     drop_database(server, &db_url).await?;
     Ok(())
+}
+
+/// Seeds the app's own database, then times every view's statement.
+async fn analytics(
+    keys: u64,
+    events: u64,
+    key_id: Uuid,
+    samples: usize,
+    database_url: &str,
+) -> anyhow::Result<()> {
+    use tollgate::analytics::{views, View};
+    let mut db = PgConnection::connect(database_url).await?;
+    let started = Instant::now();
+    // Keys with 30 days of usage on two providers each.
+    sqlx::query(
+        "INSERT INTO api_keys (id, name, secret_hash, publishable_key, tier, total_requests,
+                               successful_requests, total_files, total_bytes, file_type_counts)
+         SELECT gen_random_uuid(), 'seed', sha256(('seed-' || i || '-' || $2)::bytea),
+                'pk_seed_' || i || '_' || $2, 'free', 300, 300, 60, 60000,
+                '{\"image/png\": 40, \"application/pdf\": 20}'::jsonb
+         FROM generate_series(1, $1) i",
+    )
+    .bind(keys as i64)
+    .bind(Uuid::new_v4().simple().to_string())
+    .execute(&mut db)
+    .await
+    .context("seeding keys")?;
+    for sql in [
+        "INSERT INTO api_key_usage_daily (api_key_id, day, total_requests, successful_requests,
+                                          total_files, total_bytes)
+         SELECT k.id, current_date - d, 10, 10, 2, 2000 FROM api_keys k, generate_series(0, 29) d
+         WHERE k.name = 'seed' ON CONFLICT DO NOTHING",
+        "INSERT INTO provider_usage (api_key_id, provider, uploads, bytes)
+         SELECT k.id, p, 30, 30000 FROM api_keys k, unnest(ARRAY['s3', 'blob']) p
+         WHERE k.name = 'seed' ON CONFLICT DO NOTHING",
+        "INSERT INTO provider_usage_daily (api_key_id, provider, day, uploads, bytes)
+         SELECT k.id, p, current_date - d, 1, 1000
+         FROM api_keys k, unnest(ARRAY['s3', 'blob']) p, generate_series(0, 29) d
+         WHERE k.name = 'seed' ON CONFLICT DO NOTHING",
+    ] {
+        sqlx::query(sql)
+            .execute(&mut db)
+            .await
+            .context("seeding usage")?;
+    }
+    // Events of the last 30 days: a tenth for the benchmark's key, the rest
+    // spread over the seeded keys.
+    let own = events / 10;
+    sqlx::query(
+        "WITH k AS (SELECT array_agg(id) AS ids, count(*) AS n FROM api_keys WHERE name = 'seed')
+         INSERT INTO events (id, api_key_id, type, name, occurred_at, received_at, url, path,
+                             referrer, visitor_id, country, browser, device_type)
+         SELECT gen_random_uuid(),
+                CASE WHEN i <= $2 THEN $3 ELSE k.ids[1 + i % k.n] END,
+                'web', (ARRAY['pageview', 'pageview', 'pageview', 'signup', 'click'])[1 + i % 5],
+                now() - random() * interval '29 days', now(),
+                'https://shop.example/p' || (i % 40), '/p' || (i % 40),
+                'https://ref' || (i % 15) || '.example/', md5((i % 20000)::text),
+                (ARRAY['DE', 'FR', 'US', 'GB', 'BR'])[1 + i % 5],
+                (ARRAY['Chrome', 'Firefox', 'Safari'])[1 + i % 3],
+                (ARRAY['desktop', 'smartphone'])[1 + i % 2]
+         FROM k, generate_series(1, $1) i",
+    )
+    .bind(events as i64)
+    .bind(own as i64)
+    .bind(key_id)
+    .execute(&mut db)
+    .await
+    .context("seeding events")?;
+    sqlx::query("ANALYZE").execute(&mut db).await?;
+    let seeded_in = started.elapsed().as_secs_f64();
+
+    let typical: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM api_keys WHERE name = 'seed' ORDER BY random() LIMIT $1",
+    )
+    .bind(samples as i64)
+    .fetch_all(&mut db)
+    .await?;
+    let today = chrono::Utc::now().date_naive();
+    let mut views_out = serde_json::Map::new();
+    for view in View::ALL {
+        let sql = views::sql(view);
+        let mut big = vec![];
+        for _ in 0..samples {
+            big.push(time_view(&mut db, &sql, key_id, today).await?);
+        }
+        let mut small = vec![];
+        for key in &typical {
+            small.push(time_view(&mut db, &sql, *key, today).await?);
+        }
+        views_out.insert(
+            view.as_str().to_owned(),
+            serde_json::json!({ "big_key_p50_ms": p50(&mut big), "typical_key_p50_ms": p50(&mut small) }),
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "keys": keys,
+            "events": events,
+            "big_key_events": own,
+            "seeded_seconds": seeded_in,
+            "views": views_out,
+        })
+    );
+    Ok(())
+}
+
+/// Milliseconds one run of a view's statement takes for a key, last 30 days.
+async fn time_view(
+    db: &mut PgConnection,
+    sql: &str,
+    key_id: Uuid,
+    today: chrono::NaiveDate,
+) -> anyhow::Result<f64> {
+    let params = tollgate::analytics::views::Params {
+        key_id,
+        from: chrono::Utc::now() - chrono::Duration::days(30),
+        until: chrono::Utc::now(),
+        start: today - chrono::Duration::days(29),
+        end: today,
+        pending: vec![],
+        utc_offset_seconds: 0.0,
+    };
+    let started = Instant::now();
+    tollgate::analytics::bind(sqlx::query(sql), &params)
+        .fetch_one(&mut *db)
+        .await?;
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
+fn p50(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Appends entries exactly as the admission script does, straight to Redis, so the

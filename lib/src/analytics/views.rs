@@ -83,9 +83,7 @@ pub fn sql(view: View) -> String {
 const EVENTS: &str = "
 WITH e AS MATERIALIZED (
     SELECT ((occurred_at AT TIME ZONE 'UTC') + $7 * interval '1 second')::date AS day,
-           name, path, visitor_id, country, browser, device_type,
-           -- Referrers are grouped by site, not by page.
-           nullif(substring(referrer FROM '^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]+)'), '') AS referrer
+           name, path, visitor_id, country, browser, device_type, referrer
     FROM events
     WHERE api_key_id = $1 AND occurred_at >= $2 AND occurred_at < $3
 )
@@ -99,9 +97,15 @@ SELECT jsonb_build_object(
     'top_paths', (SELECT coalesce(jsonb_agg(jsonb_build_object('value', v, 'events', n) ORDER BY n DESC, v), '[]')
                   FROM (SELECT path AS v, count(*) AS n FROM e WHERE path IS NOT NULL
                         GROUP BY path ORDER BY n DESC, v LIMIT 10) t),
+    -- Referrers are ranked by site, not by page; the site is taken from each
+    -- distinct referrer once, not from every row.
     'top_referrers', (SELECT coalesce(jsonb_agg(jsonb_build_object('value', v, 'events', n) ORDER BY n DESC, v), '[]')
-                      FROM (SELECT referrer AS v, count(*) AS n FROM e WHERE referrer IS NOT NULL
-                            GROUP BY referrer ORDER BY n DESC, v LIMIT 10) t),
+                      FROM (SELECT site AS v, sum(n)::bigint AS n
+                            FROM (SELECT nullif(substring(referrer FROM '^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]+)'), '') AS site,
+                                         count(*) AS n
+                                  FROM e WHERE referrer IS NOT NULL GROUP BY referrer) r
+                            WHERE site IS NOT NULL
+                            GROUP BY site ORDER BY n DESC, v LIMIT 10) t),
     'countries', (SELECT coalesce(jsonb_agg(jsonb_build_object('value', v, 'events', n) ORDER BY n DESC, v), '[]')
                   FROM (SELECT country AS v, count(*) AS n FROM e WHERE country IS NOT NULL
                         GROUP BY country ORDER BY n DESC, v LIMIT 10) t),
