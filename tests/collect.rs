@@ -598,6 +598,14 @@ async fn with_redis_down_events_go_straight_to_postgres() {
     .await
     .unwrap();
     assert_eq!(counted, 1);
+    // The request is counted in the usage tables, as the sync would have.
+    let usage: (i64, i64) =
+        sqlx::query_as("SELECT total_requests, successful_requests FROM api_keys WHERE id = $1")
+            .bind(key.id)
+            .fetch_one(app.state.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(usage, (1, 1));
     // The key checks still apply on the direct path.
     let unknown = body_of(
         app.collect("pk_000000000000", &web_event(Uuid::new_v4()))
@@ -606,6 +614,40 @@ async fn with_redis_down_events_go_straight_to_postgres() {
     )
     .await;
     assert_eq!(unknown["error"]["code"], "invalid_key");
+}
+
+#[tokio::test]
+async fn a_request_whose_admission_runs_past_its_deadline_is_counted_exactly_once() {
+    // With a 1 ms admission timeout the script almost always reaches Redis
+    // after its deadline: it must then do nothing, and the direct path
+    // counts the request instead. Either way, it is counted once.
+    let app = spawn_app_with(TestOptions {
+        env: vec![("TOLLGATE_ADMISSION_TIMEOUT", "1ms".to_owned())],
+        ..TestOptions::default()
+    })
+    .await;
+    let key = app.create_key().await;
+    // Warm the key cache and the bans, so the request is one script call.
+    let warm = app
+        .collect(&key.publishable, &web_event(Uuid::new_v4()))
+        .await;
+    assert_eq!(warm.status(), 202);
+    for _ in 0..20 {
+        let response = app
+            .collect(&key.publishable, &web_event(Uuid::new_v4()))
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    app.sync_metrics().await;
+    app.drain().await;
+    let usage: (i64, i64) =
+        sqlx::query_as("SELECT total_requests, successful_requests FROM api_keys WHERE id = $1")
+            .bind(key.id)
+            .fetch_one(app.state.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(usage, (21, 21));
+    assert_eq!(app.stored_events().await, 21);
 }
 
 #[tokio::test]

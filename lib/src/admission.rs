@@ -109,6 +109,9 @@ struct ScriptRequest<'a> {
     success_status: u16,
     invalid_status: u16,
     request_id: Uuid,
+    /// Wall-clock milliseconds (plus `offset_ms`) after which the script
+    /// must not act: by then the caller has given up and taken its fallback.
+    deadline_ms: i64,
     latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     events: Option<&'a EventsPayload<'a>>,
@@ -179,6 +182,18 @@ pub enum Decision {
 #[error("admission could not be decided")]
 pub struct Undecided(#[from] pub anyhow::Error);
 
+/// How long past the script's deadline the caller still waits for its
+/// reply. It covers the reply's trip back and the skew between this clock
+/// and Redis's (NTP keeps both within a few milliseconds).
+pub const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Admits or refuses one request.
 pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, Undecided> {
     let config = &state.config.admission;
@@ -195,6 +210,7 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
         success_status: request.success_status,
         invalid_status: request.invalid_status,
         request_id: Uuid::now_v7(),
+        deadline_ms: 0,
         latency_ms: request.latency.as_secs_f64() * 1000.0,
         events,
         upload: request.upload.as_ref(),
@@ -203,15 +219,25 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
     let cache_key = state.keys.key_cache(&request.key.cache_id());
     // At most: fill the key cache, load the bans, reseed the quotas, decide.
     for _ in 0..4 {
+        // The deadline is what keeps a fallback from counting twice: a call
+        // that reaches Redis after it (a stalled or slow Upstash) does
+        // nothing, and the caller waits past it by a grace long enough for
+        // the reply of a call that ran in time to arrive.
+        script.deadline_ms = wall_clock_ms() + script.offset_ms + config.timeout.as_millis() as i64;
         let args = [serde_json::to_string(&script).context("encoding the admission request")?];
         let keys = [cache_key.as_str()];
         let call = state.upstash.eval::<Vec<Reply>>(&ADMIT, &keys, &args);
-        let reply = tokio::time::timeout(config.timeout, call)
+        let reply = tokio::time::timeout(config.timeout + DEADLINE_GRACE, call)
             .await
             .map_err(|_| anyhow::anyhow!("admission took over {:?}", config.timeout))?
             .context("running admit.lua")?;
         let verdict = Verdict::parse(&reply)?;
         match verdict.code.as_str() {
+            "late" => {
+                return Err(Undecided(anyhow::anyhow!(
+                    "admit.lua ran after its deadline and did nothing"
+                )))
+            }
             "miss" => {
                 apikeys::refresh_cache(&state.db, &state.upstash, &state.keys, request.key).await?;
             }

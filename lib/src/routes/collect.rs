@@ -308,9 +308,11 @@ fn origin_not_allowed(origin: &str) -> ApiError {
 }
 
 /// Writes the events straight to Postgres, the way the drain would, after
-/// checking the key there. Visitor ids need the daily salt, which lives in
-/// Redis, so these events have none. If Postgres fails too, the client is
-/// told to retry: nothing was accepted.
+/// checking the key there, and counts the request in the usage tables.
+/// Visitor ids need the daily salt, which lives in Redis, so these events
+/// have none. If Postgres fails too, the client is told to retry: nothing
+/// was accepted. (Events written before a failed count stay; a client that
+/// resends them with its own event ids, as t.js does, does not double them.)
 async fn write_direct(state: &AppState, submission: &Submission<'_>) -> Result<usize, ApiError> {
     let unavailable = |error: anyhow::Error| {
         tracing::error!(error = ?error, "Postgres unavailable too; refusing the events");
@@ -323,9 +325,6 @@ async fn write_direct(state: &AppState, submission: &Submission<'_>) -> Result<u
         .await
         .map_err(unavailable)?;
     let api_key_id = check_key(&key, submission.origin)?;
-    if submission.events.is_empty() {
-        return Ok(0);
-    }
     let rows: Vec<StoredEvent> = submission
         .events
         .iter()
@@ -335,17 +334,42 @@ async fn write_direct(state: &AppState, submission: &Submission<'_>) -> Result<u
             event: event.clone(),
         })
         .collect();
-    store::store(&state.db, &rows, 1)
-        .await
-        .context("writing events straight to Postgres")
-        .map_err(unavailable)?;
+    if !rows.is_empty() {
+        store::store(&state.db, &rows, 1)
+            .await
+            .context("writing events straight to Postgres")
+            .map_err(unavailable)?;
+    }
+    // The admission script did not count this request (it never ran, or ran
+    // past its deadline and did nothing), so the usage it would have moved
+    // through the sync goes straight to the same tables, on the key's day.
+    let now = state.clock.now();
+    let day = (now + chrono::Duration::seconds(key.tz_offset.into())).date_naive();
     state
         .db
         .query(
-            "INSERT INTO operational_counters (name, value) VALUES ('direct_to_postgres_events', $1)
+            "WITH usage AS (
+                INSERT INTO api_key_usage_daily AS u (api_key_id, day, total_requests,
+                                                      successful_requests, last_used_at)
+                VALUES ($1, $2, 1, 1, $3)
+                ON CONFLICT (api_key_id, day) DO UPDATE SET
+                    total_requests = u.total_requests + 1,
+                    successful_requests = u.successful_requests + 1,
+                    last_used_at = GREATEST(u.last_used_at, EXCLUDED.last_used_at)
+             ),
+             totals AS (
+                UPDATE api_keys SET total_requests = total_requests + 1,
+                                    successful_requests = successful_requests + 1,
+                                    last_used_at = GREATEST(last_used_at, $3)
+                WHERE id = $1
+             )
+             INSERT INTO operational_counters (name, value) VALUES ('direct_to_postgres_events', $4)
              ON CONFLICT (name) DO UPDATE
                 SET value = operational_counters.value + EXCLUDED.value, updated_at = now()",
         )
+        .bind(api_key_id)
+        .bind(day)
+        .bind(now)
         .bind(rows.len() as i64)
         .execute(state.db.pool())
         .await

@@ -12,7 +12,8 @@
 -- ARGV[1]  the request, as JSON (see admission.rs, `ScriptRequest`)
 --
 -- Returns {verdict, key_id, limit, remaining, reset_ms, retry_after_ms, detail}:
---   verdict "ok" | "invalid_key" | "revoked_key" | "origin_not_allowed" |
+--   verdict "ok" | "late" (past the request's deadline_ms: nothing done) |
+--   "invalid_key" | "revoked_key" | "origin_not_allowed" |
 --   "banned" | "rate_limited" | "daily_quota_exceeded" |
 --   "monthly_quota_exceeded" | "miss" | "reseed_quota" | "reseed_bans";
 --   limit/remaining/reset_ms describe the per-minute limit;
@@ -26,6 +27,11 @@ local req = cjson.decode(ARGV[1])
 local p = req.prefix
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + (req.offset_ms or 0)
+-- Past its deadline the caller has already answered from its fallback
+-- (admission.rs); acting now would count the request twice.
+if (req.deadline_ms or 0) > 0 and now > req.deadline_ms then
+  return {'late', '', 0, 0, 0, 0, ''}
+end
 
 local cached = redis.call('GET', KEYS[1])
 if not cached then return {'miss', '', 0, 0, 0, 0, ''} end
