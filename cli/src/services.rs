@@ -60,6 +60,11 @@ pub struct Layout {
     pub redis_port: u16,
     /// Port the private PostgreSQL listens on, on 127.0.0.1.
     pub postgres_port: u16,
+    /// Whether Redis writes every command to its append-only file before
+    /// answering, as Upstash keeps data, so that a killed Redis comes back
+    /// with everything it acknowledged (the soak test kills it). Off for
+    /// development and tests, whose data is disposable.
+    pub durable_redis: bool,
 }
 
 impl Layout {
@@ -70,6 +75,7 @@ impl Layout {
             dir,
             redis_port: DEFAULT_REDIS_PORT,
             postgres_port: DEFAULT_POSTGRES_PORT,
+            durable_redis: false,
         }
     }
 }
@@ -144,7 +150,7 @@ impl Services {
         // run) may start the same layout at once; one initdb at a time.
         let _lock = DirLock::acquire(&paths.lock).await?;
 
-        let redis_pid = start_redis(&paths, layout.redis_port)
+        let redis_pid = start_redis(&paths, layout.redis_port, layout.durable_redis)
             .await
             .context("starting the private Redis")?;
         let postgres_pid = start_postgres(&paths, layout.postgres_port)
@@ -232,7 +238,7 @@ async fn probe_redis(port: u16, dir: &Path) -> RedisProbe {
     }
 }
 
-async fn start_redis(paths: &Paths, port: u16) -> anyhow::Result<u32> {
+async fn start_redis(paths: &Paths, port: u16, durable: bool) -> anyhow::Result<u32> {
     match probe_redis(port, &paths.dir).await {
         RedisProbe::Ours => {
             if let Some(pid) = read_pid(&paths.redis_pid) {
@@ -262,7 +268,12 @@ async fn start_redis(paths: &Paths, port: u16) -> anyhow::Result<u32> {
         .arg(port.to_string())
         .args(["--bind", "127.0.0.1"])
         // Development and test data is disposable: no snapshots, no AOF.
-        .args(["--save", "", "--appendonly", "no"])
+        .args(["--save", ""])
+        .args(if durable {
+            ["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            ["--appendonly", "no", "--appendfsync", "everysec"]
+        })
         .args(["--daemonize", "yes"])
         .arg("--pidfile")
         .arg(&paths.redis_pid)
@@ -1029,6 +1040,7 @@ mod tests {
             dir: dir.clone(),
             redis_port: free_port(),
             postgres_port: free_port(),
+            durable_redis: false,
         };
 
         let outcome = async {

@@ -26,7 +26,7 @@ use crate::{
     apikeys::{self, PresentedKey},
     error::ApiError,
     state::AppState,
-    upstash::{Command, Reply, Script},
+    upstash::{Command, Reply, Script, UpstashError},
 };
 
 pub static ADMIT: Script = Script::new("admit", include_str!("scripts/admit.lua"));
@@ -112,6 +112,9 @@ struct ScriptRequest<'a> {
     /// Wall-clock milliseconds (plus `offset_ms`) after which the script
     /// must not act: by then the caller has given up and taken its fallback.
     deadline_ms: i64,
+    /// How long the script remembers the verdict it counted, for the caller
+    /// to ask again under the same `request_id`.
+    memo_ms: u64,
     latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     events: Option<&'a EventsPayload<'a>>,
@@ -211,6 +214,8 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
         invalid_status: request.invalid_status,
         request_id: Uuid::now_v7(),
         deadline_ms: 0,
+        memo_ms: (config.timeout + DEADLINE_GRACE + config.resolve + Duration::from_secs(5))
+            .as_millis() as u64,
         latency_ms: request.latency.as_secs_f64() * 1000.0,
         events,
         upload: request.upload.as_ref(),
@@ -225,12 +230,7 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
         // the reply of a call that ran in time to arrive.
         script.deadline_ms = wall_clock_ms() + script.offset_ms + config.timeout.as_millis() as i64;
         let args = [serde_json::to_string(&script).context("encoding the admission request")?];
-        let keys = [cache_key.as_str()];
-        let call = state.upstash.eval::<Vec<Reply>>(&ADMIT, &keys, &args);
-        let reply = tokio::time::timeout(config.timeout + DEADLINE_GRACE, call)
-            .await
-            .map_err(|_| anyhow::anyhow!("admission took over {:?}", config.timeout))?
-            .context("running admit.lua")?;
+        let reply = call_resolving(state, &cache_key, &args).await?;
         let verdict = Verdict::parse(&reply)?;
         match verdict.code.as_str() {
             "late" => {
@@ -252,6 +252,71 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
     Err(Undecided(anyhow::anyhow!(
         "admission did not settle after refilling its caches"
     )))
+}
+
+/// Runs admit.lua once, as far as Redis is concerned.
+///
+/// A call that fails without a reply may still have run: the request
+/// reached Upstash, which stalled, or Redis ran the script and died before
+/// answering. Answering such a request as refused (or, for collect, writing
+/// it to Postgres) would count it twice if it had run. So the same request,
+/// under the same id and deadline, is sent again until a reply comes: the
+/// script answers a request it has counted with the verdict it remembered,
+/// and one it has not with `late` once the deadline is past. Only when
+/// Upstash stays silent for the whole `resolve` time is the outcome given
+/// up as unknown; a refused connection is no such case, since nothing ran.
+async fn call_resolving(
+    state: &AppState,
+    cache_key: &str,
+    args: &[String],
+) -> anyhow::Result<Vec<Reply>> {
+    let config = &state.config.admission;
+    let give_up = tokio::time::Instant::now() + config.resolve;
+    let keys = [cache_key];
+    // Once a call may have run, only a reply settles it.
+    let mut maybe_ran = false;
+    loop {
+        let call = state.upstash.eval::<Vec<Reply>>(&ADMIT, &keys, args);
+        let error = match tokio::time::timeout(config.timeout + DEADLINE_GRACE, call).await {
+            Ok(Ok(reply)) => return Ok(reply),
+            // Redis refused before running anything: retry, it says "not now".
+            Ok(Err(UpstashError::Redis(message))) if is_transient(&message) => {
+                anyhow::anyhow!("Redis answered {message}")
+            }
+            // The script itself failed: asking again cannot help.
+            Ok(Err(error @ UpstashError::Redis(_))) => {
+                return Err(error).context("running admit.lua")
+            }
+            // Nothing reached Upstash, so nothing ran.
+            Ok(Err(error @ UpstashError::Unreachable { .. })) if !maybe_ran => {
+                return Err(error).context("running admit.lua")
+            }
+            Ok(Err(error)) => {
+                maybe_ran |= !matches!(error, UpstashError::Unreachable { .. });
+                anyhow::Error::new(error)
+            }
+            Err(_) => {
+                maybe_ran = true;
+                anyhow::anyhow!("admission took over {:?}", config.timeout)
+            }
+        };
+        if tokio::time::Instant::now() >= give_up {
+            return Err(error.context(format!(
+                "admission's outcome stayed unknown for {:?}",
+                config.resolve
+            )));
+        }
+        tracing::warn!(error = ?error, "admission's reply was lost; asking again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Redis errors that mean the command did not run and may run later:
+/// loading its data after a restart, busy with a script, or a failover.
+fn is_transient(message: &str) -> bool {
+    ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN"]
+        .iter()
+        .any(|code| message.starts_with(code))
 }
 
 /// The script's reply.

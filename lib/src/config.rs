@@ -38,6 +38,10 @@ pub struct AdmissionConfig {
     /// Upper bound on the admission round trip; past it, the route falls
     /// back as configured (collect writes to Postgres directly).
     pub timeout: Duration,
+    /// How long a route keeps asking whether an admission whose reply was
+    /// lost (a timeout, a dropped connection) took place, before it answers
+    /// as if it had not. See `admission.rs`.
+    pub resolve: Duration,
     /// Requests per minute one client IP may make with publishable keys.
     pub public_ip_limit: u32,
     /// Routes that admit without limits when admission cannot be decided
@@ -135,6 +139,7 @@ pub const VARIABLES: &[&str] = &[
     "TOLLGATE_QUEUE_WARNING_LAG",
     "TOLLGATE_QUEUE_CRITICAL_LAG",
     "TOLLGATE_ADMISSION_TIMEOUT",
+    "TOLLGATE_ADMISSION_RESOLVE",
     "TOLLGATE_PUBLIC_IP_RATE_LIMIT",
     "TOLLGATE_FAIL_OPEN_ROUTES",
     "S3_ENDPOINT",
@@ -217,6 +222,11 @@ impl Config {
                 "TOLLGATE_ADMISSION_TIMEOUT",
                 parse_duration,
                 Duration::from_millis(500),
+            ),
+            resolve: vars.optional(
+                "TOLLGATE_ADMISSION_RESOLVE",
+                parse_duration,
+                Duration::from_secs(5),
             ),
             public_ip_limit: vars
                 .optional("TOLLGATE_PUBLIC_IP_RATE_LIMIT", parse_count, 600)

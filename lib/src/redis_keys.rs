@@ -15,6 +15,7 @@
 //! | `rl:key:<key id>`, `rl:ip:<ip>` | string | until the limiter is full again | GCRA state: the theoretical arrival time, ms |
 //! | `q:d:<key id>:<yyyy-mm-dd>`, `q:m:<key id>:<yyyy-mm>` | string | 2 days, 32 days | quota use in the key's day and month (its time zone) |
 //! | `mx:<key id>:<yyyy-mm-dd>` | hash | none (moved by the sync) | write-behind usage counters: `req`, `ok`, `fail`, `files`, `bytes`, `last`, `p:<provider>:n`, `:b`, `:last`, `ft:<content type>` |
+//! | `adm:<request id>` | string (JSON) | the admission timeout plus `TOLLGATE_ADMISSION_RESOLVE` and 5 s | the verdict admit.lua counted, returned again if the caller asks again after a lost reply |
 //! | `mx:dirty` | set | none | `<key id>:<day>` of the counter hashes changed since the last sync |
 //! | `mx:days:<key id>` | set | none (emptied by the sync) | the days of the key's unsynced counter hashes, for analytics |
 //! | `an:ver:<key id>` | string (integer) | 7 days | the key's analytics version, bumped by the sync's snapshot |
@@ -22,7 +23,7 @@
 //! | `mx:batch:<batch id>`, `mx:pending` | hash, set | none | a sync batch taken from the counters, until its Postgres commit is confirmed |
 //!
 //! The admission, sync and analytics scripts build the `rl:`, `q:`, `mx:`,
-//! `an:`, `ban:`, `viol:` and `banlevel:` names themselves, from the prefix and the key id
+//! `an:`, `adm:`, `ban:`, `viol:` and `banlevel:` names themselves, from the prefix and the key id
 //! they read from the key cache; the table above is their contract too.
 
 use chrono::NaiveDate;

@@ -9,7 +9,9 @@
 -- is only known once the cache entry is read.
 --
 -- KEYS[1]  the key cache entry of the presented key (JSON, see apikeys.rs)
--- ARGV[1]  the request, as JSON (see admission.rs, `ScriptRequest`)
+-- ARGV[1]  the request, as JSON (see admission.rs, `ScriptRequest`); its
+--          deadline_ms bounds when the script may act, and a counted verdict
+--          is remembered under `adm:<request_id>` for memo_ms
 --
 -- Returns {verdict, key_id, limit, remaining, reset_ms, retry_after_ms, detail}:
 --   verdict "ok" | "late" (past the request's deadline_ms: nothing done) |
@@ -27,10 +29,20 @@ local req = cjson.decode(ARGV[1])
 local p = req.prefix
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + (req.offset_ms or 0)
+-- A request asked again because its first reply was lost gets the verdict
+-- it was counted under, and is not counted again (admission.rs).
+local memo_key = p .. 'adm:' .. req.request_id
+local memo = redis.call('GET', memo_key)
+if memo then return cjson.decode(memo) end
 -- Past its deadline the caller has already answered from its fallback
 -- (admission.rs); acting now would count the request twice.
 if (req.deadline_ms or 0) > 0 and now > req.deadline_ms then
   return {'late', '', 0, 0, 0, 0, ''}
+end
+-- Remembers a counted verdict for as long as the caller may ask again.
+local function counted(reply)
+  redis.call('SET', memo_key, cjson.encode(reply), 'PX', req.memo_ms)
+  return reply
 end
 
 local cached = redis.call('GET', KEYS[1])
@@ -120,7 +132,7 @@ end
 local function refuse(verdict, limit, remaining, reset, retry, detail, status)
   count(false)
   log(verdict, status)
-  return {verdict, id, limit, remaining, reset, retry, detail}
+  return counted({verdict, id, limit, remaining, reset, retry, detail})
 end
 
 if ban then
@@ -252,7 +264,7 @@ count(valid, provider)
 log(valid and 'admitted' or (upload_error and upload_error[1] or 'invalid'),
   valid and req.success_status or req.invalid_status)
 if upload_error then
-  return {upload_error[1], id, limit, remaining, reset, 0, upload_error[2]}
+  return counted({upload_error[1], id, limit, remaining, reset, 0, upload_error[2]})
 end
 
 local events = req.events
@@ -273,4 +285,4 @@ if valid and req.upload then
     filename = u.filename, content_type = u.content_type, size_bytes = u.size, created_at = u.created_at})
   redis.call('XADD', p .. 'events:queue', '*', 't', 'up', 'k', id, 'n', 0, 'e', entry)
 end
-return {'ok', id, limit, remaining, reset, 0, provider or ''}
+return counted({'ok', id, limit, remaining, reset, 0, provider or ''})
