@@ -1,5 +1,5 @@
 # The README's commands. Each installs and starts what it needs.
-.PHONY: dev test deploy-check bench services-stop
+.PHONY: dev test deploy-check bench soak services-stop
 
 # The whole local stack on http://localhost:3000.
 dev:
@@ -21,3 +21,8 @@ services-stop:
 # Benchmarks against same-run baselines; rewrites BENCHMARKS.md.
 bench:
 	bench/run.sh
+
+# The whole stack for 10 minutes under load with faults; its summary goes
+# into BENCHMARKS.md. `bench/soak.sh 60` runs the one-minute variant.
+soak:
+	bench/soak.sh

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs tollgate's benchmarks on loopback and rewrites BENCHMARKS.md.
 #
-#   bench/run.sh            the full run (about 5 minutes on 2 cores)
-#   bench/run.sh --quick    smaller sizes, for CI (about 2 minutes)
+#   bench/run.sh                 the full run (about 12 minutes on 2 cores)
+#   bench/run.sh --quick         smaller sizes (about 3 minutes after the build)
+#   bench/run.sh --out FILE      write the report to FILE, not BENCHMARKS.md
+#                                (make test runs --quick --out target/bench/...)
 #
 # Every figure is measured against its baseline in the same run, on the same
 # machine, and reported as a ratio: absolute numbers on a shared 2-core box
@@ -12,11 +14,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
-for arg in "$@"; do
-  case "$arg" in
+out=BENCHMARKS.md
+while [ $# -gt 0 ]; do
+  case "$1" in
     --quick) quick=1 ;;
-    *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+    --out) out=$2; shift ;;
+    *) echo "usage: $0 [--quick] [--out FILE]" >&2; exit 2 ;;
   esac
+  shift
 done
 if [ $quick = 1 ]; then
   seconds=5; drain_events=100000; sync_keys=2000; analytics_keys=1000; analytics_events=100000; mode=quick
@@ -173,5 +178,8 @@ python3 bench/report.py \
   --limiter-bytes "$limiter_bytes" --quota-bytes "$quota_bytes" \
   --analytics "$analytics_json" --hit "$hit_rps" --miss "$miss_rps" --hit-p50 "$hit_p50" --miss-p50 "$miss_p50" \
   --redis "$redis_version" --postgres "$postgres_version" \
-  --command "bench/run.sh$([ $quick = 1 ] && echo " --quick")" >BENCHMARKS.md
-echo "==> BENCHMARKS.md written"
+  --command "bench/run.sh$([ $quick = 1 ] && echo " --quick")" \
+  --keep-soak-from BENCHMARKS.md >"$work/report.md"
+mkdir -p "$(dirname "$out")"
+mv "$work/report.md" "$out"
+echo "==> $out written"

@@ -3,7 +3,8 @@
 # integration tests against private Redis and PostgreSQL instances (started
 # here, stopped on exit), including the @upstash/redis conformance suite and
 # the @vercel/blob token check and the dashboard and tracker in headless
-# Chromium, and finally the offline Vercel deploy check.
+# Chromium, then the offline Vercel deploy check, the benchmarks at small
+# sizes and a one-minute soak test with faults.
 #
 # `make test` runs this; so does CI (.ci/run). It installs what is missing.
 set -euo pipefail
@@ -53,3 +54,12 @@ services stop >/dev/null 2>&1 || true
 
 echo "==> deploy check (vercel build, offline)"
 scripts/deploy-check.sh
+
+# The whole stack, twice: every benchmark at small sizes (so the harness
+# cannot rot; the report goes to target/, not BENCHMARKS.md), and a minute
+# of the soak test with all its faults, on the debug build.
+echo "==> benchmarks, quick"
+bench/run.sh --quick --out target/bench/BENCHMARKS.quick.md
+echo "==> soak test, one minute"
+target/debug/tollgate-bench soak --seconds 60 --clients 4 --bin-dir target/debug \
+  --summary target/soak/short.md

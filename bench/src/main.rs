@@ -2,7 +2,12 @@
 //! and timing the drain against a plain `COPY` of the same rows into the
 //! same tables. `bench/run.sh` calls them; each prints one JSON line.
 
-use std::time::{Duration, Instant};
+mod soak;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -51,6 +56,38 @@ enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
+    /// The whole stack under mixed load with faults, then an audit of every
+    /// answer against Postgres (see soak.rs). Exits 1 if a check fails.
+    Soak {
+        /// How long the load and the faults last, in seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Concurrent clients per route.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Where the `tollgate` and cron function binaries are.
+        #[arg(long, default_value = "target/release")]
+        bin_dir: PathBuf,
+        #[arg(long, default_value = ".tollgate/soak")]
+        dir: PathBuf,
+        #[arg(long, default_value = "target/soak/summary.md")]
+        summary: PathBuf,
+        #[arg(long, default_value_t = 6394)]
+        redis_port: u16,
+        #[arg(long, default_value_t = 54394)]
+        postgres_port: u16,
+        #[arg(long, default_value_t = 18094)]
+        upstash_port: u16,
+        #[arg(long, default_value_t = 13094)]
+        app_port: u16,
+        /// Fault kinds to inject, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "redis,drain,postgres,upstash,sync"
+        )]
+        faults: Vec<String>,
+    },
     /// Seeds usage rows for many keys and events, a tenth of them the given
     /// key's, into the app's database, then times each analytics view's
     /// statement (p50) for that key and for typical keys.
@@ -91,6 +128,36 @@ async fn main() -> anyhow::Result<()> {
             samples,
             database_url,
         } => analytics(keys, events, key_id, samples, &database_url).await,
+        Command::Soak {
+            seconds,
+            clients,
+            bin_dir,
+            dir,
+            summary,
+            redis_port,
+            postgres_port,
+            upstash_port,
+            app_port,
+            faults,
+        } => {
+            let passed = soak::run(soak::Options {
+                duration: Duration::from_secs(seconds),
+                bin_dir,
+                dir,
+                redis_port,
+                postgres_port,
+                upstash_port,
+                app_port,
+                summary,
+                clients,
+                faults,
+            })
+            .await?;
+            if !passed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 

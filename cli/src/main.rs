@@ -290,7 +290,7 @@ async fn main() -> anyhow::Result<()> {
                 dir,
                 redis_port,
                 postgres_port,
-                durable_redis: false,
+                durable: false,
             };
             match action {
                 ServicesAction::Start => {

@@ -60,11 +60,12 @@ pub struct Layout {
     pub redis_port: u16,
     /// Port the private PostgreSQL listens on, on 127.0.0.1.
     pub postgres_port: u16,
-    /// Whether Redis writes every command to its append-only file before
-    /// answering, as Upstash keeps data, so that a killed Redis comes back
-    /// with everything it acknowledged (the soak test kills it). Off for
-    /// development and tests, whose data is disposable.
-    pub durable_redis: bool,
+    /// Whether both keep what they acknowledge through a crash, as Upstash
+    /// and Neon do: Redis writes every command to its append-only file
+    /// before answering, Postgres flushes its log at each commit. The soak
+    /// test kills them. Off for development and tests, whose data is
+    /// disposable and which run faster without.
+    pub durable: bool,
 }
 
 impl Layout {
@@ -75,7 +76,7 @@ impl Layout {
             dir,
             redis_port: DEFAULT_REDIS_PORT,
             postgres_port: DEFAULT_POSTGRES_PORT,
-            durable_redis: false,
+            durable: false,
         }
     }
 }
@@ -150,10 +151,10 @@ impl Services {
         // run) may start the same layout at once; one initdb at a time.
         let _lock = DirLock::acquire(&paths.lock).await?;
 
-        let redis_pid = start_redis(&paths, layout.redis_port, layout.durable_redis)
+        let redis_pid = start_redis(&paths, layout.redis_port, layout.durable)
             .await
             .context("starting the private Redis")?;
-        let postgres_pid = start_postgres(&paths, layout.postgres_port)
+        let postgres_pid = start_postgres(&paths, layout.postgres_port, layout.durable)
             .await
             .context("starting the private PostgreSQL")?;
 
@@ -490,7 +491,7 @@ fn postgres_bin_candidates(
 }
 
 /// The `-o` options `pg_ctl` passes to `postgres`, through a shell.
-fn postgres_options(port: u16, socket_dir: Option<&Path>) -> anyhow::Result<String> {
+fn postgres_options(port: u16, socket_dir: Option<&Path>, durable: bool) -> anyhow::Result<String> {
     let sockets = match socket_dir {
         Some(dir) => {
             let dir = dir.to_string_lossy();
@@ -502,15 +503,19 @@ fn postgres_options(port: u16, socket_dir: Option<&Path>) -> anyhow::Result<Stri
         // TCP only.
         None => "''".to_owned(),
     };
-    // fsync and friends are off: these clusters are throwaway development and test
-    // instances, where speed matters and a crash may lose data.
+    // fsync and friends are off unless asked for: development and test
+    // clusters are throwaway, where speed matters and a crash may lose data.
+    let safety = if durable {
+        "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+    } else {
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    };
     Ok(format!(
-        "-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off \
-         -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        "-p {port} -k {sockets} -c listen_addresses=127.0.0.1 {safety} -c max_connections=200"
     ))
 }
 
-async fn start_postgres(paths: &Paths, port: u16) -> anyhow::Result<u32> {
+async fn start_postgres(paths: &Paths, port: u16, durable: bool) -> anyhow::Result<u32> {
     let run_as = RunAs::detect().await?;
     let bin = PgBin::find(&paths.pg_data)?;
 
@@ -538,7 +543,7 @@ async fn start_postgres(paths: &Paths, port: u16) -> anyhow::Result<u32> {
         .arg("-l")
         .arg(&paths.pg_log)
         .arg("-o")
-        .arg(postgres_options(port, socket_dir)?)
+        .arg(postgres_options(port, socket_dir, durable)?)
         .args(["-w", "-t"])
         .arg(POSTGRES_START_TIMEOUT.as_secs().to_string())
         .arg("start");
@@ -982,11 +987,14 @@ mod tests {
 
     #[test]
     fn postgres_options_quote_the_socket_dir_or_disable_sockets() {
-        let with_socket = postgres_options(5555, Some(Path::new("/tmp/a b/pgsock"))).unwrap();
+        let with_socket =
+            postgres_options(5555, Some(Path::new("/tmp/a b/pgsock")), false).unwrap();
         assert!(with_socket.starts_with("-p 5555 -k '/tmp/a b/pgsock' "));
         assert!(with_socket.contains("-c fsync=off"));
-        assert!(postgres_options(5555, None).unwrap().contains("-k '' "));
-        assert!(postgres_options(5555, Some(Path::new("/tmp/it's"))).is_err());
+        assert!(postgres_options(5555, None, false)
+            .unwrap()
+            .contains("-k '' "));
+        assert!(postgres_options(5555, Some(Path::new("/tmp/it's")), false).is_err());
     }
 
     #[test]
@@ -1040,7 +1048,7 @@ mod tests {
             dir: dir.clone(),
             redis_port: free_port(),
             postgres_port: free_port(),
-            durable_redis: false,
+            durable: false,
         };
 
         let outcome = async {
