@@ -35,7 +35,9 @@ tollgate=target/release/tollgate
 
 dir=.tollgate/bench
 redis_port=6393
-postgres_port=54393
+# Below 32768: a port in Linux's ephemeral range can be held by a client
+# socket in TIME_WAIT from an earlier run, and Postgres could not bind it.
+postgres_port=15493
 upstash_port=18079
 dev_port=13000
 dev_upstash_port=18080

@@ -5,7 +5,7 @@
 #   bench/soak.sh 60       a minute (the short variant; summary in target/soak/)
 #
 # It builds release binaries, runs private Redis (append-only, fsync always)
-# and Postgres (fsync on) under .tollgate/soak on ports 6394 and 54394, and
+# and Postgres (fsync on) under .tollgate/soak on ports 6394 and 15494, and
 # exits 1 if any check fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,12 +1,12 @@
 /*! tollgate tracker: <script src="https://HOST/t.js" data-key="pk_…" defer></script>
  * Page views (history API too) and tollgate.track(name, props), batched.
  * data-api: collect URL (default: this script's origin + /api/collect).
- * data-dnt="respect": send nothing under Do Not Track. */
+ * data-dnt="respect": send nothing under Do Not Track or Global Privacy Control. */
 (function (w, d) {
   var s = d.currentScript, key = s && s.getAttribute("data-key");
   if (!key || w.tollgate) return;
   var api = s.getAttribute("data-api") || new URL(s.src, location.href).origin + "/api/collect";
-  var off = s.getAttribute("data-dnt") == "respect" && (navigator.doNotTrack == "1" || w.doNotTrack == "1");
+  var off = s.getAttribute("data-dnt") == "respect" && (navigator.doNotTrack == "1" || w.doNotTrack == "1" || navigator.globalPrivacyControl);
   var queue = [], timer = 0, tries = 0, last, sid;
   try {
     sid = sessionStorage.getItem("tg_sid") || uuid();
@@ -40,7 +40,7 @@
   function flush(hidden) {
     if (!queue.length) return;
     var batch = queue.splice(0, 50), body = JSON.stringify({ key: key, batch: batch });
-    if (hidden && navigator.sendBeacon && navigator.sendBeacon(api, new Blob([body], { type: "text/plain" }))) return;
+    if (hidden && navigator.sendBeacon && navigator.sendBeacon(api, new Blob([body], { type: "text/plain" }))) return flush(1);
     fetch(api, { method: "POST", body: body, keepalive: body.length < 60000, headers: { "Content-Type": "text/plain" } })
       .then(function (r) {
         if (r.status == 429 || r.status >= 500) throw r;

@@ -74,7 +74,9 @@ enum Command {
         summary: PathBuf,
         #[arg(long, default_value_t = 6394)]
         redis_port: u16,
-        #[arg(long, default_value_t = 54394)]
+        /// Below 32768, outside the ephemeral range, so that no client
+        /// socket left in TIME_WAIT can hold it.
+        #[arg(long, default_value_t = 15494)]
         postgres_port: u16,
         #[arg(long, default_value_t = 18094)]
         upstash_port: u16,

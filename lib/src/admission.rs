@@ -112,6 +112,9 @@ struct ScriptRequest<'a> {
     /// Wall-clock milliseconds (plus `offset_ms`) after which the script
     /// must not act: by then the caller has given up and taken its fallback.
     deadline_ms: i64,
+    /// Set when the caller asks again after a lost reply: the script then
+    /// only reports a remembered verdict, or marks the request as not run.
+    settle: bool,
     /// How long the script remembers the verdict it counted, for the caller
     /// to ask again under the same `request_id`.
     memo_ms: u64,
@@ -183,12 +186,31 @@ pub enum Decision {
 /// Why admission could not be decided: Upstash or Postgres failed.
 #[derive(Debug, thiserror::Error)]
 #[error("admission could not be decided")]
-pub struct Undecided(#[from] pub anyhow::Error);
+pub struct Undecided {
+    #[source]
+    pub error: anyhow::Error,
+    /// Whether the script may have run and counted the request: its reply
+    /// was lost and asking again never got an answer. A fallback must not
+    /// count the request again then.
+    pub may_have_run: bool,
+}
+
+impl From<anyhow::Error> for Undecided {
+    fn from(error: anyhow::Error) -> Self {
+        Self {
+            error,
+            may_have_run: false,
+        }
+    }
+}
 
 /// How long past the script's deadline the caller still waits for its
-/// reply. It covers the reply's trip back and the skew between this clock
-/// and Redis's (NTP keeps both within a few milliseconds).
+/// reply: the reply's trip back.
 pub const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+
+/// Added to the deadline for the difference between this clock and
+/// Redis's, which the deadline compares.
+const CLOCK_SKEW: Duration = Duration::from_secs(2);
 
 fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now()
@@ -201,6 +223,10 @@ fn wall_clock_ms() -> i64 {
 pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, Undecided> {
     let config = &state.config.admission;
     let events = request.events.as_ref();
+    // Past the deadline the caller has stopped asking and may have taken
+    // its fallback, so a copy of the call that reaches Redis that late
+    // (held up in a stalled proxy) must not act.
+    let patience = config.timeout + DEADLINE_GRACE + config.resolve + CLOCK_SKEW;
     let mut script = ScriptRequest {
         prefix: state.keys.prefix(),
         route: request.route,
@@ -214,8 +240,8 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
         invalid_status: request.invalid_status,
         request_id: Uuid::now_v7(),
         deadline_ms: 0,
-        memo_ms: (config.timeout + DEADLINE_GRACE + config.resolve + Duration::from_secs(5))
-            .as_millis() as u64,
+        settle: false,
+        memo_ms: (patience + Duration::from_secs(5)).as_millis() as u64,
         latency_ms: request.latency.as_secs_f64() * 1000.0,
         events,
         upload: request.upload.as_ref(),
@@ -224,20 +250,11 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
     let cache_key = state.keys.key_cache(&request.key.cache_id());
     // At most: fill the key cache, load the bans, reseed the quotas, decide.
     for _ in 0..4 {
-        // The deadline is what keeps a fallback from counting twice: a call
-        // that reaches Redis after it (a stalled or slow Upstash) does
-        // nothing, and the caller waits past it by a grace long enough for
-        // the reply of a call that ran in time to arrive.
-        script.deadline_ms = wall_clock_ms() + script.offset_ms + config.timeout.as_millis() as i64;
-        let args = [serde_json::to_string(&script).context("encoding the admission request")?];
-        let reply = call_resolving(state, &cache_key, &args).await?;
+        script.deadline_ms = wall_clock_ms() + script.offset_ms + patience.as_millis() as i64;
+        let reply = call_resolving(state, &cache_key, &mut script).await?;
         let verdict = Verdict::parse(&reply)?;
         match verdict.code.as_str() {
-            "late" => {
-                return Err(Undecided(anyhow::anyhow!(
-                    "admit.lua ran after its deadline and did nothing"
-                )))
-            }
+            "late" => return Err(anyhow::anyhow!("admit.lua did not run this request").into()),
             "miss" => {
                 apikeys::refresh_cache(&state.db, &state.upstash, &state.keys, request.key).await?;
             }
@@ -246,12 +263,20 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
                 let key_id = verdict.key_id()?;
                 script.reseed = Some(quota_used(state, key_id, &verdict.detail).await?);
             }
-            _ => return verdict.into_decision(state, request.ip).await,
+            // The script counted this verdict: whatever fails from here on,
+            // a fallback must not count the request again.
+            _ => {
+                return verdict
+                    .into_decision(state, request.ip)
+                    .await
+                    .map_err(|error| Undecided {
+                        error,
+                        may_have_run: true,
+                    })
+            }
         }
     }
-    Err(Undecided(anyhow::anyhow!(
-        "admission did not settle after refilling its caches"
-    )))
+    Err(anyhow::anyhow!("admission did not settle after refilling its caches").into())
 }
 
 /// Runs admit.lua once, as far as Redis is concerned.
@@ -259,52 +284,61 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
 /// A call that fails without a reply may still have run: the request
 /// reached Upstash, which stalled, or Redis ran the script and died before
 /// answering. Answering such a request as refused (or, for collect, writing
-/// it to Postgres) would count it twice if it had run. So the same request,
-/// under the same id and deadline, is sent again until a reply comes: the
-/// script answers a request it has counted with the verdict it remembered,
-/// and one it has not with `late` once the deadline is past. Only when
-/// Upstash stays silent for the whole `resolve` time is the outcome given
-/// up as unknown; a refused connection is no such case, since nothing ran.
+/// it to Postgres) would count it twice if it had run. So the request is
+/// asked again under the same id with `settle` set: the script answers with
+/// the verdict it remembered if it counted the request, and otherwise marks
+/// the id as not run (`late`), so that the first call, should it still
+/// arrive, does nothing. Only when Upstash stays silent for the whole
+/// `resolve` time is the outcome unknown. A refused connection is no such
+/// case: nothing was sent, so nothing ran.
 async fn call_resolving(
     state: &AppState,
     cache_key: &str,
-    args: &[String],
-) -> anyhow::Result<Vec<Reply>> {
+    script: &mut ScriptRequest<'_>,
+) -> Result<Vec<Reply>, Undecided> {
     let config = &state.config.admission;
     let give_up = tokio::time::Instant::now() + config.resolve;
     let keys = [cache_key];
-    // Once a call may have run, only a reply settles it.
-    let mut maybe_ran = false;
+    script.settle = false;
     loop {
-        let call = state.upstash.eval::<Vec<Reply>>(&ADMIT, &keys, args);
+        let args = [serde_json::to_string(&script).context("encoding the admission request")?];
+        let call = state.upstash.eval::<Vec<Reply>>(&ADMIT, &keys, &args);
         let error = match tokio::time::timeout(config.timeout + DEADLINE_GRACE, call).await {
             Ok(Ok(reply)) => return Ok(reply),
-            // Redis refused before running anything: retry, it says "not now".
+            // Redis refused before running anything: it says "not now".
             Ok(Err(UpstashError::Redis(message))) if is_transient(&message) => {
                 anyhow::anyhow!("Redis answered {message}")
             }
             // The script itself failed: asking again cannot help.
             Ok(Err(error @ UpstashError::Redis(_))) => {
-                return Err(error).context("running admit.lua")
+                return Err(Undecided {
+                    error: anyhow::Error::new(error).context("running admit.lua"),
+                    may_have_run: script.settle,
+                })
             }
             // Nothing reached Upstash, so nothing ran.
-            Ok(Err(error @ UpstashError::Unreachable { .. })) if !maybe_ran => {
-                return Err(error).context("running admit.lua")
+            Ok(Err(error @ UpstashError::Unreachable { .. })) if !script.settle => {
+                return Err(anyhow::Error::new(error)
+                    .context("running admit.lua")
+                    .into())
             }
             Ok(Err(error)) => {
-                maybe_ran |= !matches!(error, UpstashError::Unreachable { .. });
+                script.settle |= !matches!(error, UpstashError::Unreachable { .. });
                 anyhow::Error::new(error)
             }
             Err(_) => {
-                maybe_ran = true;
+                script.settle = true;
                 anyhow::anyhow!("admission took over {:?}", config.timeout)
             }
         };
         if tokio::time::Instant::now() >= give_up {
-            return Err(error.context(format!(
-                "admission's outcome stayed unknown for {:?}",
-                config.resolve
-            )));
+            return Err(Undecided {
+                error: error.context(format!(
+                    "admission's outcome stayed unknown for {:?}",
+                    config.resolve
+                )),
+                may_have_run: script.settle,
+            });
         }
         tracing::warn!(error = ?error, "admission's reply was lost; asking again");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -359,7 +393,7 @@ impl Verdict {
         Uuid::parse_str(&self.key_id).context("admit.lua returned a malformed key id")
     }
 
-    async fn into_decision(self, state: &AppState, ip: &str) -> Result<Decision, Undecided> {
+    async fn into_decision(self, state: &AppState, ip: &str) -> anyhow::Result<Decision> {
         let rate = self.rate;
         let error = match self.code.as_str() {
             "ok" => {
@@ -406,7 +440,11 @@ impl Verdict {
             },
             "rate_limited" => {
                 if self.detail.starts_with("permanent") {
-                    record_permanent_ban(state, &self, ip).await?;
+                    // Redis holds the ban already; Postgres gets it at the
+                    // next reload of bans if this write fails.
+                    if let Err(error) = record_permanent_ban(state, &self, ip).await {
+                        tracing::error!(error = ?error, "could not record a permanent ban in Postgres");
+                    }
                 }
                 ApiError::TooManyRequests {
                     code: "rate_limited",
@@ -424,7 +462,7 @@ impl Verdict {
                 message: "the monthly quota of this key is used up".into(),
                 retry_after: Duration::from_secs(86_400),
             },
-            other => return Err(Undecided(anyhow::anyhow!("admit.lua answered `{other}`"))),
+            other => anyhow::bail!("admit.lua answered `{other}`"),
         };
         Ok(Decision::Refused { error, rate })
     }

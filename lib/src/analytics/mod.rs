@@ -50,7 +50,8 @@ pub static STORE: Script = Script::new(
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// How often a miss is recomputed when a sync keeps moving the counters
-/// under it; a sync runs once a minute, so a second try all but always wins.
+/// under it (a sync runs once a minute, so a second try all but always
+/// wins); after that the view is answered from Postgres alone.
 const ATTEMPTS: usize = 3;
 
 /// Where an answer came from, for the `X-Cache` header.
@@ -150,15 +151,20 @@ pub async fn read(state: &AppState, key: &PresentedKey, query: &Query) -> Result
             )
             .await
             .unwrap_or_else(|error| {
-                // The answer is still right; it is only not cached.
+                // Unknown whether the version moved: not trusted.
                 tracing::warn!(error = ?error, "could not cache an analytics result");
-                1
+                0
             });
-        if stored == 1 || attempt == ATTEMPTS {
+        if stored == 1 {
             return Ok(Answer {
                 body,
                 cache: CacheStatus::Miss,
             });
+        }
+        if attempt == ATTEMPTS {
+            // Syncs kept moving the counters (or Upstash stopped answering):
+            // the synced numbers alone, which no race can double.
+            return bypass(state, key, query).await;
         }
         tracing::debug!(
             attempt,
@@ -252,8 +258,9 @@ async fn compute(state: &AppState, query: &Query, miss: &Miss) -> Result<Bytes, 
     body(state, query, &params, document, &unsynced, range, true)
 }
 
-/// Redis is down: the key is checked in Postgres and the view computed from
-/// Postgres alone, without the unsynced counters, and not cached.
+/// Redis is down, or the sync kept racing a miss: the key is checked in
+/// Postgres and the view computed from Postgres alone, without the unsynced
+/// counters, and not cached.
 async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<Answer, ApiError> {
     let cached = apikeys::lookup(&state.db, key).await.map_err(unavailable)?;
     let key_id = match (cached.status, cached.id) {

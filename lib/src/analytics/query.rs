@@ -77,9 +77,9 @@ impl Query {
     /// Parses a query string.
     ///
     /// `start` and `end` are `YYYY-MM-DD` and inclusive; `end` defaults to
-    /// the key's today and `start` to 29 days before `end`. `limit` (1 to
-    /// 90, default 90) keeps only the most recent days of a daily or
-    /// providers series.
+    /// the key's today and `start` to `limit` days (or 30) back from `end`.
+    /// `limit` (1 to 90, default 90) keeps only the most recent days of a
+    /// daily or providers series.
     pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let mut view = None;
         let (mut start, mut end, mut limit) = (None, None, None);
@@ -178,7 +178,10 @@ impl Query {
             return Ok(None);
         }
         let end = self.end.unwrap_or(today);
-        let start = self.start.unwrap_or(end - Duration::days(DEFAULT_DAYS - 1));
+        // Without a start, a series covers `limit` days (30 by default).
+        let start = self
+            .start
+            .unwrap_or(end - Duration::days(self.limit.unwrap_or(DEFAULT_DAYS) - 1));
         if start > end {
             return Err(bad(
                 "invalid_range",
@@ -291,6 +294,18 @@ mod tests {
                 .unwrap()
                 .0,
             day("2026-10-03")
+        );
+    }
+
+    #[test]
+    fn a_limit_without_a_start_sets_the_length_of_the_series() {
+        assert_eq!(
+            range("view=daily&limit=90").unwrap(),
+            Some((day("2026-08-25"), day("2026-11-22")))
+        );
+        assert_eq!(
+            range("view=providers&limit=7").unwrap(),
+            Some((day("2026-11-16"), day("2026-11-22")))
         );
     }
 

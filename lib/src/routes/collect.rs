@@ -207,11 +207,12 @@ async fn accept(
             return Err(error);
         }
         Err(error) if state.config.admission.fails_open("collect") => {
-            tracing::error!(error = ?error.0, "admission failed; writing events straight to Postgres");
-            write_direct(state, &submission).await?
+            tracing::error!(error = ?error.error, "admission failed; writing events straight to Postgres");
+            // Counted here only if admit.lua surely did not count it.
+            write_direct(state, &submission, !error.may_have_run).await?
         }
         Err(error) => {
-            tracing::error!(error = ?error.0, "admission failed; collect fails closed");
+            tracing::error!(error = ?error.error, "admission failed; collect fails closed");
             return Err(ApiError::Unavailable {
                 message: "event collection is unavailable; retry shortly".into(),
                 retry_after: Duration::from_secs(5),
@@ -308,12 +309,17 @@ fn origin_not_allowed(origin: &str) -> ApiError {
 }
 
 /// Writes the events straight to Postgres, the way the drain would, after
-/// checking the key there, and counts the request in the usage tables.
+/// checking the key there, and counts the request in the usage tables if
+/// `count`.
 /// Visitor ids need the daily salt, which lives in Redis, so these events
 /// have none. If Postgres fails too, the client is told to retry: nothing
 /// was accepted. (Events written before a failed count stay; a client that
 /// resends them with its own event ids, as t.js does, does not double them.)
-async fn write_direct(state: &AppState, submission: &Submission<'_>) -> Result<usize, ApiError> {
+async fn write_direct(
+    state: &AppState,
+    submission: &Submission<'_>,
+    count: bool,
+) -> Result<usize, ApiError> {
     let unavailable = |error: anyhow::Error| {
         tracing::error!(error = ?error, "Postgres unavailable too; refusing the events");
         ApiError::Unavailable {
@@ -340,9 +346,10 @@ async fn write_direct(state: &AppState, submission: &Submission<'_>) -> Result<u
             .context("writing events straight to Postgres")
             .map_err(unavailable)?;
     }
-    // The admission script did not count this request (it never ran, or ran
-    // past its deadline and did nothing), so the usage it would have moved
-    // through the sync goes straight to the same tables, on the key's day.
+    // When the admission script surely did not count this request (it never
+    // ran, or settled as not run), the usage it would have moved through
+    // the sync goes straight to the same tables, on the key's day. When it
+    // may have run (Upstash silent past the resolve time), its count stands.
     let now = state.clock.now();
     let day = (now + chrono::Duration::seconds(key.tz_offset.into())).date_naive();
     state
@@ -351,7 +358,7 @@ async fn write_direct(state: &AppState, submission: &Submission<'_>) -> Result<u
             "WITH usage AS (
                 INSERT INTO api_key_usage_daily AS u (api_key_id, day, total_requests,
                                                       successful_requests, last_used_at)
-                VALUES ($1, $2, 1, 1, $3)
+                SELECT $1, $2, 1, 1, $3 WHERE $5
                 ON CONFLICT (api_key_id, day) DO UPDATE SET
                     total_requests = u.total_requests + 1,
                     successful_requests = u.successful_requests + 1,
@@ -361,7 +368,7 @@ async fn write_direct(state: &AppState, submission: &Submission<'_>) -> Result<u
                 UPDATE api_keys SET total_requests = total_requests + 1,
                                     successful_requests = successful_requests + 1,
                                     last_used_at = GREATEST(last_used_at, $3)
-                WHERE id = $1
+                WHERE id = $1 AND $5
              )
              INSERT INTO operational_counters (name, value) VALUES ('direct_to_postgres_events', $4)
              ON CONFLICT (name) DO UPDATE
@@ -371,6 +378,7 @@ async fn write_direct(state: &AppState, submission: &Submission<'_>) -> Result<u
         .bind(day)
         .bind(now)
         .bind(rows.len() as i64)
+        .bind(count)
         .execute(state.db.pool())
         .await
         .context("counting the direct write")

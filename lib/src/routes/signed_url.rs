@@ -138,7 +138,7 @@ async fn sign(
         // configured otherwise; an open failure is counted where
         // queue-status reports it.
         Err(error) if state.config.admission.fails_open("signed-url") => {
-            tracing::error!(error = ?error.0, "admission failed; signing without metering");
+            tracing::error!(error = ?error.error, "admission failed; signing without metering");
             count_fail_open(state).await?;
             let key = apikeys::lookup(&state.db, &key).await?;
             let key_id = key
@@ -160,7 +160,7 @@ async fn sign(
             (key_id, provider)
         }
         Err(error) => {
-            tracing::error!(error = ?error.0, "admission failed; refusing the upload");
+            tracing::error!(error = ?error.error, "admission failed; refusing the upload");
             return Err(ApiError::Unavailable {
                 message: "usage metering is unavailable; retry shortly".into(),
                 retry_after: std::time::Duration::from_secs(5),

@@ -10,11 +10,13 @@
 --
 -- KEYS[1]  the key cache entry of the presented key (JSON, see apikeys.rs)
 -- ARGV[1]  the request, as JSON (see admission.rs, `ScriptRequest`); its
---          deadline_ms bounds when the script may act, and a counted verdict
---          is remembered under `adm:<request_id>` for memo_ms
+--          deadline_ms bounds when the script may act, a counted verdict is
+--          remembered under `adm:<request_id>` for memo_ms, and `settle`
+--          (a call asked again after a lost reply) only reads that verdict
+--          or marks the request as not run
 --
 -- Returns {verdict, key_id, limit, remaining, reset_ms, retry_after_ms, detail}:
---   verdict "ok" | "late" (past the request's deadline_ms: nothing done) |
+--   verdict "ok" | "late" (not run: settled, or past deadline_ms) |
 --   "invalid_key" | "revoked_key" | "origin_not_allowed" |
 --   "banned" | "rate_limited" | "daily_quota_exceeded" |
 --   "monthly_quota_exceeded" | "miss" | "reseed_quota" | "reseed_bans";
@@ -34,10 +36,17 @@ local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + (r
 local memo_key = p .. 'adm:' .. req.request_id
 local memo = redis.call('GET', memo_key)
 if memo then return cjson.decode(memo) end
--- Past its deadline the caller has already answered from its fallback
--- (admission.rs); acting now would count the request twice.
+-- Asked again and not counted yet: mark the request as not run, so that a
+-- first call still on its way does nothing when it arrives.
+local late = {'late', '', 0, 0, 0, 0, ''}
+if req.settle then
+  redis.call('SET', memo_key, cjson.encode(late), 'PX', req.memo_ms)
+  return late
+end
+-- Past its deadline the caller has stopped asking and may have answered
+-- from its fallback (admission.rs); acting now could count twice.
 if (req.deadline_ms or 0) > 0 and now > req.deadline_ms then
-  return {'late', '', 0, 0, 0, 0, ''}
+  return late
 end
 -- Remembers a counted verdict for as long as the caller may ask again.
 local function counted(reply)
