@@ -62,4 +62,5 @@ echo "==> benchmarks, quick"
 bench/run.sh --quick --out target/bench/BENCHMARKS.quick.md
 echo "==> soak test, one minute"
 target/debug/tollgate-bench soak --seconds 60 --clients 4 --bin-dir target/debug \
-  --summary target/soak/short.md
+  --dir .tollgate/soak-short --redis-port 6395 --postgres-port 15495 --upstash-port 18095 \
+  --app-port 13095 --summary target/soak/short.md

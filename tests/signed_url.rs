@@ -247,6 +247,17 @@ async fn with_upstash_down_signed_url_fails_closed_unless_configured_open() {
     let (status, body_closed) = sign(&closed, Some(key.secret.expose()), &body).await;
     assert_eq!(status, 503, "{body_closed}");
     assert_eq!(body_closed["error"]["code"], "unavailable");
+    // Bad input still gets its 400, and is counted as failed in Postgres.
+    let bad = json!({"filename": "../a.png", "content_type": "image/png", "size": 10});
+    let (status, refused) = sign(&closed, Some(key.secret.expose()), &bad.to_string()).await;
+    assert_eq!(status, 400, "{refused}");
+    let counted: (i64, i64) =
+        sqlx::query_as("SELECT total_requests, failed_requests FROM api_keys WHERE id = $1")
+            .bind(key.id)
+            .fetch_one(closed.state.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(counted, (1, 1));
 
     let open = down("collect,signed-url").await;
     let key = open.create_key().await;

@@ -380,3 +380,42 @@ async fn apply(
     tx.commit().await.context("committing the sync batch")?;
     Ok(true)
 }
+
+/// Counts one request straight into Postgres's usage tables, on the key's
+/// day: for a route's fallback when the admission script surely did not
+/// count it (Upstash unreachable, or the call settled as not run).
+pub async fn count_directly(
+    db: &crate::db::Db,
+    key_id: Uuid,
+    day: NaiveDate,
+    at: DateTime<Utc>,
+    successful: bool,
+) -> anyhow::Result<()> {
+    let (ok, failed) = if successful { (1i64, 0i64) } else { (0, 1) };
+    db.query(
+        "WITH usage AS (
+            INSERT INTO api_key_usage_daily AS u (api_key_id, day, total_requests,
+                                                  successful_requests, failed_requests, last_used_at)
+            VALUES ($1, $2, 1, $4, $5, $3)
+            ON CONFLICT (api_key_id, day) DO UPDATE SET
+                total_requests = u.total_requests + 1,
+                successful_requests = u.successful_requests + EXCLUDED.successful_requests,
+                failed_requests = u.failed_requests + EXCLUDED.failed_requests,
+                last_used_at = GREATEST(u.last_used_at, EXCLUDED.last_used_at)
+         )
+         UPDATE api_keys SET total_requests = total_requests + 1,
+                             successful_requests = successful_requests + $4,
+                             failed_requests = failed_requests + $5,
+                             last_used_at = GREATEST(last_used_at, $3)
+         WHERE id = $1",
+    )
+    .bind(key_id)
+    .bind(day)
+    .bind(at)
+    .bind(ok)
+    .bind(failed)
+    .execute(db.pool())
+    .await
+    .context("counting a request straight into Postgres")?;
+    Ok(())
+}

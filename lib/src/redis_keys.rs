@@ -15,7 +15,7 @@
 //! | `rl:key:<key id>`, `rl:ip:<ip>` | string | until the limiter is full again | GCRA state: the theoretical arrival time, ms |
 //! | `q:d:<key id>:<yyyy-mm-dd>`, `q:m:<key id>:<yyyy-mm>` | string | 2 days, 32 days | quota use in the key's day and month (its time zone) |
 //! | `mx:<key id>:<yyyy-mm-dd>` | hash | none (moved by the sync) | write-behind usage counters: `req`, `ok`, `fail`, `files`, `bytes`, `last`, `p:<provider>:n`, `:b`, `:last`, `ft:<content type>` |
-//! | `adm:<request id>` | string (JSON) | the admission timeout plus `TOLLGATE_ADMISSION_RESOLVE` and 5 s | the verdict admit.lua counted, returned again if the caller asks again after a lost reply |
+//! | `adm:<request id>` | string (JSON) | the admission timeout plus `TOLLGATE_ADMISSION_RESOLVE` plus about 7 s | the verdict admit.lua counted, or `late` once a caller asking again settled the request as not run |
 //! | `mx:dirty` | set | none | `<key id>:<day>` of the counter hashes changed since the last sync |
 //! | `mx:days:<key id>` | set | none (emptied by the sync) | the days of the key's unsynced counter hashes, for analytics |
 //! | `an:ver:<key id>` | string (integer) | 7 days | the key's analytics version, bumped by the sync's snapshot |

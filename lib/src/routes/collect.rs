@@ -352,33 +352,19 @@ async fn write_direct(
     // may have run (Upstash silent past the resolve time), its count stands.
     let now = state.clock.now();
     let day = (now + chrono::Duration::seconds(key.tz_offset.into())).date_naive();
+    if count {
+        crate::metrics::count_directly(&state.db, api_key_id, day, now, true)
+            .await
+            .map_err(unavailable)?;
+    }
     state
         .db
         .query(
-            "WITH usage AS (
-                INSERT INTO api_key_usage_daily AS u (api_key_id, day, total_requests,
-                                                      successful_requests, last_used_at)
-                SELECT $1, $2, 1, 1, $3 WHERE $5
-                ON CONFLICT (api_key_id, day) DO UPDATE SET
-                    total_requests = u.total_requests + 1,
-                    successful_requests = u.successful_requests + 1,
-                    last_used_at = GREATEST(u.last_used_at, EXCLUDED.last_used_at)
-             ),
-             totals AS (
-                UPDATE api_keys SET total_requests = total_requests + 1,
-                                    successful_requests = successful_requests + 1,
-                                    last_used_at = GREATEST(last_used_at, $3)
-                WHERE id = $1 AND $5
-             )
-             INSERT INTO operational_counters (name, value) VALUES ('direct_to_postgres_events', $4)
+            "INSERT INTO operational_counters (name, value) VALUES ('direct_to_postgres_events', $1)
              ON CONFLICT (name) DO UPDATE
                 SET value = operational_counters.value + EXCLUDED.value, updated_at = now()",
         )
-        .bind(api_key_id)
-        .bind(day)
-        .bind(now)
         .bind(rows.len() as i64)
-        .bind(count)
         .execute(state.db.pool())
         .await
         .context("counting the direct write")

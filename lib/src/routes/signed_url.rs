@@ -161,6 +161,20 @@ async fn sign(
         }
         Err(error) => {
             tracing::error!(error = ?error.error, "admission failed; refusing the upload");
+            // Bad input is the client's error whatever Upstash does: it gets
+            // its 400, never a 5xx, and is counted as failed here when the
+            // script surely did not count it.
+            if let Err(bad) = &parsed {
+                if !error.may_have_run {
+                    if let Err(error) = count_refusal_directly(state, &key).await {
+                        tracing::error!(error = ?error, "could not count a refused upload");
+                    }
+                }
+                return Err(ApiError::BadRequest {
+                    code: bad.code(),
+                    message: bad.to_string(),
+                });
+            }
             return Err(ApiError::Unavailable {
                 message: "usage metering is unavailable; retry shortly".into(),
                 retry_after: std::time::Duration::from_secs(5),
@@ -237,4 +251,16 @@ fn unconfigured() -> ApiError {
         code: "provider_not_configured",
         message: "no storage provider is configured (S3_* or BLOB_READ_WRITE_TOKEN)".into(),
     }
+}
+
+/// Counts a refused request of an active key in Postgres, as admit.lua
+/// would have; nothing is counted for an unknown or revoked key.
+async fn count_refusal_directly(state: &AppState, key: &PresentedKey) -> anyhow::Result<()> {
+    let cached = apikeys::lookup(&state.db, key).await?;
+    let Some(key_id) = cached.id.filter(|_| cached.status == KeyStatus::Active) else {
+        return Ok(());
+    };
+    let now = state.clock.now();
+    let day = (now + chrono::Duration::seconds(cached.tz_offset.into())).date_naive();
+    crate::metrics::count_directly(&state.db, key_id, day, now, false).await
 }
