@@ -102,16 +102,18 @@ test('sends page views, history navigation and custom events, with a beacon on p
   const tab = await context.newPage();
   const before = received.length;
 
+  // The first page view goes out on the timer, through fetch; the wait is
+  // set up first, since a slow machine may load the page past the timer.
+  const first = tab.waitForResponse((r) => r.url() === collectUrl && r.request().method() === 'POST');
   await tab.goto(`${siteUrl}/landing?utm_source=newsletter`);
   await tab.waitForFunction(() => window.tollgate);
-  // The first page view goes out on the timer, through fetch.
-  await tab.waitForResponse((r) => r.url() === collectUrl && r.request().method() === 'POST');
+  await first;
 
   await tab.evaluate(() => history.pushState({}, '', '/app/settings'));
   await tab.evaluate(() => window.tollgate.track('signup', { plan: 'pro' }));
   // Leaving the page sends what is left with sendBeacon.
   await tab.goto('about:blank');
-  for (let i = 0; i < 50 && received.length < before + 2; i++) await settle(100);
+  for (let i = 0; i < 150 && received.length < before + 2; i++) await settle(100);
   await context.close();
 
   const requests = received.slice(before);
@@ -140,8 +142,10 @@ test('retries with backoff when collect fails, without duplicates', async () => 
     return route.continue();
   });
   const before = received.length;
+  const delivered202 = tab.waitForResponse((r) => r.url() === collectUrl && r.status() === 202,
+    { timeout: 20_000 });
   await tab.goto(`${siteUrl}/retry`);
-  await tab.waitForResponse((r) => r.url() === collectUrl && r.status() === 202, { timeout: 20_000 });
+  await delivered202;
   await context.close();
   assert.equal(attempts.length, 3, 'sent three times: two failures, then success');
   assert.equal(new Set(attempts.map((batch) => batch[0].id)).size, 1,
