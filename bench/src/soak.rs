@@ -312,6 +312,22 @@ async fn wait_healthy(http: &reqwest::Client, base: &str) -> anyhow::Result<()> 
     anyhow::bail!("the app did not become healthy at {base}")
 }
 
+/// The status and JSON body a client saw; status 0 when it got no answer.
+async fn read_answer(result: reqwest::Result<reqwest::Response>) -> (u16, Value) {
+    match result {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// The `error.code` of an answer, or "" for a success.
+fn error_code(answer: &Value) -> String {
+    answer["error"]["code"].as_str().unwrap_or("").to_owned()
+}
+
 fn record(log: &Log, answer: Answer) {
     log.answers.lock().unwrap().push(answer);
 }
@@ -360,16 +376,7 @@ async fn collect_client(
             .body(body)
             .send()
             .await;
-        let (status, answer) = match result {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                (
-                    status,
-                    response.json::<Value>().await.unwrap_or(Value::Null),
-                )
-            }
-            Err(_) => (0, Value::Null),
-        };
+        let (status, answer) = read_answer(result).await;
         let accepted = if status == 202 {
             let accepted = answer["accepted"].as_u64().unwrap_or(0) as usize;
             // The bad event is last, so the accepted ones are the first ids.
@@ -377,7 +384,7 @@ async fn collect_client(
         } else {
             vec![]
         };
-        let code = answer["error"]["code"].as_str().unwrap_or("").to_owned();
+        let code = error_code(&answer);
         record(
             &log,
             Answer {
@@ -425,17 +432,8 @@ async fn upload_client(
             .json(&json!({"filename": filename, "content_type": "image/png", "size": 1234}))
             .send()
             .await;
-        let (status, code) = match result {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let body = response.json::<Value>().await.unwrap_or(Value::Null);
-                (
-                    status,
-                    body["error"]["code"].as_str().unwrap_or("").to_owned(),
-                )
-            }
-            Err(_) => (0, String::new()),
-        };
+        let (status, answer) = read_answer(result).await;
+        let code = error_code(&answer);
         record(
             &log,
             Answer {
@@ -472,22 +470,13 @@ async fn analytics_client(
             )
         };
         let at = now();
-        let (status, code) = match http
+        let result = http
             .get(format!("{base}/api/analytics?view={view}"))
             .bearer_auth(keys[key].secret.expose())
             .send()
-            .await
-        {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let body = response.json::<Value>().await.unwrap_or(Value::Null);
-                (
-                    status,
-                    body["error"]["code"].as_str().unwrap_or("").to_owned(),
-                )
-            }
-            Err(_) => (0, String::new()),
-        };
+            .await;
+        let (status, answer) = read_answer(result).await;
+        let code = error_code(&answer);
         record(
             &log,
             Answer {

@@ -338,6 +338,12 @@ pub fn utc_offset(timezone: &str) -> i32 {
         .unwrap_or(0)
 }
 
+/// The calendar day at `now` in a time zone `utc_offset_seconds` from UTC:
+/// the key's day, by which usage and quotas are counted.
+pub fn key_day(now: chrono::DateTime<chrono::Utc>, utc_offset_seconds: i32) -> chrono::NaiveDate {
+    (now + chrono::Duration::seconds(utc_offset_seconds.into())).date_naive()
+}
+
 /// Looks a key up in Postgres and writes the result to the Redis cache.
 pub async fn refresh_cache(
     db: &Db,

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use serde_json::Value;
 use sqlx::Row;
 use uuid::Uuid;
@@ -225,7 +225,7 @@ async fn lookup(state: &AppState, key: &PresentedKey, query: &Query) -> anyhow::
 
 /// Computes a view: its Postgres statement plus the unsynced counters.
 async fn compute(state: &AppState, query: &Query, miss: &Miss) -> Result<Bytes, ApiError> {
-    let today = key_today(state.clock.now(), miss.utc_offset_seconds);
+    let today = apikeys::key_day(state.clock.now(), miss.utc_offset_seconds);
     let range = query.range(today)?;
     let params = params(
         miss.key_id,
@@ -268,7 +268,7 @@ async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<A
         (KeyStatus::Revoked, _) => return Err(revoked_key()),
         _ => return Err(invalid_key()),
     };
-    let today = key_today(state.clock.now(), cached.tz_offset);
+    let today = apikeys::key_day(state.clock.now(), cached.tz_offset);
     let range = query.range(today)?;
     let params = params(key_id, range, today, cached.tz_offset, &[]);
     let document = run(state, query.view(), &params).await?;
@@ -373,11 +373,6 @@ fn body(
     Ok(Bytes::from(
         serde_json::to_vec(&out).context("encoding an analytics view")?,
     ))
-}
-
-/// The key's current calendar day.
-fn key_today(now: DateTime<Utc>, utc_offset_seconds: i32) -> NaiveDate {
-    (now + chrono::Duration::seconds(utc_offset_seconds.into())).date_naive()
 }
 
 fn unavailable(error: anyhow::Error) -> ApiError {

@@ -351,7 +351,7 @@ async fn write_direct(
     // the sync goes straight to the same tables, on the key's day. When it
     // may have run (Upstash silent past the resolve time), its count stands.
     let now = state.clock.now();
-    let day = (now + chrono::Duration::seconds(key.tz_offset.into())).date_naive();
+    let day = apikeys::key_day(now, key.tz_offset);
     if count {
         crate::metrics::count_directly(&state.db, api_key_id, day, now, true)
             .await

@@ -261,6 +261,6 @@ async fn count_refusal_directly(state: &AppState, key: &PresentedKey) -> anyhow:
         return Ok(());
     };
     let now = state.clock.now();
-    let day = (now + chrono::Duration::seconds(cached.tz_offset.into())).date_naive();
+    let day = apikeys::key_day(now, cached.tz_offset);
     crate::metrics::count_directly(&state.db, key_id, day, now, false).await
 }
