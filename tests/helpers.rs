@@ -69,13 +69,16 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A migrated database to clone, made once per migration set. Cloning a
-/// template is much faster than migrating every test's database.
+/// A migrated database to clone, made once per migration set and month.
+/// Cloning a template is much faster than migrating every test's database;
+/// the month is part of its name because the migration makes the event
+/// partitions around the month it runs in, which tests rely on.
 async fn template_database(servers: &Servers) -> anyhow::Result<String> {
-    let checksum: String = tollgate::db::MIGRATOR
+    let mut checksum: String = tollgate::db::MIGRATOR
         .iter()
         .map(|m| hex_prefix(&m.checksum))
         .collect();
+    checksum.push_str(&chrono::Utc::now().format("%Y-%m").to_string());
     let name = format!("template_{}", &sha_hex(&checksum)[..16]);
     let mut admin = PgConnection::connect(&servers.admin_url).await?;
     // Tests run in parallel processes: one makes the template, the others wait.
