@@ -59,6 +59,7 @@ impl TestApp {
                 &self.state.upstash,
                 &self.state.keys,
                 &presented,
+                self.state.clock.now(),
             )
             .await
             .expect("filling the key cache");

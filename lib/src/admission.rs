@@ -256,7 +256,14 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
         match verdict.code.as_str() {
             "late" => return Err(anyhow::anyhow!("admit.lua did not run this request").into()),
             "miss" => {
-                apikeys::refresh_cache(&state.db, &state.upstash, &state.keys, request.key).await?;
+                apikeys::refresh_cache(
+                    &state.db,
+                    &state.upstash,
+                    &state.keys,
+                    request.key,
+                    state.clock.now(),
+                )
+                .await?;
             }
             "reseed_bans" => load_bans(state).await?,
             "reseed_quota" => {

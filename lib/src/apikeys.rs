@@ -134,6 +134,68 @@ mod tests {
         }
         assert!("gold".parse::<Tier>().is_err());
     }
+
+    fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+        s.parse().unwrap()
+    }
+
+    fn day(s: &str) -> chrono::NaiveDate {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_keys_day_and_its_start_follow_its_zone_across_dst() {
+        let berlin = zone("Europe/Berlin");
+        // Clocks go forward at 01:00 UTC on 2031-03-30.
+        assert_eq!(
+            day_start(day("2031-03-30"), berlin),
+            at("2031-03-29T23:00:00Z")
+        );
+        assert_eq!(
+            day_start(day("2031-03-31"), berlin),
+            at("2031-03-30T22:00:00Z")
+        );
+        assert_eq!(
+            key_day(at("2031-03-29T22:30:00Z"), berlin),
+            day("2031-03-29")
+        );
+        assert_eq!(
+            key_day(at("2031-03-31T22:30:00Z"), berlin),
+            day("2031-04-01")
+        );
+        assert_eq!(
+            utc_offset("Europe/Berlin", at("2031-03-29T12:00:00Z")),
+            3600
+        );
+        assert_eq!(
+            utc_offset("Europe/Berlin", at("2031-03-31T12:00:00Z")),
+            7200
+        );
+    }
+
+    #[test]
+    fn a_day_whose_midnight_a_dst_change_skips_starts_at_its_first_hour() {
+        // Chile moves from -04 to -03 at local midnight of 2026-09-06.
+        let santiago = zone("America/Santiago");
+        assert_eq!(
+            day_start(day("2026-09-06"), santiago),
+            at("2026-09-06T04:00:00Z")
+        );
+        assert_eq!(
+            key_day(at("2026-09-06T03:59:00Z"), santiago),
+            day("2026-09-05")
+        );
+        assert_eq!(
+            key_day(at("2026-09-06T04:00:00Z"), santiago),
+            day("2026-09-06")
+        );
+    }
+
+    #[test]
+    fn an_unknown_zone_is_utc() {
+        assert_eq!(zone("Mars/Olympus"), chrono_tz::UTC);
+        assert_eq!(utc_offset("Mars/Olympus", at("2031-01-01T00:00:00Z")), 0);
+    }
 }
 
 /// Which half of a key pair was presented.
@@ -208,11 +270,20 @@ pub struct CachedKey {
     /// The key's own upload policy; absent fields take the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload: Option<CachedUpload>,
-    /// The key's time zone's offset from UTC now, in seconds, so the
-    /// admission script can tell the key's calendar day. It is refreshed
-    /// with the cache entry (every few minutes), which covers DST changes.
+    /// The key's time zone's offset from UTC when the entry was filled, in
+    /// seconds, so the admission script can tell the key's calendar day. It
+    /// is refreshed with the cache entry (every few minutes), so for that
+    /// long after a DST change the script's day may start an hour off.
     #[serde(default)]
     pub tz_offset: i32,
+    /// The key's IANA time zone, by which analytics buckets days: a range's
+    /// past days take the offset they had then, not today's.
+    #[serde(default = "utc_name")]
+    pub timezone: String,
+}
+
+fn utc_name() -> String {
+    "UTC".to_owned()
 }
 
 /// A key's upload policy as the admission script reads it.
@@ -244,7 +315,12 @@ pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 pub const UNKNOWN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Looks a presented key up in Postgres.
-pub async fn lookup(db: &Db, key: &PresentedKey) -> anyhow::Result<CachedKey> {
+/// `now` fixes the time zone's offset (see [`CachedKey::tz_offset`]).
+pub async fn lookup(
+    db: &Db,
+    key: &PresentedKey,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<CachedKey> {
     use sqlx::Row;
     const COLUMNS: &str = "id, status, allowed_origins, tier, rate_limit_per_minute, daily_quota,
                            monthly_quota, timezone, allowed_content_types, max_upload_bytes,
@@ -276,6 +352,7 @@ pub async fn lookup(db: &Db, key: &PresentedKey) -> anyhow::Result<CachedKey> {
             limits: None,
             upload: None,
             tz_offset: 0,
+            timezone: utc_name(),
         });
     };
     let active = row.try_get::<String, _>("status")? == "active";
@@ -318,30 +395,44 @@ pub async fn lookup(db: &Db, key: &PresentedKey) -> anyhow::Result<CachedKey> {
                 .map(|n| n as u64),
             provider: row.try_get("default_provider")?,
         }),
-        tz_offset: utc_offset(&row.try_get::<String, _>("timezone")?),
+        tz_offset: utc_offset(&row.try_get::<String, _>("timezone")?, now),
+        timezone: row.try_get("timezone")?,
     })
 }
 
-/// The current offset from UTC of an IANA time zone, in seconds; UTC for a
-/// name chrono-tz does not know (the CLI validates names when they are set).
-pub fn utc_offset(timezone: &str) -> i32 {
-    use chrono::Offset;
-    timezone
-        .parse::<chrono_tz::Tz>()
-        .map(|tz| {
-            chrono::Utc::now()
-                .with_timezone(&tz)
-                .offset()
-                .fix()
-                .local_minus_utc()
-        })
-        .unwrap_or(0)
+/// A key's time zone by its IANA name; UTC for a name chrono-tz does not
+/// know (the CLI validates names when they are set).
+pub fn zone(timezone: &str) -> chrono_tz::Tz {
+    timezone.parse().unwrap_or(chrono_tz::UTC)
 }
 
-/// The calendar day at `now` in a time zone `utc_offset_seconds` from UTC:
-/// the key's day, by which usage and quotas are counted.
-pub fn key_day(now: chrono::DateTime<chrono::Utc>, utc_offset_seconds: i32) -> chrono::NaiveDate {
-    (now + chrono::Duration::seconds(utc_offset_seconds.into())).date_naive()
+/// The offset from UTC of an IANA time zone at `now`, in seconds.
+pub fn utc_offset(timezone: &str, now: chrono::DateTime<chrono::Utc>) -> i32 {
+    use chrono::Offset;
+    now.with_timezone(&zone(timezone))
+        .offset()
+        .fix()
+        .local_minus_utc()
+}
+
+/// The calendar day at `now` in the key's time zone: the key's day, by
+/// which usage and quotas are counted.
+pub fn key_day(now: chrono::DateTime<chrono::Utc>, zone: chrono_tz::Tz) -> chrono::NaiveDate {
+    now.with_timezone(&zone).date_naive()
+}
+
+/// The instant a calendar day of the key's time zone starts. Where a DST
+/// change skips midnight, the day starts at the first local time it has.
+pub fn day_start(day: chrono::NaiveDate, zone: chrono_tz::Tz) -> chrono::DateTime<chrono::Utc> {
+    use chrono::TimeZone;
+    let midnight = day.and_time(chrono::NaiveTime::MIN);
+    (0..=24)
+        .find_map(|hour| {
+            zone.from_local_datetime(&(midnight + chrono::Duration::hours(hour)))
+                .earliest()
+        })
+        .map(|start| start.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|| midnight.and_utc())
 }
 
 /// Looks a key up in Postgres and writes the result to the Redis cache.
@@ -350,8 +441,9 @@ pub async fn refresh_cache(
     upstash: &crate::upstash::Upstash,
     keys: &crate::redis_keys::RedisKeys,
     key: &PresentedKey,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<CachedKey> {
-    let cached = lookup(db, key).await?;
+    let cached = lookup(db, key, now).await?;
     let ttl = match cached.status {
         KeyStatus::Unknown => UNKNOWN_CACHE_TTL,
         _ => CACHE_TTL,
@@ -380,6 +472,15 @@ pub async fn verify(
         .await?;
     match cached.map(|json| serde_json::from_str::<CachedKey>(&json)) {
         Some(Ok(cached)) => Ok(cached),
-        _ => refresh_cache(&state.db, &state.upstash, &state.keys, key).await,
+        _ => {
+            refresh_cache(
+                &state.db,
+                &state.upstash,
+                &state.keys,
+                key,
+                state.clock.now(),
+            )
+            .await
+        }
     }
 }

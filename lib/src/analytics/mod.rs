@@ -91,7 +91,8 @@ enum Lookup {
 struct Miss {
     key_id: Uuid,
     version: String,
-    utc_offset_seconds: i32,
+    /// The key's time zone, by which days are counted.
+    timezone: String,
     /// The key's live counters, in the sync batch format.
     live: Vec<Reply>,
     /// Pending sync batches: id and this key's fields in it.
@@ -120,9 +121,15 @@ pub async fn read(state: &AppState, key: &PresentedKey, query: &Query) -> Result
             Lookup::Refused(error) => return Err(error),
             Lookup::KeyNotCached if !refreshed => {
                 refreshed = true;
-                apikeys::refresh_cache(&state.db, &state.upstash, &state.keys, key)
-                    .await
-                    .map_err(unavailable)?;
+                apikeys::refresh_cache(
+                    &state.db,
+                    &state.upstash,
+                    &state.keys,
+                    key,
+                    state.clock.now(),
+                )
+                .await
+                .map_err(unavailable)?;
                 continue;
             }
             Lookup::KeyNotCached => {
@@ -199,7 +206,7 @@ async fn lookup(state: &AppState, key: &PresentedKey, query: &Query) -> anyhow::
         ("revoked_key", _) => Lookup::Refused(revoked_key()),
         ("wrong_kind", _) => Lookup::Refused(needs_secret_key()),
         ("hit", [_, _, _, Reply::Bulk(body)]) => Lookup::Hit(body.clone()),
-        ("miss", [_, id, version, offset, Reply::Array(live), Reply::Array(pending)]) => {
+        ("miss", [_, id, version, zone, Reply::Array(live), Reply::Array(pending)]) => {
             let text = |reply: &Reply| reply.as_str().unwrap_or_default().to_owned();
             let pending = pending
                 .chunks(2)
@@ -211,10 +218,7 @@ async fn lookup(state: &AppState, key: &PresentedKey, query: &Query) -> anyhow::
             Lookup::Miss(Miss {
                 key_id: Uuid::parse_str(&text(id)).context("the key id of analytics.lua")?,
                 version: text(version),
-                utc_offset_seconds: match offset {
-                    Reply::Int(n) => *n as i32,
-                    other => other.as_str().and_then(|s| s.parse().ok()).unwrap_or(0),
-                },
+                timezone: zone.as_str().unwrap_or("UTC").to_owned(),
                 live: live.clone(),
                 pending,
             })
@@ -225,15 +229,9 @@ async fn lookup(state: &AppState, key: &PresentedKey, query: &Query) -> anyhow::
 
 /// Computes a view: its Postgres statement plus the unsynced counters.
 async fn compute(state: &AppState, query: &Query, miss: &Miss) -> Result<Bytes, ApiError> {
-    let today = apikeys::key_day(state.clock.now(), miss.utc_offset_seconds);
+    let today = apikeys::key_day(state.clock.now(), apikeys::zone(&miss.timezone));
     let range = query.range(today)?;
-    let params = params(
-        miss.key_id,
-        range,
-        today,
-        miss.utc_offset_seconds,
-        &miss.pending,
-    );
+    let params = params(miss.key_id, range, today, &miss.timezone, &miss.pending);
     let mut document = run(state, query.view(), &params).await?;
     let applied: Vec<String> = document
         .get_mut("applied")
@@ -262,15 +260,17 @@ async fn compute(state: &AppState, query: &Query, miss: &Miss) -> Result<Bytes, 
 /// Postgres and the view computed from Postgres alone, without the unsynced
 /// counters, and not cached.
 async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<Answer, ApiError> {
-    let cached = apikeys::lookup(&state.db, key).await.map_err(unavailable)?;
+    let cached = apikeys::lookup(&state.db, key, state.clock.now())
+        .await
+        .map_err(unavailable)?;
     let key_id = match (cached.status, cached.id) {
         (KeyStatus::Active, Some(id)) => id,
         (KeyStatus::Revoked, _) => return Err(revoked_key()),
         _ => return Err(invalid_key()),
     };
-    let today = apikeys::key_day(state.clock.now(), cached.tz_offset);
+    let today = apikeys::key_day(state.clock.now(), apikeys::zone(&cached.timezone));
     let range = query.range(today)?;
-    let params = params(key_id, range, today, cached.tz_offset, &[]);
+    let params = params(key_id, range, today, &cached.timezone, &[]);
     let document = run(state, query.view(), &params).await?;
     let body = body(
         state,
@@ -291,12 +291,12 @@ fn params(
     key_id: Uuid,
     range: Option<(NaiveDate, NaiveDate)>,
     today: NaiveDate,
-    utc_offset_seconds: i32,
+    timezone: &str,
     pending: &[(String, Vec<Reply>)],
 ) -> Params {
     let (start, end) = range.unwrap_or((today, today));
-    let offset = chrono::Duration::seconds(utc_offset_seconds.into());
-    let midnight = |day: NaiveDate| day.and_time(chrono::NaiveTime::MIN).and_utc() - offset;
+    let zone = apikeys::zone(timezone);
+    let midnight = |day: NaiveDate| apikeys::day_start(day, zone);
     Params {
         key_id,
         from: midnight(start),
@@ -304,7 +304,7 @@ fn params(
         start,
         end,
         pending: pending.iter().map(|(id, _)| id.clone()).collect(),
-        utc_offset_seconds: utc_offset_seconds.into(),
+        timezone: zone.name().to_owned(),
     }
 }
 
@@ -339,7 +339,7 @@ pub fn bind<'q>(
         .bind(params.start)
         .bind(params.end)
         .bind(params.pending.clone())
-        .bind(params.utc_offset_seconds)
+        .bind(params.timezone.clone())
 }
 
 fn body(

@@ -29,8 +29,10 @@ pub struct Params {
     /// `$6`: ids of sync batches Redis holds as pending; the statement says
     /// which of them Postgres has already applied.
     pub pending: Vec<String>,
-    /// `$7`: the key's offset from UTC in seconds, to bucket events by day.
-    pub utc_offset_seconds: f64,
+    /// `$7`: the key's IANA time zone, to bucket events by its days; each
+    /// event takes the offset of its own time, so a range across a DST
+    /// change splits its days where the key's clocks did.
+    pub timezone: String,
 }
 
 /// Which of the pending batches Postgres has applied; part of every view.
@@ -82,7 +84,7 @@ pub fn sql(view: View) -> String {
 /// `(api_key_id, occurred_at)` index) and aggregates them several ways.
 const EVENTS: &str = "
 WITH e AS MATERIALIZED (
-    SELECT ((occurred_at AT TIME ZONE 'UTC') + $7 * interval '1 second')::date AS day,
+    SELECT (occurred_at AT TIME ZONE $7)::date AS day,
            name, path, visitor_id, country, browser, device_type, referrer
     FROM events
     WHERE api_key_id = $1 AND occurred_at >= $2 AND occurred_at < $3

@@ -327,7 +327,7 @@ async fn write_direct(
             retry_after: Duration::from_secs(30),
         }
     };
-    let key = apikeys::lookup(&state.db, submission.key)
+    let key = apikeys::lookup(&state.db, submission.key, state.clock.now())
         .await
         .map_err(unavailable)?;
     let api_key_id = check_key(&key, submission.origin)?;
@@ -351,7 +351,7 @@ async fn write_direct(
     // the sync goes straight to the same tables, on the key's day. When it
     // may have run (Upstash silent past the resolve time), its count stands.
     let now = state.clock.now();
-    let day = apikeys::key_day(now, key.tz_offset);
+    let day = apikeys::key_day(now, apikeys::zone(&key.timezone));
     if count {
         crate::metrics::count_directly(&state.db, api_key_id, day, now, true)
             .await

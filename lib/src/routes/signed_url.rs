@@ -140,7 +140,7 @@ async fn sign(
         Err(error) if state.config.admission.fails_open("signed-url") => {
             tracing::error!(error = ?error.error, "admission failed; signing without metering");
             count_fail_open(state).await?;
-            let key = apikeys::lookup(&state.db, &key).await?;
+            let key = apikeys::lookup(&state.db, &key, state.clock.now()).await?;
             let key_id = key
                 .id
                 .filter(|_| key.status == KeyStatus::Active)
@@ -256,11 +256,11 @@ fn unconfigured() -> ApiError {
 /// Counts a refused request of an active key in Postgres, as admit.lua
 /// would have; nothing is counted for an unknown or revoked key.
 async fn count_refusal_directly(state: &AppState, key: &PresentedKey) -> anyhow::Result<()> {
-    let cached = apikeys::lookup(&state.db, key).await?;
+    let now = state.clock.now();
+    let cached = apikeys::lookup(&state.db, key, now).await?;
     let Some(key_id) = cached.id.filter(|_| cached.status == KeyStatus::Active) else {
         return Ok(());
     };
-    let now = state.clock.now();
-    let day = apikeys::key_day(now, cached.tz_offset);
+    let day = apikeys::key_day(now, apikeys::zone(&cached.timezone));
     crate::metrics::count_directly(&state.db, key_id, day, now, false).await
 }

@@ -17,7 +17,7 @@
 --   {"miss_key"}                       the key cache has no entry
 --   {"invalid_key"} | {"revoked_key"} | {"wrong_kind"}
 --   {"hit", key_id, version, body}
---   {"miss", key_id, version, utc_offset_seconds, live, pending}
+--   {"miss", key_id, version, time_zone, live, pending}
 -- where live holds the key's unsynced counters as `<key id>:<day>|<counter>`,
 -- value pairs (the sync batch format), and pending holds, for each sync
 -- batch not yet confirmed, its id and the pairs of this key in it.
@@ -60,4 +60,4 @@ if ARGV[3] == '1' then
     pending[#pending + 1] = mine
   end
 end
-return {'miss', id, version, key.tz_offset or 0, live, pending}
+return {'miss', id, version, key.timezone or 'UTC', live, pending}
