@@ -9,6 +9,7 @@ mod admission;
 mod analytics;
 mod blob_token;
 mod browser;
+mod calendar;
 mod collect;
 mod database;
 mod drain;
