@@ -265,7 +265,11 @@ fn environment(options: &Options, services: &Services) -> Vec<(&'static str, Str
 }
 
 /// Key 0 collects; keys 1..=50 upload, the first five of them held tight.
+/// Their days are counted in a time zone where it is now about noon, so the
+/// audit's one daily quota per key holds whenever the soak runs: a run
+/// across the keys' midnight would start a second day of quota.
 async fn create_keys(db: &Db) -> anyhow::Result<Vec<NewKey>> {
+    let zone = noon_zone(chrono::Utc::now());
     let mut keys = vec![];
     for i in 0..=UPLOAD_KEYS {
         let tight = (1..=TIGHT_KEYS).contains(&i);
@@ -280,13 +284,25 @@ async fn create_keys(db: &Db) -> anyhow::Result<Vec<NewKey>> {
                     daily: Some(if tight { TIGHT_PER_DAY } else { 1_000_000_000 }),
                     monthly: Some(1_000_000_000),
                     origins: vec![],
-                    timezone: None,
+                    timezone: Some(zone.clone()),
                 },
             )
             .await?,
         );
     }
     Ok(keys)
+}
+
+/// A fixed-offset IANA zone (no DST) whose local time at `now` is in the
+/// hour after noon. `Etc/GMT-5` is UTC+5: the sign is POSIX's, reversed.
+fn noon_zone(now: chrono::DateTime<chrono::Utc>) -> String {
+    use chrono::Timelike;
+    let ahead = (12 - now.hour() as i32).clamp(-12, 14);
+    match ahead {
+        0 => "Etc/UTC".to_owned(),
+        n if n > 0 => format!("Etc/GMT-{n}"),
+        n => format!("Etc/GMT+{}", -n),
+    }
 }
 
 fn spawn(binary: &Path, args: &[&str], env: &[(&'static str, String)]) -> anyhow::Result<Child> {
