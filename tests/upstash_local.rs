@@ -1,10 +1,21 @@
 //! The local Upstash REST server, spoken to over plain HTTP, and driven by
 //! the official `@upstash/redis` npm client.
 
+use std::{process::Stdio, sync::Arc, time::Duration};
+
 use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tollgate::{
+    config::UpstashConfig,
+    secret::Secret,
+    upstash::{Script, Upstash},
+};
+use tollgate_cli::upstash_local::{self, ScriptCounts, UndeclaredKey, SCRIPTS_KEY};
 use uuid::Uuid;
 
-use crate::helpers::{run_node_tests, spawn_upstash_local, LocalUpstash};
+use crate::helpers::{
+    run_node_test_files, spawn_upstash_local, spawn_upstash_local_with, LocalUpstash,
+};
 
 struct Raw {
     local: LocalUpstash,
@@ -14,11 +25,30 @@ struct Raw {
 
 impl Raw {
     async fn new() -> Self {
+        Self::over(spawn_upstash_local().await)
+    }
+
+    /// In front of a server that runs scripts without `allow-key-locking`, as
+    /// Upstash does.
+    async fn lenient() -> Self {
+        Self::over(spawn_upstash_local_with(false, &[]).await)
+    }
+
+    /// In front of a server that refuses scripts without `allow-key-locking`.
+    async fn strict() -> Self {
+        Self::over(spawn_upstash_local_with(true, &[]).await)
+    }
+
+    fn over(local: LocalUpstash) -> Self {
         Self {
-            local: spawn_upstash_local().await,
+            local,
             http: reqwest::Client::new(),
             prefix: format!("test:{}:", Uuid::new_v4().simple()),
         }
+    }
+
+    fn counts(&self) -> ScriptCounts {
+        self.local.stats.counts()
     }
 
     fn key(&self, name: &str) -> String {
@@ -216,15 +246,20 @@ async fn bodies_over_10_mb_are_refused_with_413() {
     assert_eq!(response.status(), 413);
 }
 
-/// The acceptance test: the official `@upstash/redis` client, installed here
-/// by `npm ci`, runs its conformance suite against the local server.
+/// The acceptance test: the official `@upstash/redis` client, then
+/// `@upstash/ratelimit` 2.2.0 through strict servers, installed here by
+/// `npm ci` and run in turn by one test, so that two processes never install
+/// into the folder at once.
 #[tokio::test]
-async fn the_official_upstash_redis_client_passes_its_conformance_suite() {
-    let local = spawn_upstash_local().await;
+async fn the_official_upstash_redis_and_ratelimit_clients_pass_their_suites() {
+    // The conformance suite's script has no flag, as most scripts don't, and
+    // Upstash runs it under the global lock.
+    let local = spawn_upstash_local_with(false, &[]).await;
     let prefix = format!("test:{}:", Uuid::new_v4().simple());
-    run_node_tests(
+    run_node_test_files(
         "upstash-js",
-        "@upstash/redis",
+        "@upstash/ratelimit",
+        &["conformance.test.mjs"],
         &[
             ("UPSTASH_REDIS_REST_URL", &local.url),
             ("UPSTASH_REDIS_REST_TOKEN", &local.token),
@@ -232,4 +267,461 @@ async fn the_official_upstash_redis_client_passes_its_conformance_suite() {
         ],
     )
     .await;
+
+    let exempting_reset = spawn_upstash_local_with(true, &[RATELIMIT_RESET_SHA]).await;
+    let strict = spawn_upstash_local_with(true, &[]).await;
+    run_node_test_files(
+        "upstash-js",
+        "@upstash/ratelimit",
+        &["ratelimit.test.mjs"],
+        &[
+            ("UPSTASH_REDIS_REST_URL", &exempting_reset.url),
+            ("UPSTASH_REDIS_REST_TOKEN", &exempting_reset.token),
+            ("UPSTASH_STRICT_URL", &strict.url),
+            ("UPSTASH_STRICT_TOKEN", &strict.token),
+            ("TEST_PREFIX", &prefix),
+        ],
+    )
+    .await;
+
+    // Every limit and getRemaining ran under key locking and touched only its
+    // KEYS; only the three resets (one per algorithm) held the global lock.
+    let counts = exempting_reset.stats.counts();
+    assert_eq!(counts.refused_undeclared_key, 0, "{counts:?}");
+    assert_eq!(counts.refused_strict, 0, "{counts:?}");
+    assert_eq!(counts.global_lock, 3, "{counts:?}");
+    assert!(counts.key_locked >= 3 * 500, "{counts:?}");
+    let counts = strict.stats.counts();
+    assert_eq!(counts.refused_strict, 1, "{counts:?}");
+    assert_eq!(counts.global_lock, 0, "{counts:?}");
+}
+
+/// The SHA-1 of `@upstash/ratelimit` 2.2.0's reset script (`RESET_SCRIPT` in
+/// its `dist/index.mjs`): no `allow-key-locking` flag, and it SCANs for the
+/// keys it deletes, so Upstash runs it under the global lock.
+const RATELIMIT_RESET_SHA: &str = "54bd274ddc59fb3be0f42deee2f64322a10e2b50";
+
+/// Upstash's refusal of an undeclared key, from its Key-Based Locking page.
+const UNDECLARED_KEY_ERROR: &str =
+    "ERR Dynamic keys are not allowed in Lua scripts when 'allow-key-locking' flag is set. Key was: ";
+
+/// A script source no other test sends, so that Redis has not cached it: the
+/// first line is `first_line` (a shebang or not), then a comment that makes it
+/// unique, then `body`.
+fn unique_script(first_line: &str, body: &str) -> String {
+    format!("{first_line}\n-- {}\n{body}", Uuid::new_v4())
+}
+
+/// The SHA-1 of a source, as the product's Upstash client computes it.
+fn sha1(source: &str) -> String {
+    Script::new("test", leak(source)).sha1().to_owned()
+}
+
+fn leak(source: &str) -> &'static str {
+    Box::leak(source.to_owned().into_boxed_str())
+}
+
+#[tokio::test]
+async fn a_flagged_script_runs_by_eval_then_by_the_sha1_of_the_source_the_client_sent() {
+    let raw = Raw::new().await;
+    let (value, counter) = (raw.key("value"), raw.key("counter"));
+    let source = unique_script(
+        "#!lua flags=allow-key-locking",
+        "redis.call('SET', KEYS[1], ARGV[1])\nreturn redis.call('INCR', KEYS[2])",
+    );
+    let sha = sha1(&source);
+    let (_, body) = raw.json("/", json!(["SCRIPT", "EXISTS", sha])).await;
+    assert_eq!(body, json!({"result": [0]}));
+
+    let (status, body) = raw
+        .json("/", json!(["EVAL", source, 2, value, counter, "set"]))
+        .await;
+    assert_eq!((status, body), (200, json!({"result": 1})));
+
+    let (_, body) = raw.json("/", json!(["SCRIPT", "EXISTS", sha])).await;
+    assert_eq!(body, json!({"result": [1]}));
+    let (status, body) = raw
+        .json("/", json!(["EVALSHA", sha, 2, value, counter, "again"]))
+        .await;
+    assert_eq!((status, body), (200, json!({"result": 2})));
+    // Redis takes the SHA-1 in any case, and so does this server.
+    let (_, body) = raw
+        .json(
+            "/",
+            json!(["EVALSHA", sha.to_uppercase(), 2, value, counter, "upper"]),
+        )
+        .await;
+    assert_eq!(body, json!({"result": 3}));
+    let (_, body) = raw.json("/", json!(["GET", value])).await;
+    assert_eq!(body, json!({"result": "upper"}));
+
+    let counts = raw.counts();
+    assert_eq!(
+        (counts.key_locked, counts.global_lock),
+        (3, 0),
+        "{counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_flagged_script_loads_under_its_own_sha1_and_runs_with_evalsha_ro() {
+    let raw = Raw::new().await;
+    let key = raw.key("read");
+    raw.json("/", json!(["SET", key, "stored"])).await;
+    let source = unique_script(
+        "#!lua flags=no-writes,allow-key-locking",
+        "return redis.call('GET', KEYS[1])",
+    );
+
+    let (_, body) = raw.json("/", json!(["SCRIPT", "LOAD", source])).await;
+    assert_eq!(body, json!({"result": sha1(&source)}));
+    let (status, body) = raw
+        .json("/", json!(["EVALSHA_RO", sha1(&source), 1, key]))
+        .await;
+    assert_eq!((status, body), (200, json!({"result": "stored"})));
+    let (status, body) = raw.json("/", json!(["EVAL_RO", source, 1, key])).await;
+    assert_eq!((status, body), (200, json!({"result": "stored"})));
+
+    // `no-writes` stayed in the shebang Redis ran.
+    let writer = unique_script(
+        "#!lua flags=no-writes,allow-key-locking",
+        "return redis.call('SET', KEYS[1], 'x')",
+    );
+    let (status, body) = raw.json("/", json!(["EVAL", writer, 1, key])).await;
+    assert_eq!(status, 400);
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("Write commands are not allowed"),
+        "{message}"
+    );
+    assert!(message.contains(&sha1(&writer)), "{message}");
+}
+
+#[tokio::test]
+async fn a_flagged_script_touching_an_undeclared_key_is_refused_and_counted() {
+    let raw = Raw::new().await;
+    let key = raw.key("declared");
+    let source = unique_script(
+        "#!lua flags=allow-key-locking",
+        "redis.call('SET', KEYS[1], 'written')\nredis.call('SET', KEYS[1] .. ':x', 'never')\nreturn 1",
+    );
+    let sha = sha1(&source);
+
+    let (status, body) = raw.json("/", json!(["EVAL", source, 1, key])).await;
+
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"error": format!("{UNDECLARED_KEY_ERROR}{key}:x script: {sha}")})
+    );
+    let counts = raw.counts();
+    assert_eq!(counts.refused_undeclared_key, 1, "{counts:?}");
+    assert_eq!(counts.key_locked, 0, "{counts:?}");
+    assert_eq!(
+        counts.last_undeclared_key,
+        Some(UndeclaredKey {
+            script_sha: sha,
+            key: format!("{key}:x"),
+        })
+    );
+    // Redis keeps what the script wrote before the refusal (see the README).
+    let (_, body) = raw.json("/", json!(["GET", key])).await;
+    assert_eq!(body, json!({"result": "written"}));
+    let (_, body) = raw.json("/", json!(["GET", format!("{key}:x")])).await;
+    assert_eq!(body, json!({"result": null}));
+}
+
+#[tokio::test]
+async fn an_undeclared_key_is_refused_from_pcall_and_inside_a_pipeline_too() {
+    let raw = Raw::new().await;
+    let (declared, other) = (raw.key("declared"), raw.key("other"));
+    let source = unique_script(
+        "#!lua flags=allow-key-locking",
+        "local answer = redis.pcall('MGET', KEYS[1], ARGV[1])\nreturn 'went on'",
+    );
+
+    let (status, body) = raw
+        .json(
+            "/pipeline",
+            json!([["EVAL", source, 1, declared, other], ["PING"]]),
+        )
+        .await;
+
+    assert_eq!(status, 200);
+    assert_eq!(
+        body[0],
+        json!({"error": format!("{UNDECLARED_KEY_ERROR}{other} script: {}", sha1(&source))})
+    );
+    assert_eq!(body[1], json!({"result": "PONG"}));
+    assert_eq!(raw.counts().refused_undeclared_key, 1);
+}
+
+#[tokio::test]
+async fn lua_errors_in_a_flagged_script_name_the_line_and_sha1_of_the_source_sent() {
+    let raw = Raw::new().await;
+    // Line 1 the shebang, line 2 the comment, the error on line 4.
+    let source = unique_script(
+        "#!lua flags=allow-key-locking",
+        "local x = 1\nerror('broken here')",
+    );
+
+    let (status, body) = raw.json("/", json!(["EVAL", source, 0])).await;
+
+    assert_eq!(status, 400);
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains("user_script:4: broken here"), "{message}");
+    assert!(message.contains(&sha1(&source)), "{message}");
+}
+
+#[tokio::test]
+async fn a_script_without_the_flag_runs_and_is_counted_under_the_global_lock() {
+    let raw = Raw::lenient().await;
+    let key = raw.key("counter");
+    let source = unique_script("#!lua", "return redis.call('INCR', KEYS[1])");
+
+    let (_, body) = raw.json("/", json!(["EVAL", source, 1, key])).await;
+    assert_eq!(body, json!({"result": 1}));
+    let (_, body) = raw
+        .json("/", json!(["EVALSHA", sha1(&source), 1, key]))
+        .await;
+    assert_eq!(body, json!({"result": 2}));
+    let plain = unique_script("-- no shebang", "return redis.call('INCR', KEYS[1])");
+    let (_, body) = raw.json("/", json!(["EVAL", plain, 1, key])).await;
+    assert_eq!(body, json!({"result": 3}));
+
+    let counts = raw.counts();
+    assert_eq!(
+        (counts.key_locked, counts.global_lock),
+        (0, 3),
+        "{counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn strict_mode_refuses_a_script_without_the_flag_and_runs_a_flagged_one() {
+    let raw = Raw::strict().await;
+    let key = raw.key("counter");
+    let unflagged = unique_script("#!lua", "return redis.call('INCR', KEYS[1])");
+    let refusal = format!(
+        "ERR tollgate upstash-local --strict: this script has no `allow-key-locking` flag, \
+         so Upstash would run it under the global lock (script {})",
+        sha1(&unflagged)
+    );
+
+    let (status, body) = raw.json("/", json!(["EVAL", unflagged, 1, key])).await;
+    assert_eq!((status, body), (400, json!({"error": refusal})));
+    // Loading runs nothing, so it is let through; running it by SHA-1 is not.
+    let (_, body) = raw.json("/", json!(["SCRIPT", "LOAD", unflagged])).await;
+    assert_eq!(body, json!({"result": sha1(&unflagged)}));
+    let (status, body) = raw
+        .json("/", json!(["EVALSHA", sha1(&unflagged), 1, key]))
+        .await;
+    assert_eq!((status, body), (400, json!({"error": refusal})));
+    // A SHA-1 Redis has never seen is a plain NOSCRIPT, so the client sends EVAL.
+    let unseen = sha1(&unique_script("#!lua", "return 0"));
+    let (status, body) = raw.json("/", json!(["EVALSHA", unseen, 0])).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().starts_with("NOSCRIPT"),
+        "{body}"
+    );
+
+    let flagged = unique_script(
+        "#!lua flags=allow-key-locking",
+        "return redis.call('INCR', KEYS[1])",
+    );
+    let (_, body) = raw.json("/", json!(["EVAL", flagged, 1, key])).await;
+    assert_eq!(body, json!({"result": 1}));
+
+    let counts = raw.counts();
+    assert_eq!(counts.refused_strict, 2, "{counts:?}");
+    assert_eq!(
+        (counts.key_locked, counts.global_lock),
+        (1, 0),
+        "{counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn strict_mode_lets_an_exempted_script_run_under_the_global_lock() {
+    let source = unique_script("#!lua", "return 'scans the keyspace'");
+    let sha = sha1(&source);
+    let raw = Raw::over(spawn_upstash_local_with(true, &[&sha]).await);
+
+    let (status, body) = raw.json("/", json!(["EVAL", source, 0])).await;
+
+    assert_eq!(
+        (status, body),
+        (200, json!({"result": "scans the keyspace"}))
+    );
+    let counts = raw.counts();
+    assert_eq!(
+        (counts.global_lock, counts.refused_strict),
+        (1, 0),
+        "{counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_script_inside_a_transaction_holds_the_global_lock_even_with_the_flag() {
+    let flagged = unique_script(
+        "#!lua flags=allow-key-locking",
+        "return redis.call('INCR', KEYS[1])",
+    );
+
+    let raw = Raw::lenient().await;
+    let key = raw.key("counter");
+    let (status, body) = raw
+        .json(
+            "/multi-exec",
+            json!([["EVAL", flagged, 1, key], ["GET", key]]),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!([{"result": 1}, {"result": "1"}]));
+    let counts = raw.counts();
+    assert_eq!(
+        (counts.key_locked, counts.global_lock),
+        (0, 1),
+        "{counts:?}"
+    );
+
+    let strict = Raw::strict().await;
+    let (status, body) = strict
+        .json("/multi-exec", json!([["EVAL", flagged, 1, key]]))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("--strict: Upstash runs a script inside MULTI/EXEC under the global lock"),
+        "{body}"
+    );
+    assert_eq!(strict.counts().refused_strict, 1);
+}
+
+#[tokio::test]
+async fn a_second_server_in_front_of_the_same_redis_answers_evalsha_by_the_original_sha1() {
+    let first = Raw::new().await;
+    let key = first.key("counter");
+    let source = unique_script(
+        "#!lua flags=allow-key-locking",
+        "return redis.call('INCRBY', KEYS[1], ARGV[1])",
+    );
+    let sha = sha1(&source);
+    let (_, body) = first.json("/", json!(["EVAL", source, 1, key, 5])).await;
+    assert_eq!(body, json!({"result": 5}));
+    let (_, body) = first.json("/", json!(["HGET", SCRIPTS_KEY, sha])).await;
+    assert_eq!(body, json!({"result": source}));
+
+    // Another process, or this one restarted, has only what Redis keeps.
+    let second = Raw::new().await;
+    let (_, body) = second.json("/", json!(["SCRIPT", "EXISTS", sha])).await;
+    assert_eq!(body, json!({"result": [1]}));
+    let (status, body) = second.json("/", json!(["EVALSHA", sha, 1, key, 2])).await;
+
+    assert_eq!((status, body), (200, json!({"result": 7})));
+    assert_eq!(second.counts().key_locked, 1);
+}
+
+/// A Redis of one test's own, for `SCRIPT FLUSH`, which would make the other
+/// tests sharing a Redis miss their cached scripts.
+struct PrivateRedis {
+    url: String,
+    _server: tokio::process::Child,
+}
+
+impl PrivateRedis {
+    async fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let server = tokio::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting redis-server");
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(url.as_str()).unwrap();
+        for _ in 0..100 {
+            if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .is_ok()
+                {
+                    return Self {
+                        url,
+                        _server: server,
+                    };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server on port {port} did not answer");
+    }
+}
+
+#[tokio::test]
+async fn after_script_flush_evalsha_answers_noscript_and_the_client_falls_back_to_eval() {
+    let redis = PrivateRedis::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let options = upstash_local::Options::new("private-token", redis.url.clone());
+    let stats = Arc::clone(&options.stats);
+    tokio::spawn(upstash_local::serve(
+        listener,
+        options,
+        std::future::pending(),
+    ));
+    let raw = Raw::over(LocalUpstash {
+        url: url.clone(),
+        token: "private-token".to_owned(),
+        stats,
+    });
+    let client = Upstash::new(&UpstashConfig {
+        url: url.parse().unwrap(),
+        token: Secret::new("private-token"),
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let script = Script::new(
+        "flagged",
+        "#!lua flags=allow-key-locking\nreturn redis.call('INCR', KEYS[1])",
+    );
+
+    let before = client.round_trips();
+    let n: i64 = client.eval(&script, &["k"], &[]).await.unwrap();
+    assert_eq!((n, client.round_trips() - before), (1, 2), "EVALSHA, EVAL");
+    let before = client.round_trips();
+    let n: i64 = client.eval(&script, &["k"], &[]).await.unwrap();
+    assert_eq!((n, client.round_trips() - before), (2, 1), "EVALSHA alone");
+
+    let (_, body) = raw.json("/", json!(["SCRIPT", "FLUSH"])).await;
+    assert_eq!(body, json!({"result": "OK"}));
+    let (_, body) = raw
+        .json("/", json!(["SCRIPT", "EXISTS", script.sha1()]))
+        .await;
+    assert_eq!(body, json!({"result": [0]}));
+    let (status, body) = raw
+        .json("/", json!(["EVALSHA", script.sha1(), 1, "k"]))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().starts_with("NOSCRIPT"),
+        "{body}"
+    );
+
+    let before = client.round_trips();
+    let n: i64 = client.eval(&script, &["k"], &[]).await.unwrap();
+    assert_eq!((n, client.round_trips() - before), (3, 2), "EVALSHA, EVAL");
+    let (_, body) = raw
+        .json("/", json!(["SCRIPT", "EXISTS", script.sha1()]))
+        .await;
+    assert_eq!(body, json!({"result": [1]}));
 }

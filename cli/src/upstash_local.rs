@@ -22,11 +22,22 @@
 //! - `Upstash-Encoding: base64` asks for base64 strings in results; see [`to_json`].
 //! - Every response carries an `upstash-sync-token` header. The client echoes it back
 //!   for read-your-writes, which one Redis gives for free, so it only has to change.
+//!
+//! Scripts follow Upstash's rules, not stock Redis's
+//! (<https://upstash.com/docs/redis/features/key-locking>). A script whose shebang
+//! carries `allow-key-locking` runs under the locks of its KEYS only, and Upstash
+//! refuses any other key it touches. Stock Redis refuses the flag itself, so such a
+//! script runs here rewritten: the flag taken out, and a check that refuses any key
+//! not in KEYS put in front of its body (see [`rewrite_key_locked`]). Clients still
+//! call it by the SHA-1 of the source they sent. A script without the flag runs as it
+//! is, and is counted as holding Upstash's global lock; [`Options::strict`] refuses it
+//! instead. [`Stats`] counts all of this.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -40,7 +51,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, ServerError, Value};
+use redis::{ErrorKind, RedisError, RedisResult, ServerError, Value};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -59,6 +70,29 @@ pub struct Options {
     pub token: String,
     /// Where the real Redis listens, as a `redis://` URL.
     pub redis_url: String,
+    /// Refuse every script that Upstash would run under its global lock: one
+    /// without the `allow-key-locking` flag, and any script inside `/multi-exec`.
+    pub strict: bool,
+    /// SHA-1s of scripts that [`Options::strict`] still lets run under the global
+    /// lock, such as a library's script that scans the keyspace, which Upstash
+    /// runs that way by design.
+    pub allow_global_lock: Vec<String>,
+    /// Where the server counts the scripts it runs and refuses; keep a clone to
+    /// read them.
+    pub stats: Arc<Stats>,
+}
+
+impl Options {
+    /// Options that are not strict, with fresh counters.
+    pub fn new(token: impl Into<String>, redis_url: impl Into<String>) -> Self {
+        Self {
+            token: token.into(),
+            redis_url: redis_url.into(),
+            strict: false,
+            allow_global_lock: Vec::new(),
+            stats: Arc::default(),
+        }
+    }
 }
 
 impl fmt::Debug for Options {
@@ -66,7 +100,9 @@ impl fmt::Debug for Options {
         f.debug_struct("Options")
             .field("token", &"[redacted]")
             .field("redis_url", &redacted_url(&self.redis_url))
-            .finish()
+            .field("strict", &self.strict)
+            .field("allow_global_lock", &self.allow_global_lock)
+            .finish_non_exhaustive()
     }
 }
 
@@ -109,6 +145,7 @@ pub async fn router(options: Options) -> anyhow::Result<Router> {
         redis,
         token: Arc::new(ExpectedToken::new(&options.token)),
         sync_token: Arc::new(AtomicU64::new(0)),
+        scripts: Arc::new(Scripts::new(&options)),
     };
     Ok(Router::new()
         .route("/", post(json_command).fallback(path_command))
@@ -133,14 +170,25 @@ pub async fn serve(
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let stats = Arc::clone(&options.stats);
+    let strict = options.strict;
     let app = router(options).await?;
     if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, "local Upstash REST server listening");
+        tracing::info!(%address, strict, "local Upstash REST server listening");
     }
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .context("serving the local Upstash REST server")
+        .context("serving the local Upstash REST server");
+    let counts = stats.counts();
+    tracing::info!(
+        key_locked = counts.key_locked,
+        global_lock = counts.global_lock,
+        refused_undeclared_key = counts.refused_undeclared_key,
+        refused_strict = counts.refused_strict,
+        "local Upstash REST server stopped; scripts run and refused"
+    );
+    served
 }
 
 #[derive(Clone)]
@@ -149,6 +197,7 @@ struct AppState {
     token: Arc<ExpectedToken>,
     /// Bumped on every response; see [`stamp_sync_token`].
     sync_token: Arc<AtomicU64>,
+    scripts: Arc<Scripts>,
 }
 
 // ---------------------------------------------------------------------------
@@ -215,17 +264,17 @@ async fn stamp_sync_token(State(state): State<AppState>, mut response: Response)
 
 /// `POST /` with `["SET","k","v"]`.
 async fn json_command(
-    State(mut state): State<AppState>,
+    State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let command = Command::from_json(&read_body(body)?)?;
-    run_single(&mut state.redis, &command, Encoding::of(&headers)).await
+    run_single(state, command, Encoding::of(&headers)).await
 }
 
 /// `GET|POST|PUT /set/foo/bar?EX=100`: the command is in the path.
 async fn path_command(
-    State(mut state): State<AppState>,
+    State(state): State<AppState>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -237,7 +286,7 @@ async fn path_command(
         _ => return Err(ApiError::MethodNotAllowed),
     };
     let command = Command::from_path(uri.path(), uri.query(), body.as_deref())?;
-    run_single(&mut state.redis, &command, Encoding::of(&headers)).await
+    run_single(state, command, Encoding::of(&headers)).await
 }
 
 /// `POST /pipeline` with `[["SET","a","1"],["GET","a"]]`: one result or error per
@@ -251,14 +300,28 @@ async fn pipeline(
     let encoding = Encoding::of(&headers);
 
     // A refused command gets its error entry in place and is never sent.
-    let checks: Vec<Result<(), String>> = commands.iter().map(Command::check_allowed).collect();
+    let mut prepared = Vec::with_capacity(commands.len());
+    for command in commands {
+        prepared.push(match command.check_allowed() {
+            Err(message) => Prepared::Refuse(message),
+            Ok(()) => {
+                state
+                    .scripts
+                    .prepare(&mut state.redis, command, Context::Direct)
+                    .await?
+            }
+        });
+    }
     let mut pipe = redis::pipe();
-    for (command, check) in commands.iter().zip(&checks) {
-        if check.is_ok() {
+    for step in &prepared {
+        if let Prepared::Send { command, .. } = step {
             pipe.add_command(command.to_cmd());
         }
     }
-    let sent = checks.iter().filter(|check| check.is_ok()).count();
+    let sent = prepared
+        .iter()
+        .filter(|step| matches!(step, Prepared::Send { .. }))
+        .count();
     let mut replies = if sent == 0 {
         Vec::new()
     } else {
@@ -270,12 +333,12 @@ async fn pipeline(
     }
     .into_iter();
 
-    let mut entries = Vec::with_capacity(commands.len());
-    for check in checks {
-        let entry = match check {
-            Err(message) => json!({ "error": message }),
-            Ok(()) => match replies.next() {
-                Some(reply) => entry_json(&reply, encoding),
+    let mut entries = Vec::with_capacity(prepared.len());
+    for step in prepared {
+        let reply = match step {
+            Prepared::Refuse(message) => Err(message),
+            Prepared::Send { script, .. } => match replies.next() {
+                Some(reply) => state.scripts.settle(script.as_ref(), split_error(reply)),
                 None => {
                     return Err(ApiError::Internal(anyhow::anyhow!(
                         "Redis answered {sent} pipelined commands with fewer replies"
@@ -283,7 +346,7 @@ async fn pipeline(
                 }
             },
         };
-        entries.push(entry);
+        entries.push(entry_json(&reply, encoding));
     }
     Ok(Json(serde_json::Value::Array(entries)))
 }
@@ -295,8 +358,17 @@ async fn multi_exec(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let commands = Command::list_from_json(&read_body(body)?)?;
-    for command in &commands {
+    let mut steps = Vec::with_capacity(commands.len());
+    for command in commands {
         command.check_allowed().map_err(ApiError::BadRequest)?;
+        match state
+            .scripts
+            .prepare(&mut state.redis, command, Context::Transaction)
+            .await?
+        {
+            Prepared::Refuse(message) => return Err(ApiError::BadRequest(message)),
+            Prepared::Send { command, script } => steps.push((command, script)),
+        }
     }
 
     // MULTI, the commands and EXEC go out as one write on the shared connection, so
@@ -305,20 +377,29 @@ async fn multi_exec(
     // carries the error text Redis gives for an aborted transaction.
     let mut pipe = redis::pipe();
     pipe.cmd("MULTI");
-    for command in &commands {
+    for (command, _) in &steps {
         pipe.add_command(command.to_cmd());
     }
     pipe.cmd("EXEC");
     let mut replies = state
         .redis
-        .send_packed_commands(&pipe, 0, commands.len() + 2)
+        .send_packed_commands(&pipe, 0, steps.len() + 2)
         .await
         .map_err(redis_failure)?;
 
     match replies.pop() {
         Some(Value::Array(results)) => {
             let encoding = Encoding::of(&headers);
-            let entries = results.iter().map(|r| entry_json(r, encoding)).collect();
+            let entries = results
+                .into_iter()
+                .zip(&steps)
+                .map(|(reply, (_, script))| {
+                    entry_json(
+                        &state.scripts.settle(script.as_ref(), split_error(reply)),
+                        encoding,
+                    )
+                })
+                .collect();
             Ok(Json(serde_json::Value::Array(entries)))
         }
         Some(Value::ServerError(error)) => Err(ApiError::BadRequest(server_error_message(&error))),
@@ -347,18 +428,43 @@ fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 
 /// Runs one command: `{"result": ...}`, or a 400 with Redis's error.
 async fn run_single(
-    redis: &mut ConnectionManager,
-    command: &Command,
+    mut state: AppState,
+    command: Command,
     encoding: Encoding,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     command.check_allowed().map_err(ApiError::BadRequest)?;
-    let reply = redis
-        .send_packed_command(&command.to_cmd())
-        .await
-        .map_err(redis_failure)?;
+    let (command, script) = match state
+        .scripts
+        .prepare(&mut state.redis, command, Context::Direct)
+        .await?
+    {
+        Prepared::Refuse(message) => return Err(ApiError::BadRequest(message)),
+        Prepared::Send { command, script } => (command, script),
+    };
+    let reply = server_reply(state.redis.send_packed_command(&command.to_cmd()).await)?;
+    match state.scripts.settle(script.as_ref(), reply) {
+        Ok(reply) => Ok(Json(json!({ "result": to_json(&reply, encoding) }))),
+        Err(message) => Err(ApiError::BadRequest(message)),
+    }
+}
+
+/// A reply, with a refusal from Redis as its error line; an error when Redis could
+/// not be asked.
+fn server_reply(result: RedisResult<Value>) -> Result<Result<Value, String>, ApiError> {
+    match result {
+        Ok(reply) => Ok(split_error(reply)),
+        Err(error) => match redis_failure(error) {
+            ApiError::BadRequest(message) => Ok(Err(message)),
+            other => Err(other),
+        },
+    }
+}
+
+/// A reply as a result, a top-level error reply as its error line.
+fn split_error(reply: Value) -> Result<Value, String> {
     match reply {
-        Value::ServerError(error) => Err(ApiError::BadRequest(server_error_message(&error))),
-        reply => Ok(Json(json!({ "result": to_json(&reply, encoding) }))),
+        Value::ServerError(error) => Err(server_error_message(&error)),
+        reply => Ok(reply),
     }
 }
 
@@ -579,6 +685,561 @@ fn percent_decode(segment: &str) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------
+// Scripts under Upstash's rules
+// ---------------------------------------------------------------------------
+
+/// The shebang flag with which Upstash locks only the keys in a script's KEYS.
+const KEY_LOCKING_FLAG: &str = "allow-key-locking";
+
+/// The hash where every server in front of a Redis records the source of each
+/// flagged script under the SHA-1 its clients know, so that any of them, or one
+/// started later, can answer `EVALSHA` by that SHA-1. Field: the client's SHA-1;
+/// value: the source as the client sent it. No TTL: it holds one entry per script
+/// text ever sent.
+pub const SCRIPTS_KEY: &str = "__upstash_local:scripts";
+
+/// Upstash's refusal of a key that a flagged script did not declare, as its
+/// Key-Based Locking page gives it; the key follows.
+const UNDECLARED_KEY_ERROR: &str =
+    "ERR Dynamic keys are not allowed in Lua scripts when 'allow-key-locking' flag is set. Key was: ";
+
+/// Put at the start of the first line after the shebang of a flagged script, on
+/// that same line so that Lua's line numbers in errors stay those of the client's
+/// source. It shadows `redis` with a table whose `call` and `pcall` first ask
+/// Redis (`COMMAND GETKEYS`, itself refused for commands that take no key) which
+/// keys the command touches, and raise Upstash's error for one not in KEYS. It
+/// also refuses what Upstash calls database-wide writes. Both raise even from
+/// `pcall`, so the script stops where Upstash would refuse the command.
+const KEY_CHECK_PRELUDE: &str = concat!(
+    "local redis = (function(real) ",
+    "local declared = {} ",
+    "for _, key in ipairs(KEYS) do declared[key] = true end ",
+    "local function check(...) ",
+    "local name = string.upper(tostring((...))) ",
+    "if name == 'FLUSHDB' or name == 'FLUSHALL' then ",
+    "error({err = 'ERR ' .. name .. ' is not allowed in Lua scripts when ",
+    "\\'allow-key-locking\\' flag is set'}) ",
+    "end ",
+    "local keys = real.pcall('COMMAND', 'GETKEYS', ...) ",
+    "if type(keys) == 'table' and keys.err == nil then ",
+    "for _, key in ipairs(keys) do ",
+    "if not declared[key] then ",
+    "error({err = \"ERR Dynamic keys are not allowed in Lua scripts when ",
+    "'allow-key-locking' flag is set. Key was: \" .. key}) ",
+    "end ",
+    "end ",
+    "end ",
+    "end ",
+    "return setmetatable({",
+    "call = function(...) check(...) return real.call(...) end, ",
+    "pcall = function(...) check(...) return real.pcall(...) end",
+    "}, {__index = real}) ",
+    "end)(redis); ",
+);
+
+/// The source Redis runs for a script whose shebang carries `allow-key-locking`:
+/// the flag taken out of the shebang (other flags kept; `#!lua` alone when none is
+/// left), and [`KEY_CHECK_PRELUDE`] put in front of the first line of the body.
+/// `None` for a script without the flag, which runs as it is.
+fn rewrite_key_locked(source: &[u8]) -> Option<Vec<u8>> {
+    if !source.starts_with(b"#!") {
+        return None;
+    }
+    let line_end = source
+        .iter()
+        .position(|&byte| byte == b'\n')
+        .unwrap_or(source.len());
+    let shebang = std::str::from_utf8(&source[..line_end]).ok()?;
+    let mut flagged = false;
+    let mut parts = Vec::new();
+    // Redis splits the shebang on whitespace: `#!lua`, then `flags=a,b`.
+    for part in shebang.split_whitespace() {
+        match part.strip_prefix("flags=") {
+            Some(flags) => {
+                let kept: Vec<&str> = flags
+                    .split(',')
+                    .filter(|flag| {
+                        let locking = *flag == KEY_LOCKING_FLAG;
+                        flagged |= locking;
+                        !locking && !flag.is_empty()
+                    })
+                    .collect();
+                if !kept.is_empty() {
+                    parts.push(format!("flags={}", kept.join(",")));
+                }
+            }
+            None => parts.push(part.to_owned()),
+        }
+    }
+    if !flagged {
+        return None;
+    }
+    let mut rewritten = parts.join(" ").into_bytes();
+    rewritten.push(b'\n');
+    rewritten.extend_from_slice(KEY_CHECK_PRELUDE.as_bytes());
+    if let Some(body) = source.get(line_end + 1..) {
+        rewritten.extend_from_slice(body);
+    }
+    Some(rewritten)
+}
+
+/// Where a command runs, which decides the lock Upstash takes for a script.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Context {
+    /// On its own or in a pipeline.
+    Direct,
+    /// Inside `/multi-exec`, where Upstash runs every script under the global lock.
+    Transaction,
+}
+
+/// A command ready for Redis, or the error to answer instead.
+enum Prepared {
+    Send {
+        command: Command,
+        /// Set for the script commands whose reply [`Scripts::settle`] reads.
+        script: Option<ScriptCall>,
+    },
+    Refuse(String),
+}
+
+impl Prepared {
+    fn plain(command: Command) -> Self {
+        Self::Send {
+            command,
+            script: None,
+        }
+    }
+}
+
+/// A script command as sent: what its reply means and how it is counted.
+#[derive(Debug)]
+struct ScriptCall {
+    /// The SHA-1 the client knows the script by.
+    sha: String,
+    /// Redis's SHA-1 of what it runs, when that is a rewritten source.
+    rewritten_sha: Option<String>,
+    /// `SCRIPT LOAD`: the reply is the client's SHA-1, and nothing ran.
+    loads: bool,
+    /// Whether Upstash would lock only the script's KEYS.
+    key_locked: bool,
+}
+
+/// What the server has learnt about a script, by the SHA-1 its clients use.
+#[derive(Clone, Debug)]
+enum Known {
+    /// Flagged; Redis knows the rewritten source by this SHA-1.
+    KeyLocked { rewritten_sha: String },
+    /// Redis ran it as sent: it has no `allow-key-locking` flag.
+    Unflagged,
+}
+
+/// Counters of the scripts the server ran and refused, shared with whoever
+/// started it (see [`Options::stats`]).
+#[derive(Debug, Default)]
+pub struct Stats {
+    key_locked: AtomicU64,
+    global_lock: AtomicU64,
+    refused_undeclared_key: AtomicU64,
+    refused_strict: AtomicU64,
+    last_undeclared_key: Mutex<Option<UndeclaredKey>>,
+}
+
+/// A key a flagged script touched without declaring it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndeclaredKey {
+    /// The SHA-1 the client knows the script by.
+    pub script_sha: String,
+    pub key: String,
+}
+
+/// A snapshot of [`Stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScriptCounts {
+    /// Script runs that Upstash would lock by their KEYS only, refusals excepted.
+    pub key_locked: u64,
+    /// Script runs that Upstash would hold its global lock for: no flag, or
+    /// inside a transaction.
+    pub global_lock: u64,
+    /// Flagged scripts stopped at a key not in KEYS.
+    pub refused_undeclared_key: u64,
+    /// Scripts refused by [`Options::strict`].
+    pub refused_strict: u64,
+    /// The latest of the `refused_undeclared_key`, for debugging.
+    pub last_undeclared_key: Option<UndeclaredKey>,
+}
+
+impl Stats {
+    /// The counters as they are now.
+    pub fn counts(&self) -> ScriptCounts {
+        ScriptCounts {
+            key_locked: self.key_locked.load(Ordering::Relaxed),
+            global_lock: self.global_lock.load(Ordering::Relaxed),
+            refused_undeclared_key: self.refused_undeclared_key.load(Ordering::Relaxed),
+            refused_strict: self.refused_strict.load(Ordering::Relaxed),
+            last_undeclared_key: self
+                .last_undeclared_key
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+}
+
+/// The script rules of one server: its options, and the SHA-1s it has learnt.
+struct Scripts {
+    strict: bool,
+    allow_global_lock: HashSet<String>,
+    stats: Arc<Stats>,
+    known: RwLock<HashMap<String, Known>>,
+}
+
+impl Scripts {
+    fn new(options: &Options) -> Self {
+        Self {
+            strict: options.strict,
+            allow_global_lock: options
+                .allow_global_lock
+                .iter()
+                .map(|sha| sha.to_ascii_lowercase())
+                .collect(),
+            stats: Arc::clone(&options.stats),
+            known: RwLock::default(),
+        }
+    }
+
+    /// What Redis should run for a client's command. `EVAL`, `EVALSHA`, their
+    /// `_RO` forms and `SCRIPT LOAD|EXISTS` are translated to the rewritten
+    /// scripts; every other command goes as it is.
+    async fn prepare(
+        &self,
+        redis: &mut ConnectionManager,
+        command: Command,
+        context: Context,
+    ) -> Result<Prepared, ApiError> {
+        match command.name().as_str() {
+            "EVAL" | "EVAL_RO" if command.0.len() > 1 => {
+                self.prepare_eval(redis, command, context).await
+            }
+            "EVALSHA" | "EVALSHA_RO" if command.0.len() > 1 => {
+                self.prepare_evalsha(redis, command, context).await
+            }
+            "SCRIPT" if command.0.len() > 2 => match command.0[1].to_ascii_uppercase().as_slice() {
+                b"LOAD" => self.prepare_load(redis, command).await,
+                b"EXISTS" => self.prepare_exists(redis, command).await,
+                _ => Ok(Prepared::plain(command)),
+            },
+            _ => Ok(Prepared::plain(command)),
+        }
+    }
+
+    async fn prepare_eval(
+        &self,
+        redis: &mut ConnectionManager,
+        mut command: Command,
+        context: Context,
+    ) -> Result<Prepared, ApiError> {
+        let sha = sha1_hex(&command.0[1]);
+        let call = match rewrite_key_locked(&command.0[1]) {
+            Some(rewritten) => {
+                let rewritten_sha = sha1_hex(&rewritten);
+                self.remember(redis, &sha, &command.0[1], &rewritten_sha)
+                    .await?;
+                command.0[1] = rewritten;
+                ScriptCall {
+                    sha,
+                    rewritten_sha: Some(rewritten_sha),
+                    loads: false,
+                    key_locked: context == Context::Direct,
+                }
+            }
+            None => ScriptCall {
+                sha,
+                rewritten_sha: None,
+                loads: false,
+                key_locked: false,
+            },
+        };
+        if !call.key_locked && self.refuses_global_lock(&call.sha) {
+            return Ok(Prepared::Refuse(self.strict_refusal(&call.sha, context)));
+        }
+        Ok(Prepared::Send {
+            command,
+            script: Some(call),
+        })
+    }
+
+    async fn prepare_evalsha(
+        &self,
+        redis: &mut ConnectionManager,
+        mut command: Command,
+        context: Context,
+    ) -> Result<Prepared, ApiError> {
+        // Redis reads the SHA-1 in either case.
+        let sha = String::from_utf8_lossy(&command.0[1]).to_ascii_lowercase();
+        let known = self.lookup(redis, &sha).await?;
+        if let Some(Known::KeyLocked { rewritten_sha }) = known {
+            if context == Context::Transaction && self.refuses_global_lock(&sha) {
+                return Ok(Prepared::Refuse(self.strict_refusal(&sha, context)));
+            }
+            command.0[1] = rewritten_sha.clone().into_bytes();
+            return Ok(Prepared::Send {
+                command,
+                script: Some(ScriptCall {
+                    sha,
+                    rewritten_sha: Some(rewritten_sha),
+                    loads: false,
+                    key_locked: context == Context::Direct,
+                }),
+            });
+        }
+        // Unflagged, or not cached at all, in which case Redis answers NOSCRIPT
+        // and the client sends EVAL, which is checked then. So strict mode refuses
+        // only a script that Redis would run.
+        if self.refuses_global_lock(&sha) {
+            let cached = match known {
+                Some(Known::Unflagged) => true,
+                _ => script_exists(redis, &sha).await?,
+            };
+            if cached {
+                return Ok(Prepared::Refuse(self.strict_refusal(&sha, context)));
+            }
+        }
+        Ok(Prepared::Send {
+            command,
+            script: Some(ScriptCall {
+                sha,
+                rewritten_sha: None,
+                loads: false,
+                key_locked: false,
+            }),
+        })
+    }
+
+    /// `SCRIPT LOAD` of a flagged script loads the rewritten source and answers
+    /// the SHA-1 of the client's. Loading runs nothing, so strict mode lets any
+    /// script load.
+    async fn prepare_load(
+        &self,
+        redis: &mut ConnectionManager,
+        mut command: Command,
+    ) -> Result<Prepared, ApiError> {
+        let Some(rewritten) = rewrite_key_locked(&command.0[2]) else {
+            return Ok(Prepared::plain(command));
+        };
+        let sha = sha1_hex(&command.0[2]);
+        let rewritten_sha = sha1_hex(&rewritten);
+        self.remember(redis, &sha, &command.0[2], &rewritten_sha)
+            .await?;
+        command.0[2] = rewritten;
+        Ok(Prepared::Send {
+            command,
+            script: Some(ScriptCall {
+                sha,
+                rewritten_sha: Some(rewritten_sha),
+                loads: true,
+                key_locked: true,
+            }),
+        })
+    }
+
+    /// `SCRIPT EXISTS` asks Redis about the rewritten source of each flagged
+    /// script, so it answers 1 exactly when `EVALSHA` by that SHA-1 would run.
+    async fn prepare_exists(
+        &self,
+        redis: &mut ConnectionManager,
+        mut command: Command,
+    ) -> Result<Prepared, ApiError> {
+        for position in 2..command.0.len() {
+            let sha = String::from_utf8_lossy(&command.0[position]).to_ascii_lowercase();
+            if let Some(Known::KeyLocked { rewritten_sha }) = self.lookup(redis, &sha).await? {
+                command.0[position] = rewritten_sha.into_bytes();
+            }
+        }
+        Ok(Prepared::plain(command))
+    }
+
+    /// Reads the reply of a prepared command: counts the script run, answers
+    /// `SCRIPT LOAD` with the client's SHA-1, and shows the client's SHA-1 in
+    /// errors where Redis named the rewritten one.
+    fn settle(
+        &self,
+        call: Option<&ScriptCall>,
+        reply: Result<Value, String>,
+    ) -> Result<Value, String> {
+        let Some(call) = call else {
+            return reply;
+        };
+        match reply {
+            Ok(_) if call.loads => Ok(Value::BulkString(call.sha.clone().into_bytes())),
+            Ok(reply) => {
+                self.count_run(call);
+                Ok(reply)
+            }
+            Err(message) if message.starts_with("NOSCRIPT") => Err(message),
+            Err(message) => {
+                if let Some(rest) = message.strip_prefix(UNDECLARED_KEY_ERROR) {
+                    // Redis adds ` script: <sha>, on @user_script:<line>.`, naming
+                    // the rewritten script and the prelude's line; both would
+                    // mislead, so they give way to the client's SHA-1.
+                    let key = rest.rfind(" script: ").map_or(rest, |end| &rest[..end]);
+                    self.count_undeclared_key(&call.sha, key);
+                    return Err(format!("{UNDECLARED_KEY_ERROR}{key} script: {}", call.sha));
+                }
+                if !call.loads {
+                    self.count_run(call);
+                }
+                Err(match &call.rewritten_sha {
+                    Some(rewritten_sha) => message.replace(rewritten_sha.as_str(), &call.sha),
+                    None => message,
+                })
+            }
+        }
+    }
+
+    fn count_run(&self, call: &ScriptCall) {
+        if call.key_locked {
+            self.stats.key_locked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.global_lock.fetch_add(1, Ordering::Relaxed);
+        }
+        if call.rewritten_sha.is_none() && self.known(&call.sha).is_none() {
+            self.write_known()
+                .insert(call.sha.clone(), Known::Unflagged);
+        }
+    }
+
+    fn count_undeclared_key(&self, sha: &str, key: &str) {
+        tracing::warn!(
+            script = sha,
+            key,
+            "local Upstash server refused a script: the key is not in its KEYS"
+        );
+        self.stats
+            .refused_undeclared_key
+            .fetch_add(1, Ordering::Relaxed);
+        *self
+            .stats
+            .last_undeclared_key
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(UndeclaredKey {
+            script_sha: sha.to_owned(),
+            key: key.to_owned(),
+        });
+    }
+
+    /// Whether strict mode refuses the script with this SHA-1 when it would run
+    /// under the global lock.
+    fn refuses_global_lock(&self, sha: &str) -> bool {
+        self.strict && !self.allow_global_lock.contains(sha)
+    }
+
+    /// Strict mode's refusal of a script that would run under the global lock,
+    /// counted and logged.
+    fn strict_refusal(&self, sha: &str, context: Context) -> String {
+        self.stats.refused_strict.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            script = sha,
+            ?context,
+            "local Upstash server (strict) refused a script that would hold Upstash's global lock"
+        );
+        match context {
+            Context::Direct => format!(
+                "ERR tollgate upstash-local --strict: this script has no `{KEY_LOCKING_FLAG}` \
+                 flag, so Upstash would run it under the global lock (script {sha})"
+            ),
+            Context::Transaction => format!(
+                "ERR tollgate upstash-local --strict: Upstash runs a script inside MULTI/EXEC \
+                 under the global lock, whatever its flags (script {sha})"
+            ),
+        }
+    }
+
+    fn known(&self, sha: &str) -> Option<Known> {
+        self.known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(sha)
+            .cloned()
+    }
+
+    fn write_known(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Known>> {
+        self.known.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What is known of a SHA-1: from memory, else from [`SCRIPTS_KEY`], where
+    /// another server, or this one before a restart, recorded a flagged script.
+    async fn lookup(
+        &self,
+        redis: &mut ConnectionManager,
+        sha: &str,
+    ) -> Result<Option<Known>, ApiError> {
+        if let Some(known) = self.known(sha) {
+            return Ok(Some(known));
+        }
+        let source: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(SCRIPTS_KEY)
+            .arg(sha)
+            .query_async(redis)
+            .await
+            .map_err(redis_failure)?;
+        // A source whose SHA-1 does not match was not recorded by this server.
+        let rewritten = source
+            .filter(|source| sha1_hex(source) == sha)
+            .and_then(|source| rewrite_key_locked(&source));
+        Ok(rewritten.map(|rewritten| {
+            let known = Known::KeyLocked {
+                rewritten_sha: sha1_hex(&rewritten),
+            };
+            self.write_known().insert(sha.to_owned(), known.clone());
+            known
+        }))
+    }
+
+    /// Records a flagged script, in memory and in [`SCRIPTS_KEY`].
+    async fn remember(
+        &self,
+        redis: &mut ConnectionManager,
+        sha: &str,
+        source: &[u8],
+        rewritten_sha: &str,
+    ) -> Result<(), ApiError> {
+        if matches!(self.known(sha), Some(Known::KeyLocked { .. })) {
+            return Ok(());
+        }
+        let _: i64 = redis::cmd("HSET")
+            .arg(SCRIPTS_KEY)
+            .arg(sha)
+            .arg(source)
+            .query_async(redis)
+            .await
+            .map_err(redis_failure)?;
+        self.write_known().insert(
+            sha.to_owned(),
+            Known::KeyLocked {
+                rewritten_sha: rewritten_sha.to_owned(),
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Whether Redis's script cache holds this SHA-1.
+async fn script_exists(redis: &mut ConnectionManager, sha: &str) -> Result<bool, ApiError> {
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(sha)
+        .query_async(redis)
+        .await
+        .map_err(redis_failure)?;
+    Ok(exists.first() == Some(&1))
+}
+
+/// The SHA-1 of `data` in lower-case hex, as Redis names scripts.
+fn sha1_hex(data: &[u8]) -> String {
+    sha1_smol::Sha1::from(data).digest().to_string()
+}
+
+// ---------------------------------------------------------------------------
 // Replies to JSON
 // ---------------------------------------------------------------------------
 
@@ -607,10 +1268,10 @@ impl Encoding {
 
 /// A pipeline or transaction entry: `{"result": ...}` or `{"error": "..."}`. Errors
 /// are never encoded.
-fn entry_json(reply: &Value, encoding: Encoding) -> serde_json::Value {
+fn entry_json(reply: &Result<Value, String>, encoding: Encoding) -> serde_json::Value {
     match reply {
-        Value::ServerError(error) => json!({ "error": server_error_message(error) }),
-        reply => json!({ "result": to_json(reply, encoding) }),
+        Err(message) => json!({ "error": message }),
+        Ok(reply) => json!({ "result": to_json(reply, encoding) }),
     }
 }
 
@@ -827,15 +1488,15 @@ mod tests {
     fn pipeline_entries_carry_results_or_unencoded_errors() {
         let error = Value::ServerError(server_error("WRONGTYPE Operation against a key"));
         assert_eq!(
-            entry_json(&error, Encoding::Base64),
+            entry_json(&split_error(error), Encoding::Base64),
             json!({ "error": "WRONGTYPE Operation against a key" })
         );
         assert_eq!(
-            entry_json(&bulk("1"), Encoding::Base64),
+            entry_json(&split_error(bulk("1")), Encoding::Base64),
             json!({ "result": "MQ==" })
         );
         assert_eq!(
-            entry_json(&Value::Okay, Encoding::Base64),
+            entry_json(&split_error(Value::Okay), Encoding::Base64),
             json!({ "result": "OK" })
         );
     }
@@ -1003,14 +1664,70 @@ mod tests {
 
     #[test]
     fn debug_output_hides_the_token_and_the_redis_password() {
-        let options = Options {
-            token: "s3cret".to_owned(),
-            redis_url: "redis://:hunter2@127.0.0.1:6379".to_owned(),
-        };
+        let options = Options::new("s3cret", "redis://:hunter2@127.0.0.1:6379");
         let shown = format!("{options:?}");
         assert!(
             !shown.contains("s3cret") && !shown.contains("hunter2"),
             "{shown}"
+        );
+    }
+
+    fn rewritten(source: &str) -> Option<String> {
+        rewrite_key_locked(source.as_bytes()).map(|bytes| String::from_utf8(bytes).unwrap())
+    }
+
+    #[test]
+    fn the_key_locking_flag_is_taken_out_of_the_shebang_and_other_flags_stay() {
+        let body = "redis.call('INCR', KEYS[1])\nreturn 1";
+        assert_eq!(
+            rewritten(&format!("#!lua flags=allow-key-locking\n{body}")).unwrap(),
+            format!("#!lua\n{KEY_CHECK_PRELUDE}{body}")
+        );
+        assert_eq!(
+            rewritten(&format!("#!lua flags=no-writes,allow-key-locking\n{body}")).unwrap(),
+            format!("#!lua flags=no-writes\n{KEY_CHECK_PRELUDE}{body}")
+        );
+        assert_eq!(
+            rewritten(&format!(
+                "#!lua flags=allow-key-locking,no-writes\r\n{body}"
+            ))
+            .unwrap(),
+            format!("#!lua flags=no-writes\n{KEY_CHECK_PRELUDE}{body}")
+        );
+        assert_eq!(
+            rewritten("#!lua flags=allow-key-locking").unwrap(),
+            format!("#!lua\n{KEY_CHECK_PRELUDE}")
+        );
+    }
+
+    #[test]
+    fn scripts_without_the_flag_are_not_rewritten() {
+        for source in [
+            "return 1",
+            "#!lua\nreturn 1",
+            "#!lua flags=no-writes\nreturn 1",
+            "-- #!lua flags=allow-key-locking\nreturn 1",
+            "#!lua flags=allow-key-locking-later\nreturn 1",
+        ] {
+            assert_eq!(rewritten(source), None, "{source}");
+        }
+    }
+
+    #[test]
+    fn the_prelude_keeps_line_numbers_and_raises_upstashs_error() {
+        assert!(!KEY_CHECK_PRELUDE.contains('\n'));
+        // The error the prelude raises is the one `settle` recognizes.
+        assert!(
+            KEY_CHECK_PRELUDE.contains(&format!("\"{UNDECLARED_KEY_ERROR}\" .. key")),
+            "{KEY_CHECK_PRELUDE}"
+        );
+    }
+
+    #[test]
+    fn scripts_are_named_as_redis_names_them() {
+        assert_eq!(
+            sha1_hex(b"return 1"),
+            "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
         );
     }
 }
