@@ -23,13 +23,13 @@ def machine():
 
 def main():
     parser = argparse.ArgumentParser()
-    for name in ["mode", "seconds", "lpush", "single", "batch", "drain", "redis", "postgres", "command",
+    for name in ["mode", "seconds", "lpush", "null", "single", "batch", "drain", "redis", "postgres", "command",
                  "evalsha", "signed", "peer", "sync", "limiter-bytes", "quota-bytes",
                  "analytics", "hit", "miss", "hit-p50", "miss-p50"]:
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--keep-soak-from", default=None)
     args = parser.parse_args()
-    lpush, single, batch = float(args.lpush), float(args.single), float(args.batch)
+    lpush, null, single, batch = float(args.lpush), float(args.null), float(args.single), float(args.batch)
     drain = json.loads(args.drain)
     evalsha, signed = float(args.evalsha), float(args.signed)
     peer, sync = json.loads(args.peer), json.loads(args.sync)
@@ -37,6 +37,10 @@ def main():
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
     rows = [
+        ("collect, single event (req/s)", single,
+         "null route: the same dev server and Upstash client, one EVALSHA of `return 1` (req/s)", null,
+         single / null, "≥ 0.7×", single / null >= 0.7),
+        ("signed-url (req/s)", signed, "null route (req/s)", null, signed / null, "≥ 0.7×", signed / null >= 0.7),
         ("collect, single event (req/s)", single, "bare LPUSH through the local Upstash server (req/s)", lpush,
          single / lpush, "≥ 0.5×", single / lpush >= 0.5),
         ("collect, batches of 50 (events/s)", batch * 50, "collect, single event (events/s)", single,

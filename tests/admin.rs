@@ -10,6 +10,7 @@ use tollgate::{
     },
     apikeys::{self, KeyStatus, NewKey, PresentedKey, Tier},
     limits::Limits,
+    redis_keys::Subject,
     upstash::Command,
 };
 use uuid::Uuid;
@@ -509,7 +510,14 @@ async fn lift_ends_the_ban_and_clears_the_escalation_state() {
         BanSubject::Ip("198.51.100.4".parse().unwrap()),
     ] {
         app.ban(subject, "too many violations", None).await;
-        let escalation = subject.to_string();
+        let ip = match subject {
+            BanSubject::Ip(ip) => ip.to_string(),
+            BanSubject::Key(_) => String::new(),
+        };
+        let escalation = match subject {
+            BanSubject::Key(id) => Subject::Key(id),
+            BanSubject::Ip(_) => Subject::Ip(&ip),
+        };
         let level = app.state.keys.ban_level(&escalation);
         let violations = app.state.keys.violations(&escalation);
         let _: () = app.redis(Command::new("SET").arg(&level).arg(2)).await;

@@ -213,11 +213,14 @@ async fn a_cache_hit_costs_one_round_trip_and_no_statement_and_a_sync_retires_it
         ("miss", Some(6))
     );
 
-    // The cache entry is named by key, version, view and parameters, and expires.
-    let versions: Option<String> = app
-        .redis(Command::new("GET").arg(app.key(&format!("an:ver:{}", key.id))))
+    // The cache entry is named by key, view and parameters, holds the
+    // version it was computed under, and expires.
+    let version: Option<String> = app
+        .redis(Command::new("GET").arg(app.state.keys.analytics_version(key.id)))
         .await;
-    let entry = app.key(&format!("an:c:{}:{}:overview", key.id, versions.unwrap()));
+    let entry = app.state.keys.analytics_cache(key.id, "overview");
+    let cached: Option<String> = app.redis(Command::new("HGET").arg(&entry).arg("v")).await;
+    assert_eq!(cached, version);
     let ttl: i64 = app.redis(Command::new("TTL").arg(&entry)).await;
     assert!((1..=60).contains(&ttl), "TTL of {entry} is {ttl}");
 }
@@ -244,7 +247,7 @@ async fn views_stay_exact_while_a_sync_batch_is_pending_or_applied_but_not_delet
     // The batch is in Postgres and still in Redis: it must count once.
     // Retire the cached views so the next reads compute with the batch.
     let _: i64 = app
-        .redis(Command::new("INCR").arg(app.key(&format!("an:ver:{}", key.id))))
+        .redis(Command::new("INCR").arg(app.state.keys.analytics_version(key.id)))
         .await;
     crash_function_at(
         &app,
@@ -254,7 +257,7 @@ async fn views_stay_exact_while_a_sync_batch_is_pending_or_applied_but_not_delet
     )
     .await;
     let pending: Vec<String> = app
-        .redis(Command::new("SMEMBERS").arg(app.key("mx:pending")))
+        .redis(Command::new("SMEMBERS").arg(app.state.keys.metrics_batches_pending()))
         .await;
     assert_eq!(pending.len(), 1, "the applied batch is still pending");
     assert_views_match(&app, secret, &seen).await;

@@ -213,7 +213,7 @@ async fn rows_postgres_refuses_are_dead_lettered_and_the_rest_stored() {
     let _: String = app
         .redis(
             Command::new("XADD")
-                .arg(app.state.keys.event_queue())
+                .arg(app.state.keys.event_queue(0))
                 .arg("*")
                 .args([
                     "k",
@@ -230,7 +230,7 @@ async fn rows_postgres_refuses_are_dead_lettered_and_the_rest_stored() {
     let _: String = app
         .redis(
             Command::new("XADD")
-                .arg(app.state.keys.event_queue())
+                .arg(app.state.keys.event_queue(0))
                 .arg("*")
                 .args(["k", &key.id.to_string(), "n", "1", "e", "this is not JSON"]),
         )

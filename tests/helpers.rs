@@ -146,24 +146,39 @@ pub async fn fresh_database() -> anyhow::Result<String> {
 pub struct LocalUpstash {
     pub url: String,
     pub token: String,
+    /// What it counted of the scripts it ran and refused.
+    pub stats: Arc<upstash_local::Stats>,
 }
 
-/// Starts a local Upstash REST server on port 0 with a random token.
+/// Starts a strict local Upstash REST server on port 0 with a random token:
+/// like Upstash, it refuses scripts without `allow-key-locking` and keys a
+/// script did not declare.
 pub async fn spawn_upstash_local() -> LocalUpstash {
+    spawn_upstash_local_with(true, &[]).await
+}
+
+/// Like [`spawn_upstash_local`]; `strict` refuses the scripts Upstash would run
+/// under its global lock, except those whose SHA-1 is in `allow_global_lock`.
+pub async fn spawn_upstash_local_with(strict: bool, allow_global_lock: &[&str]) -> LocalUpstash {
     let servers = servers().await;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     let token = format!("test_{}", Uuid::new_v4().simple());
     let options = upstash_local::Options {
-        token: token.clone(),
-        redis_url: servers.redis_url.clone(),
+        strict,
+        allow_global_lock: allow_global_lock
+            .iter()
+            .map(|sha| sha.to_string())
+            .collect(),
+        ..upstash_local::Options::new(token.clone(), servers.redis_url.clone())
     };
+    let stats = Arc::clone(&options.stats);
     tokio::spawn(upstash_local::serve(
         listener,
         options,
         std::future::pending(),
     ));
-    LocalUpstash { url, token }
+    LocalUpstash { url, token, stats }
 }
 
 /// What a test may change about the app it spawns.
@@ -191,6 +206,8 @@ pub struct TestApp {
     /// The environment the app was configured from, for spawning the real
     /// function binaries against the same Redis and database.
     pub env: Vec<(&'static str, String)>,
+    /// The app's local Upstash server, with its script counters.
+    pub upstash_local: LocalUpstash,
 }
 
 /// Spawns the app with its own database and key prefix.
@@ -241,6 +258,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         state,
         key_prefix,
         env,
+        upstash_local: upstash,
     }
 }
 

@@ -16,6 +16,7 @@ mod drain;
 mod health;
 mod helpers;
 mod openapi;
+mod scripts;
 mod signed_url;
 mod sync;
 mod upstash_client;

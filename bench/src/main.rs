@@ -204,7 +204,7 @@ async fn drain_vs_copy(
         report.claim_ms += run.claim_ms;
         report.store_ms += run.store_ms;
         report.ack_ms += run.ack_ms;
-        if run.stopped == "empty" {
+        if run.stopped == tollgate::drain::Stopped::Empty {
             break;
         }
     }
@@ -272,28 +272,33 @@ async fn sync(keys: u64, redis_url: &str, database_url: &str) -> anyhow::Result<
     let mut conn = client.get_multiplexed_async_connection().await?;
     let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let now_ms = chrono::Utc::now().timestamp_millis();
+    // As admit.lua leaves them: each key's counters in its hash, its id in
+    // the dirty set of the shard its requests drew.
     for chunk in ids.chunks(500) {
         let mut pipe = redis::pipe();
         for id in chunk {
-            let member = format!("{id}:{day}");
+            let fields: Vec<(String, i64)> = [
+                ("req", 3),
+                ("ok", 2),
+                ("fail", 1),
+                ("files", 2),
+                ("bytes", 2048),
+                ("last", now_ms),
+                ("p:s3:n", 2),
+                ("p:s3:b", 2048),
+                ("p:s3:last", now_ms),
+                ("ft:image/png", 2),
+            ]
+            .into_iter()
+            .map(|(counter, n)| (format!("{day}|{counter}"), n))
+            .collect();
             pipe.cmd("HSET")
-                .arg(format!("{prefix}mx:{member}"))
-                .arg(&[
-                    ("req", 3),
-                    ("ok", 2),
-                    ("fail", 1),
-                    ("files", 2),
-                    ("bytes", 2048),
-                    ("last", now_ms),
-                    ("p:s3:n", 2),
-                    ("p:s3:b", 2048),
-                    ("p:s3:last", now_ms),
-                    ("ft:image/png", 2),
-                ])
+                .arg(state.keys.metrics(*id))
+                .arg(&fields)
                 .ignore();
             pipe.cmd("SADD")
-                .arg(format!("{prefix}mx:dirty"))
-                .arg(&member)
+                .arg(state.keys.metrics_dirty(state.keys.any_shard()))
+                .arg(id.to_string())
                 .ignore();
         }
         pipe.query_async::<()>(&mut conn).await?;
@@ -475,7 +480,6 @@ async fn fill_queue(
 ) -> anyhow::Result<()> {
     let client = redis::Client::open(redis_url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let queue = state.keys.event_queue();
     let now = chrono::Utc::now();
     let mut left = events;
     while left > 0 {
@@ -488,7 +492,7 @@ async fn fill_queue(
             left -= n;
             let batch: Vec<Event> = (0..n).map(|i| sample_event(now, i)).collect();
             pipe.cmd("XADD")
-                .arg(&queue)
+                .arg(state.keys.event_queue(state.keys.any_shard()))
                 .arg("*")
                 .arg("k")
                 .arg(key_id.to_string())

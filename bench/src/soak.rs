@@ -143,6 +143,9 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
             UPSTASH_TOKEN,
             "--redis-url",
             &services.redis_url,
+            // As strict as Upstash: a script without `allow-key-locking`,
+            // or touching a key it did not declare, is refused.
+            "--strict",
         ],
         &env,
     )?;

@@ -107,9 +107,12 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
                     )
                 })?;
             let url = format!("http://{}", listener.local_addr()?);
+            // As strict as Upstash: tollgate's scripts all carry
+            // `allow-key-locking` and declare their keys, and anything less
+            // should fail here, not in production.
             let upstash_options = upstash_local::Options {
-                token: token.clone(),
-                redis_url: redis_url.clone(),
+                strict: true,
+                ..upstash_local::Options::new(token.clone(), redis_url.clone())
             };
             let mut stopped = stopped.clone();
             tokio::spawn(async move {
@@ -165,10 +168,16 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     // The dashboard offers the demo key through this path; only the dev
     // server has it, so a deployed dashboard asks for a key instead.
     let demo_json = serde_json::json!({ "secret": demo.secret, "publishable": demo.publishable });
-    let app = router(state, &options.root.join("public")).route(
-        "/_dev/demo-key",
-        axum::routing::get(move || async move { axum::Json(demo_json) }),
-    );
+    let upstash = std::sync::Arc::clone(&state.upstash);
+    let app = router(state, &options.root.join("public"))
+        .route(
+            "/_dev/demo-key",
+            axum::routing::get(move || async move { axum::Json(demo_json) }),
+        )
+        .route(
+            "/_bench/null",
+            axum::routing::post(move || null_route(std::sync::Arc::clone(&upstash))),
+        );
     let mut stopped_for_server = stopped.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -182,6 +191,28 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         Services::stop(&layout).await?;
     }
     Ok(())
+}
+
+/// The benchmarks' baseline for a route's own cost: one `EVALSHA` of a
+/// script that does nothing, through the same Upstash client and server as
+/// the real routes, and nothing else (see BENCHMARKS.md).
+static NULL_SCRIPT: tollgate::upstash::Script =
+    tollgate::upstash::Script::new("null", "#!lua flags=allow-key-locking\nreturn 1");
+
+async fn null_route(
+    upstash: std::sync::Arc<tollgate::upstash::Upstash>,
+) -> axum::response::Response {
+    match upstash.eval::<i64>(&NULL_SCRIPT, &[], &[]).await {
+        Ok(_) => (
+            http::StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({})),
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(error = %error, "the null route's script failed");
+            http::StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
 }
 
 /// Hands a request to its route's handler, as the Vercel adapter does.

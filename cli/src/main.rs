@@ -59,6 +59,14 @@ enum Command {
         token: String,
         #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
         redis_url: String,
+        /// Refuse every script Upstash would run under its global lock: one
+        /// without the `allow-key-locking` shebang flag, or one inside /multi-exec.
+        #[arg(long)]
+        strict: bool,
+        /// With --strict, still let the script with this SHA-1 run under the
+        /// global lock (repeatable): a library script that scans the keyspace.
+        #[arg(long = "allow-global-lock", value_name = "SHA1", requires = "strict")]
+        allow_global_lock: Vec<String>,
     },
     /// Apply pending migrations to DATABASE_URL.
     Migrate {
@@ -252,23 +260,26 @@ async fn main() -> anyhow::Result<()> {
             port,
             token,
             redis_url,
+            strict,
+            allow_global_lock,
         } => {
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
                 .await
                 .with_context(|| format!("binding port {port}"))?;
             println!(
-                "Upstash REST server on http://{} in front of {redis_url}",
-                listener.local_addr()?
+                "Upstash REST server on http://{} in front of {redis_url}{}",
+                listener.local_addr()?,
+                if strict { " (strict)" } else { "" }
             );
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
-            upstash_local::serve(
-                listener,
-                upstash_local::Options { token, redis_url },
-                shutdown,
-            )
-            .await
+            let options = upstash_local::Options {
+                strict,
+                allow_global_lock,
+                ..upstash_local::Options::new(token, redis_url)
+            };
+            upstash_local::serve(listener, options, shutdown).await
         }
         Command::Migrate { database_url } => {
             let db = Db::connect_lazy(&DatabaseConfig {
@@ -357,7 +368,8 @@ impl Admin {
         Ok(Self {
             db,
             upstash,
-            keys: RedisKeys::new(&env.key_prefix),
+            // The CLI names no shard key: key and ban state only.
+            keys: RedisKeys::new(&env.key_prefix, tollgate::config::DEFAULT_SHARDS),
         })
     }
 

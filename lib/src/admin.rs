@@ -22,7 +22,7 @@ use crate::{
     apikeys::{self, KeyStatus, NewKey, Tier},
     db::Db,
     limits::{Limits, Overrides},
-    redis_keys::RedisKeys,
+    redis_keys::{RedisKeys, Subject},
     upstash::{Command, Upstash, UpstashError},
 };
 
@@ -451,10 +451,24 @@ impl BanSubject {
 
     /// The Redis key of the subject's ban marker.
     pub fn marker(&self, keys: &RedisKeys) -> String {
-        match self {
-            BanSubject::Key(id) => keys.key_ban(&id.to_string()),
-            BanSubject::Ip(ip) => keys.ip_ban(&ip.to_string()),
-        }
+        self.redis_keys(keys)[0].clone()
+    }
+
+    /// The subject's ban marker, ban level and violations, in Redis.
+    fn redis_keys(&self, keys: &RedisKeys) -> [String; 3] {
+        let ip = match self {
+            BanSubject::Ip(ip) => ip.to_string(),
+            BanSubject::Key(_) => String::new(),
+        };
+        let subject = match self {
+            BanSubject::Key(id) => Subject::Key(*id),
+            BanSubject::Ip(_) => Subject::Ip(&ip),
+        };
+        [
+            keys.ban(&subject),
+            keys.ban_level(&subject),
+            keys.violations(&subject),
+        ]
     }
 
     fn from_columns(kind: &str, value: &str) -> anyhow::Result<Self> {
@@ -648,14 +662,10 @@ pub async fn lift_ban(
         .fetch_optional(db.pool())
         .await
         .context("lifting the ban")?;
-    let escalation = subject.to_string();
     Ok(Changed {
         value: row.as_ref().map(ban_from_row).transpose()?,
         redis: RedisSync {
-            commands: vec![Command::new("DEL")
-                .arg(subject.marker(keys))
-                .arg(keys.ban_level(&escalation))
-                .arg(keys.violations(&escalation))],
+            commands: vec![Command::new("DEL").args(subject.redis_keys(keys))],
         },
     })
 }
@@ -847,7 +857,7 @@ mod tests {
 
     #[test]
     fn a_subject_names_its_marker_and_its_escalation_keys() {
-        let keys = RedisKeys::new("tg:");
+        let keys = RedisKeys::new("tg:", 8);
         let subject = BanSubject::Ip("203.0.113.7".parse().unwrap());
         assert_eq!(subject.to_string(), "ip:203.0.113.7");
         assert_eq!(

@@ -25,6 +25,7 @@ use uuid::Uuid;
 use crate::{
     apikeys::{self, PresentedKey},
     error::ApiError,
+    redis_keys::{RedisKeys, Subject},
     state::AppState,
     upstash::{Command, Reply, Script, UpstashError},
 };
@@ -90,7 +91,7 @@ pub struct EventsPayload<'a> {
     pub bots: usize,
     /// The user agent and today's (UTC) date, for the visitor id.
     pub ua: &'a str,
-    pub day: String,
+    pub day: chrono::NaiveDate,
     /// A fresh salt, used if today has none yet.
     pub salt: String,
 }
@@ -98,11 +99,12 @@ pub struct EventsPayload<'a> {
 /// The script's input, as JSON.
 #[derive(Serialize)]
 struct ScriptRequest<'a> {
-    prefix: &'a str,
+    /// The key id the script's keys are named after; the script checks the
+    /// cache entry agrees.
+    key_id: Uuid,
     route: &'static str,
     origin: &'a str,
     ip: &'a str,
-    public: bool,
     ip_limit: u32,
     offset_ms: i64,
     valid: bool,
@@ -223,16 +225,26 @@ fn wall_clock_ms() -> i64 {
 pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, Undecided> {
     let config = &state.config.admission;
     let events = request.events.as_ref();
+    let mut key_id = match resolve(state, request.key).await? {
+        Resolved::Id(id) => id,
+        Resolved::Refused(error) => {
+            return Ok(Decision::Refused {
+                error,
+                rate: RateLimit::default(),
+            })
+        }
+    };
     // Past the deadline the caller has stopped asking and may have taken
     // its fallback, so a copy of the call that reaches Redis that late
     // (held up in a stalled proxy) must not act.
     let patience = config.timeout + DEADLINE_GRACE + config.resolve + CLOCK_SKEW;
+    let ip = (request.key.kind() == apikeys::KeyKind::Pk && !request.ip.is_empty())
+        .then_some(request.ip);
     let mut script = ScriptRequest {
-        prefix: state.keys.prefix(),
+        key_id,
         route: request.route,
         origin: request.origin,
         ip: request.ip,
-        public: request.key.kind() == apikeys::KeyKind::Pk,
         ip_limit: config.public_ip_limit,
         offset_ms: state.redis_time_offset_ms(),
         valid: request.valid,
@@ -247,33 +259,40 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
         upload: request.upload.as_ref(),
         reseed: None,
     };
-    let cache_key = state.keys.key_cache(&request.key.cache_id());
-    // At most: fill the key cache, load the bans, reseed the quotas, decide.
+    let salt_day = events.map_or_else(|| state.clock.now().date_naive(), |e| e.day);
+    let shard = state.keys.any_shard();
+    // At most: fill the key cache, correct the key id, reseed the quotas, decide.
     for _ in 0..4 {
+        let keys = ScriptKeys {
+            cache: &request.key.cache_id(),
+            request_id: script.request_id,
+            key_id,
+            ip,
+            salt_day,
+            shard,
+        }
+        .names(&state.keys);
+        script.key_id = key_id;
         script.deadline_ms = wall_clock_ms() + script.offset_ms + patience.as_millis() as i64;
-        let reply = call_resolving(state, &cache_key, &mut script).await?;
-        let verdict = Verdict::parse(&reply)?;
-        match verdict.code.as_str() {
-            "late" => return Err(anyhow::anyhow!("admit.lua did not run this request").into()),
-            "miss" => {
-                apikeys::refresh_cache(
-                    &state.db,
-                    &state.upstash,
-                    &state.keys,
-                    request.key,
-                    state.clock.now(),
-                )
-                .await?;
+        let reply = call_resolving(state, &keys, &mut script).await?;
+        match Verdict::parse(&reply)? {
+            Verdict::Late => {
+                return Err(anyhow::anyhow!("admit.lua did not run this request").into())
             }
-            "reseed_bans" => load_bans(state).await?,
-            "reseed_quota" => {
-                let key_id = verdict.key_id()?;
-                script.reseed = Some(quota_used(state, key_id, &verdict.detail).await?);
+            Verdict::Miss => {
+                refill(state, request.key, false).await?;
+            }
+            Verdict::Rekey(id) => {
+                state.key_ids.remember(&request.key.cache_id(), id);
+                key_id = id;
+            }
+            Verdict::ReseedQuota { day, month } => {
+                script.reseed = Some(quota_used(state, key_id, day, month).await?);
             }
             // The script counted this verdict: whatever fails from here on,
             // a fallback must not count the request again.
-            _ => {
-                return verdict
+            Verdict::Decided(decided) => {
+                return decided
                     .into_decision(state, request.ip)
                     .await
                     .map_err(|error| Undecided {
@@ -286,6 +305,130 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
     Err(anyhow::anyhow!("admission did not settle after refilling its caches").into())
 }
 
+/// What the presented key resolves to before admission names its keys.
+pub(crate) enum Resolved {
+    Id(Uuid),
+    /// Unknown or revoked: refused without running the script.
+    Refused(ApiError),
+}
+
+/// The id of the presented key, by which its Redis state is named: from
+/// this instance's memory, or else from the key cache (one extra round
+/// trip), or else from Postgres (which fills the cache). A presented key's
+/// hash belongs to one key id for good, so the memory never goes stale;
+/// whether the key is still active is the script's to check, every time.
+pub(crate) async fn resolve(state: &AppState, key: &PresentedKey) -> anyhow::Result<Resolved> {
+    let cache_id = key.cache_id();
+    if let Some(id) = state.key_ids.get(&cache_id) {
+        return Ok(Resolved::Id(id));
+    }
+    let replies = state
+        .upstash
+        .pipeline(&[
+            Command::new("GET").arg(state.keys.key_cache(&cache_id)),
+            Command::new("EXISTS").arg(state.keys.bans_loaded()),
+        ])
+        .await
+        .context("reading the key cache")?;
+    let [cached, loaded] = <[_; 2]>::try_from(replies)
+        .map_err(|_| anyhow::anyhow!("a pipeline of two answered otherwise"))?;
+    let cached = cached
+        .context("reading the key cache")?
+        .as_str()
+        .and_then(|json| serde_json::from_str::<apikeys::CachedKey>(json).ok());
+    let cached = match cached {
+        Some(cached) => cached,
+        None => {
+            let loaded = matches!(
+                loaded.context("checking that the bans are loaded")?,
+                Reply::Int(1)
+            );
+            refill(state, key, loaded).await?
+        }
+    };
+    Ok(match (cached.status, cached.id) {
+        (apikeys::KeyStatus::Active, Some(id)) => {
+            state.key_ids.remember(&cache_id, id);
+            Resolved::Id(id)
+        }
+        (apikeys::KeyStatus::Revoked, _) => Resolved::Refused(Refusal::RevokedKey.into_error(0)),
+        _ => Resolved::Refused(Refusal::InvalidKey.into_error(0)),
+    })
+}
+
+/// Fills the key cache from Postgres. Redis must hold Postgres's bans
+/// before any entry of the cache, so that after a flush no request is
+/// admitted past a ban; a refill is where a flush first shows. `bans_loaded`
+/// says whether the caller has just seen them loaded.
+async fn refill(
+    state: &AppState,
+    key: &PresentedKey,
+    bans_loaded: bool,
+) -> anyhow::Result<apikeys::CachedKey> {
+    let loaded = bans_loaded || {
+        let loaded: i64 = state
+            .upstash
+            .command(&Command::new("EXISTS").arg(state.keys.bans_loaded()))
+            .await
+            .context("checking that the bans are loaded")?;
+        loaded == 1
+    };
+    if !loaded {
+        load_bans(state).await?;
+    }
+    apikeys::refresh_cache(
+        &state.db,
+        &state.upstash,
+        &state.keys,
+        key,
+        state.clock.now(),
+    )
+    .await
+}
+
+/// The keys one admission touches, before they are named.
+struct ScriptKeys<'a> {
+    cache: &'a str,
+    request_id: Uuid,
+    key_id: Uuid,
+    /// The client IP, for publishable keys only.
+    ip: Option<&'a str>,
+    /// The UTC day of the visitor-id salt.
+    salt_day: chrono::NaiveDate,
+    /// The queue shard drawn for the request.
+    shard: u16,
+}
+
+impl ScriptKeys<'_> {
+    /// The names, in the order admit.lua's header gives.
+    fn names(&self, keys: &RedisKeys) -> Vec<String> {
+        let key = Subject::Key(self.key_id);
+        let mut names = vec![
+            keys.key_cache(self.cache),
+            keys.admission_memo(self.request_id),
+            keys.key_rate(self.key_id),
+            keys.quota(self.key_id),
+            keys.metrics(self.key_id),
+            keys.ban(&key),
+            keys.violations(&key),
+            keys.ban_level(&key),
+            keys.event_queue(self.shard),
+            keys.shard_stats(self.shard),
+            keys.metrics_dirty(self.shard),
+            keys.visitor_salt(self.key_id, self.salt_day),
+        ];
+        if let Some(ip) = self.ip {
+            let ip = Subject::Ip(ip);
+            names.extend([
+                keys.rate(&ip),
+                keys.ban(&ip),
+                keys.violations(&ip),
+                keys.ban_level(&ip),
+            ]);
+        }
+        names
+    }
+}
 /// Runs admit.lua once, as far as Redis is concerned.
 ///
 /// A call that fails without a reply may still have run: the request
@@ -300,12 +443,12 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
 /// case: nothing was sent, so nothing ran.
 async fn call_resolving(
     state: &AppState,
-    cache_key: &str,
+    keys: &[String],
     script: &mut ScriptRequest<'_>,
 ) -> Result<Vec<Reply>, Undecided> {
     let config = &state.config.admission;
     let give_up = tokio::time::Instant::now() + config.resolve;
-    let keys = [cache_key];
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     script.settle = false;
     loop {
         let args = [serde_json::to_string(&script).context("encoding the admission request")?];
@@ -360,118 +503,222 @@ fn is_transient(message: &str) -> bool {
         .any(|code| message.starts_with(code))
 }
 
-/// The script's reply.
-struct Verdict {
-    code: String,
-    key_id: String,
+/// admit.lua's reply, parsed once.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// Not run: settled as not run, or past its deadline.
+    Late,
+    /// The key cache has no entry for the presented key.
+    Miss,
+    /// The cache entry belongs to this key id, not to the one the keys were
+    /// named after; nothing was done.
+    Rekey(Uuid),
+    /// The quota hash does not hold the key's day or month.
+    ReseedQuota {
+        day: chrono::NaiveDate,
+        /// The first day of the month.
+        month: chrono::NaiveDate,
+    },
+    /// Counted: admitted or refused.
+    Decided(Decided),
+}
+
+/// A verdict the script counted.
+#[derive(Debug, PartialEq)]
+struct Decided {
+    /// Absent for an unknown key.
+    key_id: Option<Uuid>,
     rate: RateLimit,
     retry_after: Duration,
-    detail: String,
+    /// `None` when admitted.
+    refusal: Option<Refusal>,
+    /// The storage provider of an admitted upload.
+    provider: Option<String>,
+}
+
+/// Why the script refused a request.
+#[derive(Debug, Clone, PartialEq)]
+enum Refusal {
+    InvalidKey,
+    RevokedKey,
+    OriginNotAllowed,
+    /// The ban in force, as its marker's JSON.
+    Banned(String),
+    /// `permanent` names the subject this refusal banned for good.
+    RateLimited {
+        permanent: Option<BannedFor>,
+    },
+    DailyQuotaExceeded,
+    MonthlyQuotaExceeded,
+    ContentTypeNotAllowed,
+    /// The key's size limit, in bytes.
+    FileTooLarge(String),
+    /// The provider asked for, if any.
+    ProviderNotConfigured(String),
+}
+
+/// Whom a refusal banned permanently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BannedFor {
+    Key,
+    Ip,
 }
 
 impl Verdict {
     fn parse(reply: &[Reply]) -> anyhow::Result<Self> {
-        let text = |i: usize| {
-            reply
-                .get(i)
-                .and_then(Reply::as_str)
-                .unwrap_or("")
-                .to_owned()
-        };
+        let text = |i: usize| reply.get(i).and_then(Reply::as_str).unwrap_or("");
         let int = |i: usize| match reply.get(i) {
             Some(Reply::Int(n)) => (*n).max(0) as u64,
             _ => 0,
         };
         anyhow::ensure!(reply.len() == 7, "admit.lua answered {reply:?}");
-        Ok(Self {
-            code: text(0),
-            key_id: text(1),
+        let key_id = || Uuid::parse_str(text(1)).context("admit.lua returned a malformed key id");
+        let detail = text(6).to_owned();
+        let refusal = match text(0) {
+            "late" => return Ok(Self::Late),
+            "miss" => return Ok(Self::Miss),
+            "rekey" => return Ok(Self::Rekey(key_id()?)),
+            "reseed_quota" => {
+                let (day, month) = detail
+                    .split_once('|')
+                    .context("admit.lua sent malformed periods")?;
+                return Ok(Self::ReseedQuota {
+                    day: day.parse().context("the day to reseed")?,
+                    month: format!("{month}-01")
+                        .parse()
+                        .context("the month to reseed")?,
+                });
+            }
+            "ok" => None,
+            "invalid_key" => Some(Refusal::InvalidKey),
+            "revoked_key" => Some(Refusal::RevokedKey),
+            "origin_not_allowed" => Some(Refusal::OriginNotAllowed),
+            "banned" => Some(Refusal::Banned(detail.clone())),
+            "rate_limited" => Some(Refusal::RateLimited {
+                permanent: match detail.as_str() {
+                    "permanent" => Some(BannedFor::Key),
+                    "permanent-ip" => Some(BannedFor::Ip),
+                    _ => None,
+                },
+            }),
+            "daily_quota_exceeded" => Some(Refusal::DailyQuotaExceeded),
+            "monthly_quota_exceeded" => Some(Refusal::MonthlyQuotaExceeded),
+            "content_type_not_allowed" => Some(Refusal::ContentTypeNotAllowed),
+            "file_too_large" => Some(Refusal::FileTooLarge(detail.clone())),
+            "provider_not_configured" => Some(Refusal::ProviderNotConfigured(detail.clone())),
+            other => anyhow::bail!("admit.lua answered `{other}`"),
+        };
+        Ok(Self::Decided(Decided {
+            key_id: if text(1).is_empty() {
+                None
+            } else {
+                Some(key_id()?)
+            },
             rate: RateLimit {
                 limit: int(2),
                 remaining: int(3),
                 reset: Duration::from_millis(int(4)),
             },
             retry_after: Duration::from_millis(int(5)),
-            detail: text(6),
-        })
+            provider: (refusal.is_none() && !detail.is_empty()).then_some(detail),
+            refusal,
+        }))
     }
+}
 
-    fn key_id(&self) -> anyhow::Result<Uuid> {
-        Uuid::parse_str(&self.key_id).context("admit.lua returned a malformed key id")
-    }
-
+impl Decided {
     async fn into_decision(self, state: &AppState, ip: &str) -> anyhow::Result<Decision> {
         let rate = self.rate;
-        let error = match self.code.as_str() {
-            "ok" => {
-                return Ok(Decision::Admitted {
-                    key_id: self.key_id()?,
-                    rate,
-                    provider: (!self.detail.is_empty()).then(|| self.detail.clone()),
-                })
+        let Some(refusal) = self.refusal else {
+            return Ok(Decision::Admitted {
+                key_id: self.key_id.context("admit.lua admitted without a key id")?,
+                rate,
+                provider: self.provider,
+            });
+        };
+        if let Refusal::RateLimited {
+            permanent: Some(whom),
+        } = refusal
+        {
+            // Redis holds the ban already; Postgres gets it at the next
+            // reload of bans if this write fails.
+            let subject = match (whom, self.key_id) {
+                (BannedFor::Ip, _) => Some(("ip", ip.to_owned())),
+                (BannedFor::Key, Some(id)) => Some(("key", id.to_string())),
+                (BannedFor::Key, None) => None,
+            };
+            if let Some((kind, subject)) = subject {
+                if let Err(error) = record_permanent_ban(state, kind, &subject).await {
+                    tracing::error!(error = ?error, "could not record a permanent ban in Postgres");
+                }
             }
-            "content_type_not_allowed" => ApiError::BadRequest {
+        }
+        let retry_after = match refusal {
+            Refusal::MonthlyQuotaExceeded => Duration::from_secs(86_400),
+            _ => self.retry_after,
+        };
+        Ok(Decision::Refused {
+            error: refusal.into_error_with(rate.limit, retry_after),
+            rate,
+        })
+    }
+}
+
+impl Refusal {
+    /// The refusal as the route answers it, for a key with no limit known.
+    fn into_error(self, limit: u64) -> ApiError {
+        self.into_error_with(limit, Duration::ZERO)
+    }
+
+    fn into_error_with(self, limit: u64, retry_after: Duration) -> ApiError {
+        match self {
+            Self::ContentTypeNotAllowed => ApiError::BadRequest {
                 code: "content_type_not_allowed",
                 message: "`content_type` is not in this key's list of allowed types".into(),
             },
-            "file_too_large" => ApiError::PayloadTooLarge(format!(
-                "`size` is over this key's limit of {} bytes",
-                self.detail
-            )),
-            "provider_not_configured" => ApiError::BadRequest {
+            Self::FileTooLarge(max) => {
+                ApiError::PayloadTooLarge(format!("`size` is over this key's limit of {max} bytes"))
+            }
+            Self::ProviderNotConfigured(provider) => ApiError::BadRequest {
                 code: "provider_not_configured",
-                message: if self.detail.is_empty() {
+                message: if provider.is_empty() {
                     "no storage provider is configured (S3_* or BLOB_READ_WRITE_TOKEN)".into()
                 } else {
-                    format!(
-                        "`provider` `{}` is not configured on this deployment",
-                        self.detail
-                    )
+                    format!("`provider` `{provider}` is not configured on this deployment")
                 },
             },
-            "invalid_key" => ApiError::Unauthorized {
+            Self::InvalidKey => ApiError::Unauthorized {
                 code: "invalid_key",
                 message: "no API key matches".into(),
             },
-            "revoked_key" => ApiError::Unauthorized {
+            Self::RevokedKey => ApiError::Unauthorized {
                 code: "revoked_key",
                 message: "this API key has been revoked".into(),
             },
-            "origin_not_allowed" => ApiError::Forbidden {
+            Self::OriginNotAllowed => ApiError::Forbidden {
                 code: "origin_not_allowed",
                 message: "this origin is not allowed to use this key".into(),
             },
-            "banned" => ApiError::Forbidden {
+            Self::Banned(ban) => ApiError::Forbidden {
                 code: "banned",
-                message: ban_message(&self.detail),
+                message: ban_message(&ban),
             },
-            "rate_limited" => {
-                if self.detail.starts_with("permanent") {
-                    // Redis holds the ban already; Postgres gets it at the
-                    // next reload of bans if this write fails.
-                    if let Err(error) = record_permanent_ban(state, &self, ip).await {
-                        tracing::error!(error = ?error, "could not record a permanent ban in Postgres");
-                    }
-                }
-                ApiError::TooManyRequests {
-                    code: "rate_limited",
-                    message: format!("over the limit of {} requests per minute", rate.limit),
-                    retry_after: self.retry_after,
-                }
-            }
-            "daily_quota_exceeded" => ApiError::TooManyRequests {
+            Self::RateLimited { .. } => ApiError::TooManyRequests {
+                code: "rate_limited",
+                message: format!("over the limit of {limit} requests per minute"),
+                retry_after,
+            },
+            Self::DailyQuotaExceeded => ApiError::TooManyRequests {
                 code: "daily_quota_exceeded",
                 message: "the daily quota of this key is used up".into(),
-                retry_after: self.retry_after,
+                retry_after,
             },
-            "monthly_quota_exceeded" => ApiError::TooManyRequests {
+            Self::MonthlyQuotaExceeded => ApiError::TooManyRequests {
                 code: "monthly_quota_exceeded",
                 message: "the monthly quota of this key is used up".into(),
-                retry_after: Duration::from_secs(86_400),
+                retry_after,
             },
-            other => anyhow::bail!("admit.lua answered `{other}`"),
-        };
-        Ok(Decision::Refused { error, rate })
+        }
     }
 }
 
@@ -490,12 +737,7 @@ fn ban_message(detail: &str) -> String {
 
 /// Writes a permanent ban the script just issued to Postgres, which is
 /// authoritative for them.
-async fn record_permanent_ban(state: &AppState, verdict: &Verdict, ip: &str) -> anyhow::Result<()> {
-    let (kind, subject) = if verdict.detail == "permanent-ip" {
-        ("ip", ip)
-    } else {
-        ("key", verdict.key_id.as_str())
-    };
+async fn record_permanent_ban(state: &AppState, kind: &str, subject: &str) -> anyhow::Result<()> {
     state
         .db
         .query(
@@ -557,16 +799,15 @@ async fn load_bans(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What Postgres knows of a key's use on a day and in a month (ids as the
-/// script gives them: `2026-11-21|2026-11`).
-async fn quota_used(state: &AppState, key_id: Uuid, periods: &str) -> anyhow::Result<Reseed> {
+/// What Postgres knows of a key's use on a day and in the month that
+/// starts on `month_start`.
+async fn quota_used(
+    state: &AppState,
+    key_id: Uuid,
+    day: chrono::NaiveDate,
+    month_start: chrono::NaiveDate,
+) -> anyhow::Result<Reseed> {
     use sqlx::Row;
-    let (day, month) = periods
-        .split_once('|')
-        .context("admit.lua sent malformed periods")?;
-    let day = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").context("the day to reseed")?;
-    let month_start = chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d")
-        .context("the month to reseed")?;
     let row = state
         .db
         .query(
@@ -585,4 +826,98 @@ async fn quota_used(state: &AppState, key_id: Uuid, periods: &str) -> anyhow::Re
         day: row.try_get("day")?,
         month: row.try_get("month")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: &str, key_id: &str, detail: &str) -> Vec<Reply> {
+        let text = |s: &str| Reply::Bulk(s.to_owned().into());
+        vec![
+            text(code),
+            text(key_id),
+            Reply::Int(100),
+            Reply::Int(99),
+            Reply::Int(600),
+            Reply::Int(1500),
+            text(detail),
+        ]
+    }
+
+    const ID: &str = "0192f0c4-7d2e-7c1a-9a55-3f1d2b6e8a10";
+
+    #[test]
+    fn an_admission_carries_its_key_id_limits_and_provider() {
+        let Verdict::Decided(decided) = Verdict::parse(&reply("ok", ID, "s3")).unwrap() else {
+            panic!("not decided");
+        };
+        assert_eq!(decided.key_id, Some(ID.parse().unwrap()));
+        assert_eq!(decided.refusal, None);
+        assert_eq!(decided.provider.as_deref(), Some("s3"));
+        assert_eq!(
+            decided.rate,
+            RateLimit {
+                limit: 100,
+                remaining: 99,
+                reset: Duration::from_millis(600)
+            }
+        );
+    }
+
+    #[test]
+    fn each_detail_has_one_meaning_per_verdict() {
+        let refusal = |code: &str, detail: &str| match Verdict::parse(&reply(code, ID, detail)) {
+            Ok(Verdict::Decided(decided)) => (decided.refusal, decided.provider),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            refusal("rate_limited", "permanent-ip"),
+            (
+                Some(Refusal::RateLimited {
+                    permanent: Some(BannedFor::Ip)
+                }),
+                None
+            )
+        );
+        assert_eq!(
+            refusal("rate_limited", ""),
+            (Some(Refusal::RateLimited { permanent: None }), None)
+        );
+        assert_eq!(
+            refusal("file_too_large", "1024"),
+            (Some(Refusal::FileTooLarge("1024".into())), None)
+        );
+        assert_eq!(
+            refusal("banned", r#"{"reason":"x"}"#),
+            (Some(Refusal::Banned(r#"{"reason":"x"}"#.into())), None)
+        );
+    }
+
+    #[test]
+    fn the_cases_that_ask_again_are_told_apart() {
+        assert_eq!(
+            Verdict::parse(&reply("late", "", "")).unwrap(),
+            Verdict::Late
+        );
+        assert_eq!(
+            Verdict::parse(&reply("miss", "", "")).unwrap(),
+            Verdict::Miss
+        );
+        assert_eq!(
+            Verdict::parse(&reply("rekey", ID, "")).unwrap(),
+            Verdict::Rekey(ID.parse().unwrap())
+        );
+        assert_eq!(
+            Verdict::parse(&reply("reseed_quota", ID, "2031-01-31|2031-01")).unwrap(),
+            Verdict::ReseedQuota {
+                day: "2031-01-31".parse().unwrap(),
+                month: "2031-01-01".parse().unwrap()
+            }
+        );
+        assert!(Verdict::parse(&reply("reseed_quota", ID, "2031-01-31")).is_err());
+        assert!(Verdict::parse(&reply("maybe", ID, "")).is_err());
+        assert!(Verdict::parse(&reply("ok", "not-a-uuid", "")).is_err());
+        assert!(Verdict::parse(&[]).is_err());
+    }
 }

@@ -484,3 +484,35 @@ pub async fn verify(
         }
     }
 }
+
+/// Which key id each presented key belongs to, remembered by this instance
+/// so that admission can name the key's Redis state before its one call.
+/// A presented key's hash maps to one key id for good (rotation makes a new
+/// secret for the same id), so an entry never goes stale; whether the key
+/// is still active is read from the key cache on every request.
+#[derive(Debug, Default)]
+pub struct KeyIds(std::sync::Mutex<std::collections::HashMap<String, Uuid>>);
+
+/// Entries past which the memory starts over, bounding an instance's memory
+/// against a flood of distinct keys.
+const KEY_IDS_MAX: usize = 100_000;
+
+impl KeyIds {
+    /// The key id of a presented key, by its cache id, if remembered.
+    pub fn get(&self, cache_id: &str) -> Option<Uuid> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cache_id)
+            .copied()
+    }
+
+    /// Remembers the key id of a presented key.
+    pub fn remember(&self, cache_id: &str, key_id: Uuid) {
+        let mut ids = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if ids.len() >= KEY_IDS_MAX {
+            ids.clear();
+        }
+        ids.insert(cache_id.to_owned(), key_id);
+    }
+}

@@ -19,6 +19,8 @@ pub struct Config {
     pub cron_secret: Secret,
     /// Prefix of every Redis key, so environments can share one database.
     pub key_prefix: String,
+    /// How many shards the event queue has (see `redis_keys.rs`).
+    pub redis_shards: u16,
     pub pipeline: PipelineConfig,
     pub admission: AdmissionConfig,
     /// The storage providers signed-url can sign for; none, one or both.
@@ -130,6 +132,7 @@ pub const VARIABLES: &[&str] = &[
     "TOLLGATE_DATABASE_POOLER",
     "CRON_SECRET",
     "TOLLGATE_KEY_PREFIX",
+    "TOLLGATE_REDIS_SHARDS",
     "TOLLGATE_EVENT_MAX_AGE",
     "TOLLGATE_EVENT_RETENTION",
     "TOLLGATE_DRAIN_BUDGET",
@@ -153,6 +156,8 @@ pub const VARIABLES: &[&str] = &[
 
 /// The default Redis key prefix.
 pub const DEFAULT_KEY_PREFIX: &str = "tg:";
+/// The default number of event queue shards.
+pub const DEFAULT_SHARDS: u16 = 8;
 
 impl Config {
     /// Reads the process environment.
@@ -185,6 +190,7 @@ impl Config {
             parse_key_prefix,
             DEFAULT_KEY_PREFIX.to_owned(),
         );
+        let redis_shards = vars.optional("TOLLGATE_REDIS_SHARDS", parse_shards, DEFAULT_SHARDS);
         let pipeline = PipelineConfig {
             event_max_age: vars.optional(
                 "TOLLGATE_EVENT_MAX_AGE",
@@ -278,6 +284,7 @@ impl Config {
             },
             cron_secret,
             key_prefix,
+            redis_shards,
             pipeline,
             admission,
             providers: Providers { s3, blob },
@@ -393,6 +400,15 @@ fn parse_routes(value: &str) -> Result<Vec<String>, String> {
             )),
         })
         .collect()
+}
+
+fn parse_shards(value: &str) -> Result<u16, String> {
+    match value.trim().parse::<u16>() {
+        Ok(n @ 1..=256) => Ok(n),
+        _ => Err(format!(
+            "expected a number of shards from 1 to 256, got `{value}`"
+        )),
+    }
 }
 
 fn parse_count(value: &str) -> Result<u64, String> {

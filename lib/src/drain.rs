@@ -21,7 +21,7 @@ use crate::{
     },
     fault,
     logs::{self, RequestLog, UploadLog},
-    queue::{self, Entry},
+    queue::{self, Entry, EntryKind},
     state::AppState,
     upstash::Command,
 };
@@ -59,8 +59,21 @@ pub struct DrainReport {
     pub ack_ms: u64,
     /// True when another run held the lock and this one did nothing.
     pub skipped: bool,
-    /// Why the run stopped: `empty`, `budget` or `locked`.
-    pub stopped: &'static str,
+    /// Why the run stopped.
+    pub stopped: Stopped,
+}
+
+/// Why a drain or sync run stopped.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Stopped {
+    /// Nothing was left to do.
+    #[default]
+    Empty,
+    /// The time budget was spent; the next run goes on.
+    Budget,
+    /// Another run held the lock, so this one did nothing.
+    Locked,
 }
 
 /// Drains until the queue is empty or the time budget is spent.
@@ -77,7 +90,7 @@ pub async fn run(state: &AppState) -> anyhow::Result<DrainReport> {
         .context("taking the drain lock")?
     {
         report.skipped = true;
-        report.stopped = "locked";
+        report.stopped = Stopped::Locked;
         return Ok(report);
     }
 
@@ -131,7 +144,7 @@ async fn drain_batches(
     let mut target = FIRST_BATCH;
     loop {
         if started.elapsed() >= config.drain_budget {
-            report.stopped = "budget";
+            report.stopped = Stopped::Budget;
             return Ok(());
         }
         let claim_started = Instant::now();
@@ -148,7 +161,7 @@ async fn drain_batches(
         report.claim_ms += claim_started.elapsed().as_millis() as u64;
         fault::point("drain:after-claim");
         if claim.entries.is_empty() {
-            report.stopped = "empty";
+            report.stopped = Stopped::Empty;
             return Ok(());
         }
         report.reclaimed += claim.reclaimed;
@@ -215,38 +228,42 @@ fn decode(entries: &[Entry]) -> Rows {
             .key_id
             .as_deref()
             .and_then(|id| Uuid::parse_str(id).ok());
-        let problem = match (key, entry.kind.as_str()) {
+        let problem = match (key, &entry.kind) {
             (None, _) => format!("queue entry {} has no valid key id", entry.id),
-            (Some(api_key_id), "ev") => match serde_json::from_slice::<Vec<Event>>(&entry.events) {
-                Ok(batch) => {
-                    rows.events
-                        .extend(batch.into_iter().map(|event| StoredEvent {
-                            api_key_id,
-                            visitor_id: entry.visitor_id.clone(),
-                            event,
-                        }));
-                    continue;
+            (Some(api_key_id), EntryKind::Events) => {
+                match serde_json::from_slice::<Vec<Event>>(&entry.events) {
+                    Ok(batch) => {
+                        rows.events
+                            .extend(batch.into_iter().map(|event| StoredEvent {
+                                api_key_id,
+                                visitor_id: entry.visitor_id.clone(),
+                                event,
+                            }));
+                        continue;
+                    }
+                    Err(error) => format!(
+                        "queue entry {} is not a JSON array of events: {error}",
+                        entry.id
+                    ),
                 }
-                Err(error) => format!(
-                    "queue entry {} is not a JSON array of events: {error}",
-                    entry.id
-                ),
-            },
-            (Some(api_key_id), "req") => match serde_json::from_slice(&entry.events) {
+            }
+            (Some(api_key_id), EntryKind::Request) => match serde_json::from_slice(&entry.events) {
                 Ok(log) => {
                     rows.requests.push((api_key_id, log));
                     continue;
                 }
                 Err(error) => format!("queue entry {} is not a request log: {error}", entry.id),
             },
-            (Some(api_key_id), "up") => match serde_json::from_slice(&entry.events) {
+            (Some(api_key_id), EntryKind::Upload) => match serde_json::from_slice(&entry.events) {
                 Ok(log) => {
                     rows.uploads.push((api_key_id, log));
                     continue;
                 }
                 Err(error) => format!("queue entry {} is not an upload log: {error}", entry.id),
             },
-            (Some(_), other) => format!("queue entry {} has unknown type `{other}`", entry.id),
+            (Some(_), EntryKind::Unknown(other)) => {
+                format!("queue entry {} has unknown type `{other}`", entry.id)
+            }
         };
         rows.malformed.push(DeadLetter {
             event_id: None,

@@ -1,12 +1,13 @@
 //! The metrics sync: moves the write-behind usage counters from Redis into
 //! Postgres, crash-safe and in bulk.
 //!
-//! 1. `snapshot.lua` atomically moves the dirty counter hashes into a batch
-//!    with an id, recorded as pending.
+//! 1. `snapshot.lua` atomically moves the counters of some dirty keys (read
+//!    from one shard's dirty set) into a batch with an id, recorded as
+//!    pending; each key's share of it waits in the key's `mx:pend:` hash.
 //! 2. One Postgres transaction applies the whole batch, one `UNNEST` upsert
 //!    per table, and inserts the batch id into `sync_batches`; a batch whose
 //!    id is already there was applied before and is skipped.
-//! 3. Only then is the batch deleted from Redis.
+//! 3. Only then is the batch deleted from Redis (`batch_done.lua`).
 //!
 //! A run that dies after 1 leaves the batch pending and the next run applies
 //! it; one that dies after 2 leaves it pending too, and the next run finds
@@ -28,9 +29,11 @@ use crate::{
 };
 
 pub static SNAPSHOT: Script = Script::new("snapshot", include_str!("scripts/snapshot.lua"));
+pub static BATCH_DONE: Script = Script::new("batch_done", include_str!("scripts/batch_done.lua"));
 
-/// Dirty key-days per batch: bounds how long the snapshot script holds Redis.
-const BATCH_KEY_DAYS: u64 = 2_000;
+/// Dirty keys per batch: bounds how long the snapshot script holds the
+/// locks of a shard's dirty set, and how many keys it declares (three each).
+const BATCH_KEYS: u64 = 500;
 
 /// What one sync run did.
 #[derive(Debug, Default, Clone, Serialize, PartialEq)]
@@ -44,7 +47,7 @@ pub struct SyncReport {
     pub statements: u64,
     pub duration_ms: u64,
     /// `empty` or `budget`.
-    pub stopped: &'static str,
+    pub stopped: crate::drain::Stopped,
 }
 
 /// Counters of one key on one day, as the admission script keeps them.
@@ -69,59 +72,175 @@ pub async fn sync(state: &AppState) -> anyhow::Result<SyncReport> {
     let mut report = SyncReport::default();
     loop {
         if started.elapsed() >= state.config.pipeline.drain_budget {
-            report.stopped = "budget";
+            report.stopped = crate::drain::Stopped::Budget;
             break;
         }
-        let reply: Vec<Reply> = state
-            .upstash
-            .eval(
-                &SNAPSHOT,
-                &[],
-                &[
-                    state.keys.prefix().to_owned(),
-                    Uuid::new_v4().to_string(),
-                    BATCH_KEY_DAYS.to_string(),
-                ],
-            )
-            .await
-            .context("snapshotting dirty counters")?;
-        let (batch_id, fields) = match reply.as_slice() {
-            [Reply::Bulk(id), Reply::Array(fields)] => {
-                (String::from_utf8_lossy(id).into_owned(), fields)
-            }
-            other => anyhow::bail!("snapshot.lua answered {other:?}"),
+        let Some(batch) = next_batch(state).await? else {
+            report.stopped = crate::drain::Stopped::Empty;
+            break;
         };
-        if batch_id.is_empty() {
-            report.stopped = "empty";
-            break;
-        }
         fault::point("sync:after-snapshot");
-        let key_days = parse_batch(fields)?;
-        report.counters += (fields.len() / 2) as u64;
+        let key_days = parse_batch(&batch.fields)?;
+        let counters = (batch.fields.len() / 2) as i32;
+        report.counters += counters as u64;
         report.key_days += key_days.len() as u64;
-        if !apply(state, &batch_id, &key_days, (fields.len() / 2) as i32).await? {
+        if !apply(state, &batch.id, &key_days, counters).await? {
             report.already_applied += 1;
         }
         fault::point("sync:after-commit");
         report.batches += 1;
         fault::point("sync:before-delete");
-        let results = state
+        let mut keys = vec![
+            state.keys.metrics_batches_pending(),
+            state.keys.metrics_batch(&batch.id),
+        ];
+        keys.extend(
+            batch
+                .key_ids
+                .iter()
+                .map(|id| state.keys.metrics_pending(*id)),
+        );
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let _: i64 = state
             .upstash
-            .transaction(&[
-                Command::new("DEL").arg(format!("{}mx:batch:{batch_id}", state.keys.prefix())),
-                Command::new("SREM")
-                    .arg(format!("{}mx:pending", state.keys.prefix()))
-                    .arg(&batch_id),
-            ])
+            .eval(&BATCH_DONE, &keys, std::slice::from_ref(&batch.id))
             .await
             .context("deleting an applied batch")?;
-        for result in results {
-            result.context("deleting an applied batch")?;
-        }
     }
     report.statements = state.db.statements() - statements_before;
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// A sync batch: its id, its keys, and its counters as
+/// `<key id>:<day>|<counter>`, value pairs.
+struct Batch {
+    id: String,
+    key_ids: Vec<Uuid>,
+    fields: Vec<Reply>,
+}
+
+/// The next batch to apply: one left pending by a run that died, or else a
+/// new one taken from the first dirty shard that has keys.
+async fn next_batch(state: &AppState) -> anyhow::Result<Option<Batch>> {
+    let keys = &state.keys;
+    let mut reads = vec![Command::new("SMEMBERS").arg(keys.metrics_batches_pending())];
+    reads.extend((0..keys.shards()).map(|shard| {
+        Command::new("SRANDMEMBER")
+            .arg(keys.metrics_dirty(shard))
+            .arg(BATCH_KEYS)
+    }));
+    let mut replies = state
+        .upstash
+        .pipeline(&reads)
+        .await
+        .context("reading the pending batches and the dirty keys")?
+        .into_iter();
+    let pending = texts(
+        replies
+            .next()
+            .context("no reply for the pending batches")??,
+    );
+    if let Some(batch_id) = pending.into_iter().next() {
+        return pending_batch(state, batch_id).await.map(Some);
+    }
+    for (shard, dirty) in (0..keys.shards()).zip(replies) {
+        let ids: Vec<Uuid> = texts(dirty?)
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let batch_id = Uuid::new_v4().to_string();
+        let mut names = vec![
+            keys.metrics_batches_pending(),
+            keys.metrics_batch(&batch_id),
+            keys.metrics_dirty(shard),
+        ];
+        for id in &ids {
+            names.extend([
+                keys.metrics(*id),
+                keys.metrics_pending(*id),
+                keys.analytics_version(*id),
+            ]);
+        }
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut args = vec![batch_id.clone()];
+        args.extend(ids.iter().map(Uuid::to_string));
+        let fields: Vec<Reply> = state
+            .upstash
+            .eval(&SNAPSHOT, &names, &args)
+            .await
+            .context("snapshotting dirty counters")?;
+        if !fields.is_empty() {
+            let key_ids = fields
+                .chunks(2)
+                .filter_map(|pair| pair[0].as_str()?.split_once(':'))
+                .filter_map(|(id, _)| Uuid::parse_str(id).ok())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            return Ok(Some(Batch {
+                id: batch_id,
+                key_ids,
+                fields,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads back a batch a run left pending: its keys, then their shares.
+async fn pending_batch(state: &AppState, batch_id: String) -> anyhow::Result<Batch> {
+    let keys = &state.keys;
+    let members: Vec<String> = state
+        .upstash
+        .command(&Command::new("SMEMBERS").arg(keys.metrics_batch(&batch_id)))
+        .await
+        .context("reading a pending batch's keys")?;
+    let key_ids: Vec<Uuid> = members
+        .iter()
+        .filter_map(|id| Uuid::parse_str(id).ok())
+        .collect();
+    let reads: Vec<Command> = key_ids
+        .iter()
+        .map(|id| Command::new("HGETALL").arg(keys.metrics_pending(*id)))
+        .collect();
+    let prefix = format!("{batch_id}|");
+    let mut fields = vec![];
+    for (id, reply) in key_ids.iter().zip(
+        state
+            .upstash
+            .pipeline(&reads)
+            .await
+            .context("reading a pending batch")?,
+    ) {
+        for pair in texts(reply?).chunks(2) {
+            if let [name, value] = pair {
+                if let Some(field) = name.strip_prefix(&prefix) {
+                    fields.push(Reply::Bulk(format!("{id}:{field}").into()));
+                    fields.push(Reply::Bulk(value.clone().into()));
+                }
+            }
+        }
+    }
+    Ok(Batch {
+        id: batch_id,
+        key_ids,
+        fields,
+    })
+}
+
+/// The strings of an array reply; anything else is none.
+fn texts(reply: Reply) -> Vec<String> {
+    match reply {
+        Reply::Array(items) => items
+            .iter()
+            .filter_map(|item| item.as_str().map(str::to_owned))
+            .collect(),
+        _ => vec![],
+    }
 }
 
 /// Groups the batch's `<key id>:<day>|<counter>` fields by key and day.

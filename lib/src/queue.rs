@@ -1,4 +1,6 @@
-//! The event queue in Redis: a stream read through one consumer group.
+//! The event queue in Redis: streams read through one consumer group, one
+//! per shard (`TOLLGATE_REDIS_SHARDS`); each request appends to a shard it
+//! draws at random, so that no stream is written by every request.
 //!
 //! The admission script appends entries: one per collect request (`t` =
 //! `ev`: its key id, visitor id, event count and events as JSON), one per
@@ -28,10 +30,12 @@ pub static QUEUE_STATUS: Script =
 /// One claimed queue entry, as the admission script wrote it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    /// The stream id, e.g. `1732222222222-0`; its first part is the enqueue time in ms.
+    /// The shard whose stream holds it.
+    pub shard: u16,
+    /// The stream id, e.g. `1732222222222-0`; its first part is the enqueue
+    /// time in ms. Unique within its shard.
     pub id: String,
-    /// `ev` (events), `req` (request log) or `up` (upload log).
-    pub kind: String,
+    pub kind: EntryKind,
     pub key_id: Option<String>,
     pub visitor_id: Option<String>,
     /// How many events the entry holds.
@@ -40,6 +44,30 @@ pub struct Entry {
     pub events: Bytes,
     /// How many times the entry has been delivered, this time included.
     pub deliveries: i64,
+}
+
+/// What a queue entry holds, by its `t` field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// `ev`: a collect request's events.
+    Events,
+    /// `req`: the request log of a metered request.
+    Request,
+    /// `up`: the upload log of a presigned upload.
+    Upload,
+    /// Anything else: the drain dead-letters it.
+    Unknown(String),
+}
+
+impl EntryKind {
+    fn parse(t: &[u8]) -> Self {
+        match t {
+            b"ev" => Self::Events,
+            b"req" => Self::Request,
+            b"up" => Self::Upload,
+            other => Self::Unknown(String::from_utf8_lossy(other).into_owned()),
+        }
+    }
 }
 
 /// A claimed batch.
@@ -51,7 +79,9 @@ pub struct Claim {
 }
 
 /// Claims entries holding about `target_events` events (whole entries, so
-/// possibly a few more), at most `max_entries` of them.
+/// possibly a few more), at most `max_entries` of them, from every shard at
+/// once: one script call per shard, so that a claim holds one shard's lock
+/// at a time, never the whole queue's.
 pub async fn claim(
     upstash: &Upstash,
     keys: &RedisKeys,
@@ -60,10 +90,37 @@ pub async fn claim(
     target_events: u64,
     max_entries: u64,
 ) -> Result<Claim, UpstashError> {
+    let shards = u64::from(keys.shards());
+    let (target, max) = (
+        target_events.div_ceil(shards).max(1),
+        max_entries.div_ceil(shards).max(1),
+    );
+    let claims = futures::future::try_join_all(
+        (0..keys.shards())
+            .map(|shard| claim_shard(upstash, keys, shard, consumer, visibility, target, max)),
+    )
+    .await?;
+    let mut claim = Claim::default();
+    for shard in claims {
+        claim.reclaimed += shard.reclaimed;
+        claim.entries.extend(shard.entries);
+    }
+    Ok(claim)
+}
+
+async fn claim_shard(
+    upstash: &Upstash,
+    keys: &RedisKeys,
+    shard: u16,
+    consumer: &str,
+    visibility: Duration,
+    target_events: u64,
+    max_entries: u64,
+) -> Result<Claim, UpstashError> {
     let reply: Reply = upstash
         .eval(
             &CLAIM,
-            &[&keys.event_queue()],
+            &[&keys.event_queue(shard)],
             &[
                 DRAIN_GROUP.to_owned(),
                 consumer.to_owned(),
@@ -84,7 +141,7 @@ pub async fn claim(
     };
     let entries = raw_entries
         .into_iter()
-        .map(parse_entry)
+        .map(|entry| parse_entry(shard, entry))
         .collect::<Result<_, _>>()?;
     Ok(Claim {
         reclaimed: reclaimed as u64,
@@ -92,7 +149,7 @@ pub async fn claim(
     })
 }
 
-fn parse_entry(reply: Reply) -> Result<Entry, UpstashError> {
+fn parse_entry(shard: u16, reply: Reply) -> Result<Entry, UpstashError> {
     let Reply::Array(parts) = reply else {
         return Err(shape("entry", &reply));
     };
@@ -105,8 +162,9 @@ fn parse_entry(reply: Reply) -> Result<Entry, UpstashError> {
         ));
     };
     let mut entry = Entry {
+        shard,
         id: String::from_utf8_lossy(&id).into_owned(),
-        kind: "ev".to_owned(),
+        kind: EntryKind::Events,
         key_id: None,
         visitor_id: None,
         count: 0,
@@ -116,7 +174,7 @@ fn parse_entry(reply: Reply) -> Result<Entry, UpstashError> {
     let mut fields = fields.into_iter();
     while let (Some(Reply::Bulk(name)), Some(Reply::Bulk(value))) = (fields.next(), fields.next()) {
         match name.as_ref() {
-            b"t" => entry.kind = String::from_utf8_lossy(&value).into_owned(),
+            b"t" => entry.kind = EntryKind::parse(&value),
             b"k" => entry.key_id = Some(String::from_utf8_lossy(&value).into_owned()),
             b"v" => entry.visitor_id = Some(String::from_utf8_lossy(&value).into_owned()),
             b"n" => {
@@ -132,25 +190,28 @@ fn parse_entry(reply: Reply) -> Result<Entry, UpstashError> {
     Ok(entry)
 }
 
-/// Acknowledges committed entries and deletes them from the stream.
+/// Acknowledges committed entries and deletes them from their streams, one
+/// script call per shard.
 pub async fn ack(
     upstash: &Upstash,
     keys: &RedisKeys,
     entries: &[Entry],
 ) -> Result<u64, UpstashError> {
-    if entries.is_empty() {
-        return Ok(0);
-    }
-    let mut args = Vec::with_capacity(1 + entries.len() * 2);
-    args.push(DRAIN_GROUP.to_owned());
+    let mut by_shard: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
     for entry in entries {
+        let args = by_shard
+            .entry(entry.shard)
+            .or_insert_with(|| vec![DRAIN_GROUP.to_owned()]);
         args.push(entry.id.clone());
         args.push(entry.count.to_string());
     }
-    let acked: i64 = upstash
-        .eval(&ACK, &[&keys.event_queue(), &keys.event_stats()], &args)
-        .await?;
-    Ok(acked.max(0) as u64)
+    let acked = futures::future::try_join_all(by_shard.iter().map(|(shard, args)| async move {
+        let queue = keys.event_queue(*shard);
+        let stats = keys.shard_stats(*shard);
+        upstash.eval::<i64>(&ACK, &[&queue, &stats], args).await
+    }))
+    .await?;
+    Ok(acked.into_iter().map(|n| n.max(0) as u64).sum())
 }
 
 /// Takes the drain lock for `ttl` if no one holds it.
@@ -181,7 +242,7 @@ pub async fn unlock(upstash: &Upstash, keys: &RedisKeys, token: &str) -> Result<
     Ok(())
 }
 
-/// What Redis knows about the queue.
+/// What Redis knows about the queue, over every shard.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct QueueState {
     /// Entries (collect requests) not yet claimed by a drain.
@@ -194,20 +255,64 @@ pub struct QueueState {
     pub oldest_queued_ms: Option<i64>,
     /// Enqueue time of the oldest in-flight entry.
     pub oldest_pending_ms: Option<i64>,
-    /// The stats hash: queued_events, bots_dropped, last_drain_*.
+    /// The shards' counters summed (queued_events, bots_dropped) and the
+    /// last drain's statistics (last_drain_*).
     pub stats: Vec<(String, String)>,
 }
 
-/// Reads the queue's state in one round trip.
+/// Reads the queue's state: one script call per shard and one read of the
+/// drain's statistics, all at once.
 pub async fn state(
     upstash: &Upstash,
     keys: &RedisKeys,
     visibility: Duration,
 ) -> Result<QueueState, UpstashError> {
+    let shards = futures::future::try_join_all(
+        (0..keys.shards()).map(|shard| shard_state(upstash, keys, shard, visibility)),
+    );
+    let read_drain = crate::upstash::Command::new("HGETALL").arg(keys.event_stats());
+    let drain = upstash.command::<Vec<String>>(&read_drain);
+    let (shards, drain) = futures::future::try_join(shards, drain).await?;
+    let mut total = QueueState::default();
+    let mut counters: std::collections::BTreeMap<String, i64> = Default::default();
+    for shard in shards {
+        total.queued_entries += shard.queued_entries;
+        total.pending_entries += shard.pending_entries;
+        total.expired_entries += shard.expired_entries;
+        total.oldest_queued_ms = earliest(total.oldest_queued_ms, shard.oldest_queued_ms);
+        total.oldest_pending_ms = earliest(total.oldest_pending_ms, shard.oldest_pending_ms);
+        for (name, value) in shard.stats {
+            *counters.entry(name).or_default() += value.parse::<i64>().unwrap_or(0);
+        }
+    }
+    total.stats = counters
+        .into_iter()
+        .map(|(name, n)| (name, n.max(0).to_string()))
+        .chain(drain.chunks(2).filter_map(|pair| match pair {
+            [name, value] => Some((name.clone(), value.clone())),
+            _ => None,
+        }))
+        .collect();
+    Ok(total)
+}
+
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+async fn shard_state(
+    upstash: &Upstash,
+    keys: &RedisKeys,
+    shard: u16,
+    visibility: Duration,
+) -> Result<QueueState, UpstashError> {
     let reply: Reply = upstash
-        .eval(
+        .eval_read_only(
             &QUEUE_STATUS,
-            &[&keys.event_queue(), &keys.event_stats()],
+            &[&keys.event_queue(shard), &keys.shard_stats(shard)],
             &[DRAIN_GROUP.to_owned(), visibility.as_millis().to_string()],
         )
         .await?;

@@ -9,6 +9,7 @@ use std::sync::{
 use anyhow::Context;
 
 use crate::{
+    apikeys::KeyIds,
     clock::{Clock, SystemClock},
     config::Config,
     db::Db,
@@ -25,6 +26,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Names of the Redis keys, under the configured prefix.
     pub keys: RedisKeys,
+    /// The key id of each presented key this instance has seen.
+    pub key_ids: Arc<KeyIds>,
     /// Added to Redis's clock by the admission script: zero in production;
     /// tests move it to walk through time-based behaviour (bans, windows).
     redis_time_offset_ms: Arc<AtomicI64>,
@@ -36,7 +39,8 @@ impl AppState {
         let upstash = Upstash::new(&config.upstash).context("building the Upstash client")?;
         let db = Db::connect_lazy(&config.database)?;
         Ok(Self {
-            keys: RedisKeys::new(&config.key_prefix),
+            keys: RedisKeys::new(&config.key_prefix, config.redis_shards),
+            key_ids: Arc::default(),
             config: Arc::new(config),
             upstash: Arc::new(upstash),
             db,

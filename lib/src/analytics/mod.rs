@@ -11,8 +11,8 @@
 //! caches the result for [`CACHE_TTL`].
 //!
 //! Invalidation is by version: the sync's snapshot bumps the key's version,
-//! which is part of the cache key, so no list of cache keys is kept or
-//! deleted. The version also guards the sum against a race: if a snapshot
+//! and a cached result counts only under the version it was computed under,
+//! so no list of cache keys is kept or deleted. The version also guards the sum against a race: if a snapshot
 //! moved counters between the Redis read and the Postgres read, Postgres
 //! may already show counters that the Redis read also returned, so a result
 //! computed under a version that has since moved is recomputed, not served.
@@ -83,6 +83,8 @@ pub struct Answer {
 /// What `analytics.lua` found.
 enum Lookup {
     KeyNotCached,
+    /// The cache entry is another key id's than the one the keys were named after.
+    Rekey(Uuid),
     Refused(ApiError),
     Hit(Bytes),
     Miss(Miss),
@@ -101,10 +103,19 @@ struct Miss {
 
 /// Reads a view for the key presented, from the cache or freshly computed.
 pub async fn read(state: &AppState, key: &PresentedKey, query: &Query) -> Result<Answer, ApiError> {
+    let mut key_id = match crate::admission::resolve(state, key).await {
+        Ok(crate::admission::Resolved::Id(id)) => id,
+        Ok(crate::admission::Resolved::Refused(error)) => return Err(error),
+        Err(error) => {
+            tracing::warn!(error = ?error, "analytics could not reach Upstash; reading Postgres alone");
+            return bypass(state, key, query).await;
+        }
+    };
     let mut refreshed = false;
+    let mut rekeyed = false;
     let mut attempt = 0;
     loop {
-        let lookup = match lookup(state, key, query).await {
+        let lookup = match lookup(state, key, key_id, query).await {
             Ok(lookup) => lookup,
             Err(error) => {
                 tracing::warn!(error = ?error, "analytics could not reach Upstash; reading Postgres alone");
@@ -119,6 +130,12 @@ pub async fn read(state: &AppState, key: &PresentedKey, query: &Query) -> Result
                 })
             }
             Lookup::Refused(error) => return Err(error),
+            Lookup::Rekey(id) if !rekeyed => {
+                rekeyed = true;
+                state.key_ids.remember(&key.cache_id(), id);
+                key_id = id;
+                continue;
+            }
             Lookup::KeyNotCached if !refreshed => {
                 refreshed = true;
                 apikeys::refresh_cache(
@@ -132,11 +149,10 @@ pub async fn read(state: &AppState, key: &PresentedKey, query: &Query) -> Result
                 .map_err(unavailable)?;
                 continue;
             }
-            Lookup::KeyNotCached => {
-                return Err(anyhow::anyhow!(
-                    "the key cache entry vanished right after it was written"
+            Lookup::KeyNotCached | Lookup::Rekey(_) => {
+                return Err(
+                    anyhow::anyhow!("the key cache entry changed under the read twice").into(),
                 )
-                .into())
             }
             Lookup::Miss(miss) => miss,
         };
@@ -146,12 +162,12 @@ pub async fn read(state: &AppState, key: &PresentedKey, query: &Query) -> Result
             .upstash
             .eval(
                 &STORE,
-                &[],
                 &[
-                    state.keys.prefix().to_owned(),
-                    miss.key_id.to_string(),
+                    &state.keys.analytics_version(miss.key_id),
+                    &state.keys.analytics_cache(miss.key_id, &query.cache_id()),
+                ],
+                &[
                     miss.version.clone(),
-                    query.cache_id(),
                     String::from_utf8_lossy(&body).into_owned(),
                     CACHE_TTL.as_secs().to_string(),
                 ],
@@ -180,51 +196,92 @@ pub async fn read(state: &AppState, key: &PresentedKey, query: &Query) -> Result
     }
 }
 
-async fn lookup(state: &AppState, key: &PresentedKey, query: &Query) -> anyhow::Result<Lookup> {
+async fn lookup(
+    state: &AppState,
+    key: &PresentedKey,
+    key_id: Uuid,
+    query: &Query,
+) -> anyhow::Result<Lookup> {
+    let keys = &state.keys;
+    let names = [
+        keys.key_cache(&key.cache_id()),
+        keys.analytics_version(key_id),
+        keys.analytics_cache(key_id, &query.cache_id()),
+        keys.metrics(key_id),
+        keys.metrics_pending(key_id),
+    ];
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let reads_counters = if query.view().reads_counters() {
+        "1"
+    } else {
+        "0"
+    };
     let reply: Vec<Reply> = state
         .upstash
-        .eval(
+        .eval_read_only(
             &ANALYTICS,
-            &[&state.keys.key_cache(&key.cache_id())],
-            &[
-                state.keys.prefix().to_owned(),
-                query.cache_id(),
-                if query.view().reads_counters() {
-                    "1"
-                } else {
-                    "0"
-                }
-                .to_owned(),
-            ],
+            &names,
+            &[key_id.to_string(), reads_counters.to_owned()],
         )
         .await
         .context("running analytics.lua")?;
-    let verdict = reply.first().and_then(Reply::as_str).unwrap_or_default();
-    Ok(match (verdict, reply.as_slice()) {
+    let code = reply.first().and_then(Reply::as_str).unwrap_or_default();
+    Ok(match (code, reply.as_slice()) {
         ("miss_key", _) => Lookup::KeyNotCached,
         ("invalid_key", _) => Lookup::Refused(invalid_key()),
         ("revoked_key", _) => Lookup::Refused(revoked_key()),
         ("wrong_kind", _) => Lookup::Refused(needs_secret_key()),
+        ("rekey", [_, id]) => Lookup::Rekey(
+            Uuid::parse_str(id.as_str().unwrap_or_default())
+                .context("the key id of analytics.lua")?,
+        ),
         ("hit", [_, _, _, Reply::Bulk(body)]) => Lookup::Hit(body.clone()),
         ("miss", [_, id, version, zone, Reply::Array(live), Reply::Array(pending)]) => {
             let text = |reply: &Reply| reply.as_str().unwrap_or_default().to_owned();
-            let pending = pending
-                .chunks(2)
-                .map(|pair| match pair {
-                    [id, Reply::Array(fields)] => Ok((text(id), fields.clone())),
-                    other => anyhow::bail!("a pending batch came back as {other:?}"),
-                })
-                .collect::<anyhow::Result<_>>()?;
+            let key_id = Uuid::parse_str(&text(id)).context("the key id of analytics.lua")?;
             Lookup::Miss(Miss {
-                key_id: Uuid::parse_str(&text(id)).context("the key id of analytics.lua")?,
+                key_id,
                 version: text(version),
                 timezone: zone.as_str().unwrap_or("UTC").to_owned(),
-                live: live.clone(),
-                pending,
+                live: batch_fields(key_id, live),
+                pending: pending_batches(key_id, pending)?,
             })
         }
         _ => anyhow::bail!("analytics.lua answered {reply:?}"),
     })
+}
+
+/// Counter fields (`<day>|<counter>`, value) in the sync batch format
+/// (`<key id>:<day>|<counter>`, value).
+fn batch_fields(key_id: Uuid, fields: &[Reply]) -> Vec<Reply> {
+    fields
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [name, value] => Some([
+                Reply::Bulk(format!("{key_id}:{}", name.as_str()?).into()),
+                value.clone(),
+            ]),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// The key's shares of pending batches (`<batch id>|<day>|<counter>`,
+/// value), grouped by batch, in the sync batch format.
+fn pending_batches(key_id: Uuid, fields: &[Reply]) -> anyhow::Result<Vec<(String, Vec<Reply>)>> {
+    let mut batches: std::collections::BTreeMap<String, Vec<Reply>> = Default::default();
+    for pair in fields.chunks(2) {
+        let [name, value] = pair else { continue };
+        let (batch, field) = name
+            .as_str()
+            .and_then(|name| name.split_once('|'))
+            .context("a pending counter has no batch id")?;
+        let fields = batches.entry(batch.to_owned()).or_default();
+        fields.push(Reply::Bulk(format!("{key_id}:{field}").into()));
+        fields.push(value.clone());
+    }
+    Ok(batches.into_iter().collect())
 }
 
 /// Computes a view: its Postgres statement plus the unsynced counters.

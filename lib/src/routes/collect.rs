@@ -179,7 +179,7 @@ async fn accept(
         json: serde_json::to_string(&events).context("encoding the events")?,
         bots: dropped_as_bot,
         ua: submission.user_agent,
-        day: now.format("%Y-%m-%d").to_string(),
+        day: now.date_naive(),
         salt: Uuid::new_v4().simple().to_string(),
     };
     let admission = admission::Request {

@@ -1,8 +1,10 @@
--- ack.lua: acknowledge entries whose events are committed to Postgres, and
--- delete them from the stream so that it does not grow.
+#!lua flags=allow-key-locking
+-- ack.lua: acknowledge entries of one queue shard whose events are
+-- committed to Postgres, and delete them from the stream so that it does
+-- not grow.
 --
--- KEYS[1]  event queue (stream)
--- KEYS[2]  event stats (hash)
+-- KEYS[1]  events:queue:<shard>   the shard's stream
+-- KEYS[2]  events:stats:<shard>   its counters (queued_events goes down)
 -- ARGV[1]  consumer group
 -- ARGV[2..] pairs of entry id and its number of events
 --

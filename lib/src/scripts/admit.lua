@@ -1,3 +1,4 @@
+#!lua flags=allow-key-locking
 -- admit.lua: everything one metered request needs from Redis, in one round
 -- trip: authenticate the key from the key cache, check the origin and the
 -- bans, apply the rate limits (GCRA) and the daily and monthly quotas,
@@ -5,35 +6,62 @@
 -- write-behind metrics, and enqueue the request log and the route's own
 -- payload (collected events, an upload log).
 --
--- Key names are built here from the prefix, because the key id they contain
--- is only known once the cache entry is read.
+-- Every key it touches is in KEYS (Upstash's key locking); the caller names
+-- them from the key id it resolved for the presented key, and the script
+-- checks that the cache entry agrees before it touches any other key.
 --
--- KEYS[1]  the key cache entry of the presented key (JSON, see apikeys.rs)
+-- KEYS[1]   the key cache entry of the presented key (JSON, see apikeys.rs)
+-- KEYS[2]   adm:<request id>        the remembered verdict
+-- KEYS[3]   rl:key:<key id>         the key's limiter
+-- KEYS[4]   q:<key id>              the key's quota use
+-- KEYS[5]   mx:<key id>             the key's unsynced counters
+-- KEYS[6]   ban:key:<key id>
+-- KEYS[7]   viol:key:<key id>
+-- KEYS[8]   banlevel:key:<key id>
+-- KEYS[9]   events:queue:<shard>    the queue shard drawn for this request
+-- KEYS[10]  events:stats:<shard>    its counters: queued_events, bots_dropped
+-- KEYS[11]  mx:dirty:<shard>        its set of keys with unsynced counters
+-- KEYS[12]  salt:<key id>:<utc day> the visitor-id salt
+-- KEYS[13..16] (publishable keys with a client IP only)
+--           rl:ip:<ip>, ban:ip:<ip>, viol:ip:<ip>, banlevel:ip:<ip>
 -- ARGV[1]  the request, as JSON (see admission.rs, `ScriptRequest`); its
---          deadline_ms bounds when the script may act, a counted verdict is
---          remembered under `adm:<request_id>` for memo_ms, and `settle`
---          (a call asked again after a lost reply) only reads that verdict
---          or marks the request as not run
+--          key_id is the id the caller named the keys after, its
+--          deadline_ms bounds when the script may act, a counted verdict
+--          is remembered for memo_ms, and `settle` (a call asked again
+--          after a lost reply) only reads that verdict or marks the request
+--          as not run
 --
 -- Returns {verdict, key_id, limit, remaining, reset_ms, retry_after_ms, detail}:
 --   verdict "ok" | "late" (not run: settled, or past deadline_ms) |
 --   "invalid_key" | "revoked_key" | "origin_not_allowed" |
 --   "banned" | "rate_limited" | "daily_quota_exceeded" |
---   "monthly_quota_exceeded" | "miss" | "reseed_quota" | "reseed_bans";
+--   "monthly_quota_exceeded" | "miss" | "reseed_quota" | "rekey";
 --   limit/remaining/reset_ms describe the per-minute limit;
---   detail is the ban's JSON, "permanent" when this request made a ban
---   permanent, the day and month ids to reseed ("2026-11-21|2026-11"), the
---   provider of an admitted upload, or the size limit an upload broke;
---   uploads may also be refused as "content_type_not_allowed",
---   "file_too_large" or "provider_not_configured" (counted as failed).
+--   detail is the ban's JSON for "banned", "permanent" or "permanent-ip"
+--   when this request made a ban permanent, the day and month to reseed
+--   ("2026-11-21|2026-11") for "reseed_quota", the provider of an admitted
+--   upload, or the size limit an upload broke; "rekey" (nothing done) means
+--   the cache entry belongs to the key id in key_id, not to the one the
+--   keys were named after. Uploads may also be refused as
+--   "content_type_not_allowed", "file_too_large" or
+--   "provider_not_configured" (counted as failed).
 
 local req = cjson.decode(ARGV[1])
-local p = req.prefix
+local cache_key, memo_key, rate_key, quota_key, metrics_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ban_keys = {key = KEYS[6]}
+local viol_keys = {key = KEYS[7]}
+local level_keys = {key = KEYS[8]}
+local queue_key, stats_key, dirty_key, salt_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local ip_rate_key
+if #KEYS >= 16 then
+  ip_rate_key = KEYS[13]
+  ban_keys.ip, viol_keys.ip, level_keys.ip = KEYS[14], KEYS[15], KEYS[16]
+end
+
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + (req.offset_ms or 0)
 -- A request asked again because its first reply was lost gets the verdict
 -- it was counted under, and is not counted again (admission.rs).
-local memo_key = p .. 'adm:' .. req.request_id
 local memo = redis.call('GET', memo_key)
 if memo then return cjson.decode(memo) end
 -- Asked again and not counted yet: mark the request as not run, so that a
@@ -54,12 +82,15 @@ local function counted(reply)
   return reply
 end
 
-local cached = redis.call('GET', KEYS[1])
+local cached = redis.call('GET', cache_key)
 if not cached then return {'miss', '', 0, 0, 0, 0, ''} end
 local key = cjson.decode(cached)
 if key.status == 'unknown' then return {'invalid_key', '', 0, 0, 0, 0, ''} end
-if key.status ~= 'active' then return {'revoked_key', key.id or '', 0, 0, 0, 0, ''} end
 local id = key.id
+-- The other keys were named after the id the caller resolved; a different
+-- one means they belong to another key, so nothing may be touched.
+if id ~= req.key_id then return {'rekey', id or '', 0, 0, 0, 0, ''} end
+if key.status ~= 'active' then return {'revoked_key', id, 0, 0, 0, 0, ''} end
 
 if key.kind == 'pk' and type(key.origins) == 'table' and #key.origins > 0 then
   local allowed = false
@@ -69,11 +100,6 @@ if key.kind == 'pk' and type(key.origins) == 'table' and #key.origins > 0 then
   if not allowed then return {'origin_not_allowed', id, 0, 0, 0, 0, ''} end
 end
 
--- Permanent bans live in Postgres; after a flush Redis must load them first.
-if redis.call('EXISTS', p .. 'bans:loaded') == 0 then
-  return {'reseed_bans', id, 0, 0, 0, 0, ''}
-end
-local public_ip = req.public and req.ip ~= ''
 -- A ban ends at its `until` by the script's clock, as well as by its TTL, so
 -- that tests can move through time without waiting.
 local function ban_of(ban_key)
@@ -87,8 +113,8 @@ local function ban_of(ban_key)
   end
   return ban
 end
-local ban = ban_of(p .. 'ban:key:' .. id)
-if not ban and public_ip then ban = ban_of(p .. 'ban:ip:' .. req.ip) end
+local ban = ban_of(ban_keys.key)
+if not ban and ban_keys.ip then ban = ban_of(ban_keys.ip) end
 
 -- Calendar day and month in the key's time zone (Hinnant's civil_from_days).
 local function civil(ms)
@@ -108,34 +134,32 @@ local offset = (key.tz_offset or 0) * 1000
 local y, m, d = civil(now + offset)
 local day_id = string.format('%04d-%02d-%02d', y, m, d)
 local month_id = string.format('%04d-%02d', y, m)
-local metrics_key = p .. 'mx:' .. id .. ':' .. day_id
 
--- Write-behind metrics: one hash per key and day, found by the sync through
--- the dirty set, never by scanning.
+-- Write-behind metrics: one hash per key, its fields per day, found by the
+-- sync through the shard's dirty set, never by scanning.
 local function count(ok, provider)
-  redis.call('HINCRBY', metrics_key, 'req', 1)
-  redis.call('HINCRBY', metrics_key, ok and 'ok' or 'fail', 1)
-  local last = tonumber(redis.call('HGET', metrics_key, 'last') or '0')
-  if now > last then redis.call('HSET', metrics_key, 'last', now) end
+  local f = day_id .. '|'
+  redis.call('HINCRBY', metrics_key, f .. 'req', 1)
+  redis.call('HINCRBY', metrics_key, f .. (ok and 'ok' or 'fail'), 1)
+  local last = tonumber(redis.call('HGET', metrics_key, f .. 'last') or '0')
+  if now > last then redis.call('HSET', metrics_key, f .. 'last', now) end
   local upload = req.upload
   if ok and upload and provider then
-    redis.call('HINCRBY', metrics_key, 'files', 1)
-    redis.call('HINCRBY', metrics_key, 'bytes', upload.size)
-    local pp = 'p:' .. provider .. ':'
+    redis.call('HINCRBY', metrics_key, f .. 'files', 1)
+    redis.call('HINCRBY', metrics_key, f .. 'bytes', upload.size)
+    local pp = f .. 'p:' .. provider .. ':'
     redis.call('HINCRBY', metrics_key, pp .. 'n', 1)
     redis.call('HINCRBY', metrics_key, pp .. 'b', upload.size)
     redis.call('HSET', metrics_key, pp .. 'last', now)
-    redis.call('HINCRBY', metrics_key, 'ft:' .. upload.content_type, 1)
+    redis.call('HINCRBY', metrics_key, f .. 'ft:' .. upload.content_type, 1)
   end
-  redis.call('SADD', p .. 'mx:dirty', id .. ':' .. day_id)
-  -- The key's own dirty days, so analytics can add what is not synced yet.
-  redis.call('SADD', p .. 'mx:days:' .. id, day_id)
+  redis.call('SADD', dirty_key, id)
 end
 
 local function log(outcome, status)
   local entry = cjson.encode({id = req.request_id, route = req.route, outcome = outcome,
     status = status, latency_ms = req.latency_ms, at = now})
-  redis.call('XADD', p .. 'events:queue', '*', 't', 'req', 'k', id, 'n', 0, 'e', entry)
+  redis.call('XADD', queue_key, '*', 't', 'req', 'k', id, 'n', 0, 'e', entry)
 end
 
 local function refuse(verdict, limit, remaining, reset, retry, detail, status)
@@ -161,32 +185,30 @@ local function gcra(state_key, limit, cost)
   return true, new_tat, 0, math.floor((60000 - (new_tat - now)) / interval), math.ceil(new_tat - now)
 end
 
-local rate_key = p .. 'rl:key:' .. id
 local limit = tonumber(key.limits and key.limits.minute) or 0
 local ok_rate, tat, retry, remaining, reset = true, nil, 0, limit, 0
 if limit > 0 then
   ok_rate, tat, retry, remaining, reset = gcra(rate_key, limit, 1)
 end
-local ip_key, ip_ok, ip_tat, ip_retry = nil, true, nil, 0
-if public_ip and (req.ip_limit or 0) > 0 then
-  ip_key = p .. 'rl:ip:' .. req.ip
+local ip_ok, ip_tat, ip_retry = true, nil, 0
+if ip_rate_key and (req.ip_limit or 0) > 0 then
   local ip_remaining, ip_reset
-  ip_ok, ip_tat, ip_retry, ip_remaining, ip_reset = gcra(ip_key, req.ip_limit, 1)
+  ip_ok, ip_tat, ip_retry, ip_remaining, ip_reset = gcra(ip_rate_key, req.ip_limit, 1)
 end
 
 -- Three violations within ten minutes ban the subject: five minutes, then a
 -- day, then for good (Postgres records permanent bans; the caller writes it).
 local function violate(subject)
-  local viol = p .. 'viol:' .. subject
+  local viol = viol_keys[subject]
   redis.call('ZADD', viol, now, now .. ':' .. req.request_id)
   redis.call('ZREMRANGEBYSCORE', viol, '-inf', now - 600000)
   redis.call('PEXPIRE', viol, 600000)
   if redis.call('ZCARD', viol) < 3 then return '' end
   redis.call('DEL', viol)
-  local level_key = p .. 'banlevel:' .. subject
+  local level_key = level_keys[subject]
   local level = redis.call('INCR', level_key)
   redis.call('PEXPIRE', level_key, 30 * 86400000)
-  local ban_key = p .. 'ban:' .. subject
+  local ban_key = ban_keys[subject]
   if level == 1 then
     redis.call('SET', ban_key, cjson.encode({reason = 'rate limit violations', ['until'] = now + 300000}), 'PX', 300000)
   elseif level == 2 then
@@ -200,9 +222,9 @@ end
 
 if not ok_rate or not ip_ok then
   local detail = ''
-  if not ok_rate then detail = violate('key:' .. id) end
+  if not ok_rate then detail = violate('key') end
   if not ip_ok then
-    local ip_detail = violate('ip:' .. req.ip)
+    local ip_detail = violate('ip')
     if ip_detail ~= '' then detail = 'permanent-ip' end
   end
   return refuse('rate_limited', limit, 0, reset, math.max(retry, ip_retry), detail, 429)
@@ -235,38 +257,52 @@ if req.upload then
 end
 local valid = req.valid and not upload_error
 
--- Quotas count admitted, valid requests. A missing counter is either a new
--- period or a lost one: the caller reseeds it from Postgres (plus what the
--- unsynced metrics hold) and calls again.
+-- Quotas count admitted, valid requests, in the key's day and month. A
+-- period the hash does not hold is a new one, or a lost one: the caller
+-- reseeds it from Postgres (plus the unsynced counters, added here) and
+-- calls again.
 local cost = valid and 1 or 0
-local day_key = p .. 'q:d:' .. id .. ':' .. day_id
-local month_key = p .. 'q:m:' .. id .. ':' .. month_id
 local day_limit = tonumber(key.limits and key.limits.day)
 local month_limit = tonumber(key.limits and key.limits.month)
+local quota_ttl = 32 * 86400000
 if req.reseed then
-  local unsynced = tonumber(redis.call('HGET', metrics_key, 'ok') or '0')
-  if day_limit then redis.call('SET', day_key, req.reseed.day + unsynced, 'NX', 'PX', 2 * 86400000) end
-  if month_limit then redis.call('SET', month_key, req.reseed.month + unsynced, 'NX', 'PX', 32 * 86400000) end
+  local unsynced_day, unsynced_month = 0, 0
+  local fields = redis.call('HGETALL', metrics_key)
+  for i = 1, #fields, 2 do
+    local field_day = string.match(fields[i], '^(%d+%-%d+%-%d+)|ok$')
+    if field_day then
+      local n = tonumber(fields[i + 1]) or 0
+      if field_day == day_id then unsynced_day = unsynced_day + n end
+      if string.sub(field_day, 1, 7) == month_id then unsynced_month = unsynced_month + n end
+    end
+  end
+  if day_limit and redis.call('HGET', quota_key, 'd') ~= day_id then
+    redis.call('HSET', quota_key, 'd', day_id, 'du', req.reseed.day + unsynced_day)
+  end
+  if month_limit and redis.call('HGET', quota_key, 'm') ~= month_id then
+    redis.call('HSET', quota_key, 'm', month_id, 'mu', req.reseed.month + unsynced_month)
+  end
+  redis.call('PEXPIRE', quota_key, quota_ttl)
 end
-local used_day = redis.call('GET', day_key)
-local used_month = redis.call('GET', month_key)
-if (day_limit and not used_day) or (month_limit and not used_month) then
+local quota = redis.call('HMGET', quota_key, 'd', 'du', 'm', 'mu')
+if (day_limit and quota[1] ~= day_id) or (month_limit and quota[3] ~= month_id) then
   return {'reseed_quota', id, 0, 0, 0, 0, day_id .. '|' .. month_id}
 end
-if day_limit and tonumber(used_day) + cost > day_limit then
+if day_limit and tonumber(quota[2]) + cost > day_limit then
   local day_end = (math.floor((now + offset) / 86400000) + 1) * 86400000 - offset
   return refuse('daily_quota_exceeded', limit, remaining, reset, day_end - now, '', 429)
 end
-if month_limit and tonumber(used_month) + cost > month_limit then
+if month_limit and tonumber(quota[4]) + cost > month_limit then
   return refuse('monthly_quota_exceeded', limit, remaining, reset, 0, '', 429)
 end
 
 -- Admitted: commit the limiter state and the quota use.
 if tat then redis.call('SET', rate_key, tat, 'PX', math.max(1, math.ceil(tat - now))) end
-if ip_key and ip_tat then redis.call('SET', ip_key, ip_tat, 'PX', math.max(1, math.ceil(ip_tat - now))) end
+if ip_tat then redis.call('SET', ip_rate_key, ip_tat, 'PX', math.max(1, math.ceil(ip_tat - now))) end
 if cost > 0 then
-  if day_limit then redis.call('INCRBY', day_key, cost) end
-  if month_limit then redis.call('INCRBY', month_key, cost) end
+  if day_limit then redis.call('HINCRBY', quota_key, 'du', cost) end
+  if month_limit then redis.call('HINCRBY', quota_key, 'mu', cost) end
+  if day_limit or month_limit then redis.call('PEXPIRE', quota_key, quota_ttl) end
 end
 
 count(valid, provider)
@@ -277,21 +313,21 @@ if upload_error then
 end
 
 local events = req.events
+local bots = (events and events.bots) or 0
 if valid and events and events.n > 0 then
-  local salt_key = p .. 'salt:' .. events.day
   redis.call('SET', salt_key, events.salt, 'NX', 'EX', 172800)
   local salt = redis.call('GET', salt_key)
   local visitor = redis.sha1hex(salt .. '|' .. req.ip .. '|' .. events.ua .. '|' .. id)
-  redis.call('XADD', p .. 'events:queue', '*', 't', 'ev', 'k', id, 'v', visitor, 'n', events.n, 'e', events.json)
-  redis.call('HINCRBY', p .. 'events:stats', 'queued_events', events.n)
+  redis.call('XADD', queue_key, '*', 't', 'ev', 'k', id, 'v', visitor, 'n', events.n, 'e', events.json)
+  redis.call('HINCRBY', stats_key, 'queued_events', events.n)
 end
-if (events and events.bots or 0) > 0 then
-  redis.call('HINCRBY', p .. 'events:stats', 'bots_dropped', events.bots)
+if bots > 0 then
+  redis.call('HINCRBY', stats_key, 'bots_dropped', bots)
 end
 if valid and req.upload then
   local u = req.upload
   local entry = cjson.encode({id = u.id, provider = provider, object_key = id .. '/' .. u.suffix,
     filename = u.filename, content_type = u.content_type, size_bytes = u.size, created_at = u.created_at})
-  redis.call('XADD', p .. 'events:queue', '*', 't', 'up', 'k', id, 'n', 0, 'e', entry)
+  redis.call('XADD', queue_key, '*', 't', 'up', 'k', id, 'n', 0, 'e', entry)
 end
 return counted({'ok', id, limit, remaining, reset, 0, provider or ''})

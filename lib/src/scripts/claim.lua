@@ -1,11 +1,14 @@
--- claim.lua: claim a batch of queued collect requests for one drain run.
+#!lua flags=allow-key-locking
+-- claim.lua: claim a batch of queued requests from one shard of the event
+-- queue, for one drain run.
 --
--- The queue is a stream read through one consumer group. Reading an entry
--- moves it into the group's pending list, the in-flight area, where it stays
--- until acknowledged after its Postgres commit. An entry left pending longer
--- than the visibility timeout belongs to a run that died, and is reclaimed.
+-- Each shard is a stream read through one consumer group. Reading an entry
+-- moves it into the group's pending list, the in-flight area, where it
+-- stays until acknowledged after its Postgres commit. An entry left pending
+-- longer than the visibility timeout belongs to a run that died, and is
+-- reclaimed.
 --
--- KEYS[1]  event queue (stream)
+-- KEYS[1]  events:queue:<shard>   the shard's stream
 -- ARGV[1]  consumer group
 -- ARGV[2]  consumer (this run)
 -- ARGV[3]  visibility timeout, ms

@@ -1,7 +1,9 @@
--- queue_status.lua: everything queue-status reports from Redis, in one call.
+#!lua flags=allow-key-locking,no-writes
+-- queue_status.lua: everything queue-status reports of one queue shard, in
+-- one read-only call (queue.rs adds the shards up).
 --
--- KEYS[1]  event queue (stream)
--- KEYS[2]  event stats (hash)
+-- KEYS[1]  events:queue:<shard>   the shard's stream
+-- KEYS[2]  events:stats:<shard>   its counters
 -- ARGV[1]  consumer group
 -- ARGV[2]  visibility timeout, ms
 --

@@ -1,45 +1,52 @@
--- snapshot.lua: take the dirty metrics into a sync batch, atomically.
+#!lua flags=allow-key-locking
+-- snapshot.lua: take the unsynced counters of some keys into a new sync
+-- batch, atomically.
 --
--- Each admitted or refused request increments the hash `mx:<key id>:<day>`
--- and adds `<key id>:<day>` to the set `mx:dirty`. This script moves up to
--- ARGV[3] dirty hashes into one batch hash (`mx:batch:<id>`, fields
--- `<key id>:<day>|<counter>`) and deletes them, so increments that arrive
+-- Each counted request increments the key's hash `mx:<key id>` (fields
+-- `<day>|<counter>`) and adds the key id to its shard's dirty set. This
+-- script moves the listed keys' hashes into their `mx:pend:<key id>`
+-- hashes under the batch id (fields `<batch id>|<day>|<counter>`), deletes
+-- them, and takes the ids out of the dirty set, so increments that arrive
 -- afterwards start fresh hashes and are never lost or counted twice. It
--- also takes the day out of the key's `mx:days:<key id>` set and bumps the
--- key's analytics version `an:ver:<key id>` (see analytics.lua). The
--- batch is recorded in `mx:pending` until its Postgres commit is confirmed;
--- a batch still pending (its run died) is returned again instead of a new one.
+-- bumps each key's analytics version `an:ver:<key id>` (see analytics.lua),
+-- records the batch's keys in `mx:batch:<batch id>` and the batch in
+-- `mx:pending` until its Postgres commit is confirmed (batch_done.lua).
 --
--- ARGV[1]  key prefix
--- ARGV[2]  id for a new batch
--- ARGV[3]  most dirty hashes per batch
+-- KEYS[1]  mx:pending
+-- KEYS[2]  mx:batch:<batch id>
+-- KEYS[3]  mx:dirty:<shard>       the dirty set the ids were read from
+-- KEYS[4..] for each key id in ARGV, in order: mx:<key id>,
+--          mx:pend:<key id>, an:ver:<key id>
+-- ARGV[1]  the batch id
+-- ARGV[2..] the key ids
 --
--- Returns {batch_id, fields} with fields as HGETALL gives them, or {"", {}}
--- when there is nothing to sync.
+-- Returns the batch's counters as a flat list of `<key id>:<day>|<counter>`
+-- and value, empty when the keys had none.
 
-local p = ARGV[1]
-local pending_key = p .. 'mx:pending'
-local batch_id = redis.call('SRANDMEMBER', pending_key)
-if not batch_id then
-  local members = redis.call('SPOP', p .. 'mx:dirty', ARGV[3])
-  if #members == 0 then return {'', {}} end
-  batch_id = ARGV[2]
-  local batch_key = p .. 'mx:batch:' .. batch_id
-  for _, member in ipairs(members) do
-    local source = p .. 'mx:' .. member
-    local fields = redis.call('HGETALL', source)
-    for i = 1, #fields, 2 do
-      redis.call('HSET', batch_key, member .. '|' .. fields[i], fields[i + 1])
+local pending_key, batch_key, dirty_key = KEYS[1], KEYS[2], KEYS[3]
+local batch_id = ARGV[1]
+local out = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local base = 4 + (i - 2) * 3
+  local live_key, pend_key, version_key = KEYS[base], KEYS[base + 1], KEYS[base + 2]
+  local fields = redis.call('HGETALL', live_key)
+  if #fields > 0 then
+    for j = 1, #fields, 2 do
+      redis.call('HSET', pend_key, batch_id .. '|' .. fields[j], fields[j + 1])
+      out[#out + 1] = id .. ':' .. fields[j]
+      out[#out + 1] = fields[j + 1]
     end
-    redis.call('DEL', source)
-    local id, day = string.match(member, '^(.*):([^:]+)$')
-    redis.call('SREM', p .. 'mx:days:' .. id, day)
+    redis.call('DEL', live_key)
+    redis.call('SADD', batch_key, id)
     -- Cached analytics of the key were computed from counters that just
     -- moved; a new version retires them (see analytics.lua).
-    local version = p .. 'an:ver:' .. id
-    redis.call('INCR', version)
-    redis.call('EXPIRE', version, 604800)
+    redis.call('INCR', version_key)
+    redis.call('EXPIRE', version_key, 604800)
   end
+  redis.call('SREM', dirty_key, id)
+end
+if #out > 0 then
   redis.call('SADD', pending_key, batch_id)
 end
-return {batch_id, redis.call('HGETALL', p .. 'mx:batch:' .. batch_id)}
+return out

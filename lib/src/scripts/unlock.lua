@@ -1,3 +1,4 @@
+#!lua flags=allow-key-locking
 -- unlock.lua: release a lock only if this holder still owns it.
 --
 -- KEYS[1]  the lock

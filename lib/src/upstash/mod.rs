@@ -230,14 +230,39 @@ impl Upstash {
         keys: &[&str],
         args: &[String],
     ) -> Result<T, UpstashError> {
+        self.eval_as(("EVALSHA", "EVAL"), script, keys, args).await
+    }
+
+    /// Runs a read-only script (flagged `no-writes`) with `EVALSHA_RO`,
+    /// which a read replica may answer.
+    pub async fn eval_read_only<T: FromReply>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<T, UpstashError> {
+        self.eval_as(("EVALSHA_RO", "EVAL_RO"), script, keys, args)
+            .await
+    }
+
+    async fn eval_as<T: FromReply>(
+        &self,
+        (by_sha, by_source): (&str, &str),
+        script: &Script,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<T, UpstashError> {
         let with = |command: Command| command.arg(keys.len()).args(keys.iter()).args(args.iter());
         match self
-            .command(&with(Command::new("EVALSHA").arg(script.sha1())))
+            .command(&with(Command::new(by_sha).arg(script.sha1())))
             .await
         {
             Err(err) if err.is_noscript() => {
-                tracing::debug!(script = script.name(), "script not cached; sending EVAL");
-                self.command(&with(Command::new("EVAL").arg(script.source())))
+                tracing::debug!(
+                    script = script.name(),
+                    "script not cached; sending the source"
+                );
+                self.command(&with(Command::new(by_source).arg(script.source())))
                     .await
             }
             other => other,
