@@ -61,8 +61,10 @@ service_env=$(services start)
 eval "$service_env"
 export REDIS_URL DATABASE_URL
 
-# The bare local Upstash server: the baseline of one Upstash hop.
-"$tollgate" upstash-local --port $upstash_port --token "$token" --redis-url "$REDIS_URL" >"$work/upstash.log" 2>&1 &
+# The bare local Upstash server: the baseline of one Upstash hop. Strict,
+# as Upstash is: only scripts flagged `allow-key-locking` run, and only on
+# the keys they declare (the @upstash/ratelimit peer's scripts are).
+"$tollgate" upstash-local --port $upstash_port --token "$token" --redis-url "$REDIS_URL" --strict >"$work/upstash.log" 2>&1 &
 pids+=($!)
 # The whole app, as `make dev` runs it, without its crons, with an S3
 # provider configured (signing is local work; nothing is uploaded).
@@ -91,11 +93,15 @@ import json, sys
 work, event = sys.argv[1], json.loads(sys.argv[2])
 json.dump([event] * 50, open(f"{work}/batch.json", "w"))
 json.dump(["LPUSH", "bench:baseline", json.dumps(event)], open(f"{work}/lpush.json", "w"))
-# SHA-1 of `return 1`, loaded below: the trivial script of the baseline.
-json.dump(["EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", "0"], open(f"{work}/evalsha.json", "w"))
+# The trivial script of the baseline, loaded below, flagged as Upstash
+# wants every script (and as our strict server requires).
+import hashlib
+null_script = "#!lua flags=allow-key-locking\nreturn 1"
+json.dump(["SCRIPT", "LOAD", null_script], open(f"{work}/load.json", "w"))
+json.dump(["EVALSHA", hashlib.sha1(null_script.encode()).hexdigest(), "0"], open(f"{work}/evalsha.json", "w"))
 json.dump({"filename": "photo.png", "content_type": "image/png", "size": 48213}, open(f"{work}/upload.json", "w"))
 PY
-curl -sf "http://127.0.0.1:$upstash_port/" -H "Authorization: Bearer $token" -d '["SCRIPT","LOAD","return 1"]' >/dev/null
+curl -sf "http://127.0.0.1:$upstash_port/" -H "Authorization: Bearer $token" -d @"$work/load.json" >/dev/null
 
 # Requests per second of one wrk run: load_rps NAME URL BODY TOKEN
 load_rps() {
@@ -111,11 +117,14 @@ load_rps() {
   sed -n 's/^Requests\/sec: *//p' "$out"
 }
 
-echo "==> collect vs bare LPUSH (${seconds}s each)"
+echo "==> collect vs bare LPUSH and the null route (${seconds}s each)"
 lpush=$(load_rps lpush "http://127.0.0.1:$upstash_port/" "$work/lpush.json" "$token")
+# The same dev server through the same Upstash client, making one EVALSHA
+# of a script that does nothing: what any route costs before its own work.
+null=$(load_rps null "http://127.0.0.1:$dev_port/_bench/null" "$work/single.json" "$pk")
 single=$(load_rps single "http://127.0.0.1:$dev_port/api/collect" "$work/single.json" "$pk")
 batch=$(load_rps batch "http://127.0.0.1:$dev_port/api/collect" "$work/batch.json" "$pk")
-echo "    LPUSH $lpush req/s, collect $single req/s, collect x50 $batch req/s"
+echo "    LPUSH $lpush req/s, null route $null req/s, collect $single req/s, collect x50 $batch req/s"
 
 echo "==> admission: signed-url vs bare EVALSHA (${seconds}s each)"
 evalsha=$(load_rps evalsha "http://127.0.0.1:$upstash_port/" "$work/evalsha.json" "$token")
@@ -123,7 +132,7 @@ signed=$(load_rps signed "http://127.0.0.1:$dev_port/api/signed-url" "$work/uplo
 echo "    EVALSHA $evalsha req/s, signed-url $signed req/s"
 # The limiter's state for one active key: its GCRA timestamp.
 limiter_bytes=$(redis-cli -p $redis_port MEMORY USAGE "tg:rl:key:$key_id")
-quota_bytes=$(redis-cli -p $redis_port --scan --pattern "tg:q:*:$key_id:*" | while read -r k; do redis-cli -p $redis_port MEMORY USAGE "$k"; done | awk "{ s += \$1 } END { print s + 0 }")
+quota_bytes=$(redis-cli -p $redis_port MEMORY USAGE "tg:q:$key_id")
 echo "    limiter state $limiter_bytes bytes, quota counters $quota_bytes bytes per key"
 
 echo "==> analytics: seeding $analytics_keys keys of usage and $analytics_events events"
@@ -174,7 +183,7 @@ redis_version=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
 postgres_version=$(psql "$DATABASE_URL" -Atc 'SHOW server_version' 2>/dev/null || echo unknown)
 python3 bench/report.py \
   --mode "$mode" --seconds "$seconds" \
-  --lpush "$lpush" --single "$single" --batch "$batch" \
+  --lpush "$lpush" --null "$null" --single "$single" --batch "$batch" \
   --drain "$drain_json" \
   --evalsha "$evalsha" --signed "$signed" --peer "$peer" --sync "$sync_json" \
   --limiter-bytes "$limiter_bytes" --quota-bytes "$quota_bytes" \
