@@ -31,6 +31,8 @@ async fn a_burst_of_500_concurrent_requests_against_a_limit_of_100_admits_exactl
     app.set_limits(&key, Some(100), Some(1_000_000), Some(1_000_000))
         .await;
     let secret = key.secret.expose().to_owned();
+    // The limiter must not refill while the burst runs.
+    app.state.freeze_redis_time();
     // Warm the caches so every request of the burst takes the one-trip path.
     let (status, _, _) = call(&app, &secret).await;
     assert_eq!(status, 202);
@@ -49,12 +51,88 @@ async fn a_burst_of_500_concurrent_requests_against_a_limit_of_100_admits_exactl
     for request in burst {
         match request.await.unwrap() {
             202 => admitted += 1,
-            429 | 403 => refused += 1,
+            429 => refused += 1,
             other => panic!("unexpected status {other}"),
         }
     }
     assert_eq!(admitted, 100);
+    // Refused, not banned: a burst is one violating minute at most.
     assert_eq!(refused, 400);
+    app.state.advance_redis_time(Duration::from_secs(60));
+    assert_eq!(call(&app, &secret).await.0, 202);
+}
+
+#[tokio::test]
+async fn a_single_burst_of_300_against_100_is_refused_not_banned() {
+    let app = Arc::new(spawn_app().await);
+    let key = app.create_key().await;
+    app.set_limits(&key, Some(100), Some(1_000_000), Some(1_000_000))
+        .await;
+    let secret = key.secret.expose().to_owned();
+    app.state.freeze_redis_time();
+    let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+    for _ in 0..300 {
+        *statuses.entry(call(&app, &secret).await.0).or_default() += 1;
+    }
+    assert_eq!(statuses, [(202, 100), (429, 200)].into());
+    let bans: Vec<String> = app
+        .redis(tollgate::upstash::Command::new("KEYS").arg(app.key("ban:*")))
+        .await;
+    assert!(bans.is_empty(), "{bans:?}");
+    app.state.advance_redis_time(Duration::from_secs(60));
+    assert_eq!(call(&app, &secret).await.0, 202);
+}
+
+#[tokio::test]
+async fn a_flood_from_one_ip_with_a_publishable_key_bans_that_ip_and_not_the_key() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::TestOptions {
+        env: vec![("TOLLGATE_PUBLIC_IP_RATE_LIMIT", "10".into())],
+        ..Default::default()
+    })
+    .await;
+    let key = app.create_key().await;
+    app.set_limits(&key, Some(1_000), None, None).await;
+    let (app, key) = (&app, &key);
+    let from = |ip: &'static str| async move {
+        app.http
+            .post(format!("{}/api/collect", app.address))
+            .bearer_auth(&key.publishable)
+            .header("x-real-ip", ip)
+            .json(&event())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // The flooder hammers for three minutes: each is a violation of its IP.
+    for minute in 0..3 {
+        let mut refused = 0;
+        for _ in 0..30 {
+            if from("198.51.100.66").await == 429 {
+                refused += 1;
+            }
+        }
+        assert!(refused >= 10, "minute {minute}: {refused} refused");
+        if minute < 2 {
+            app.state.advance_redis_time(Duration::from_secs(60));
+        }
+    }
+    assert_eq!(
+        from("198.51.100.66").await,
+        403,
+        "the flooding IP is banned"
+    );
+    // The tenant's other visitors and its secret key are untouched.
+    assert_eq!(from("198.51.100.67").await, 202);
+    assert_eq!(call(app, key.secret.expose()).await.0, 202);
+    let key_bans: i64 = app
+        .redis(
+            tollgate::upstash::Command::new("EXISTS")
+                .arg(app.state.keys.key_ban(&key.id.to_string())),
+        )
+        .await;
+    assert_eq!(key_bans, 0);
 }
 
 #[tokio::test]
@@ -124,12 +202,17 @@ async fn violations_escalate_to_five_minutes_then_a_day_then_for_good() {
         .await
         .unwrap()
     };
-    // One admitted request, then three violations: the third bans.
+    // Three minutes of hammering past the limit: each is a violation, and
+    // the third bans.
     let violate_three_times = || async {
-        assert_eq!(call(&app, secret).await.0, 202);
-        assert_eq!(call(&app, secret).await.0, 429);
-        assert_eq!(call(&app, secret).await.0, 429);
-        assert_eq!(call(&app, secret).await.0, 429);
+        for minute in 0..3 {
+            assert_eq!(call(&app, secret).await.0, 202);
+            assert_eq!(call(&app, secret).await.0, 429);
+            if minute < 2 {
+                assert_eq!(call(&app, secret).await.0, 429, "refused, not banned");
+                app.state.advance_redis_time(Duration::from_secs(60));
+            }
+        }
     };
 
     violate_three_times().await;

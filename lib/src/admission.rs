@@ -106,7 +106,12 @@ struct ScriptRequest<'a> {
     origin: &'a str,
     ip: &'a str,
     ip_limit: u32,
+    /// Refusals in a minute, as a multiple of the limit, that make it a violation.
+    violation_ratio: f64,
     offset_ms: i64,
+    /// Set by tests that froze the script's clock: the time to use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    now_ms: Option<i64>,
     valid: bool,
     success_status: u16,
     invalid_status: u16,
@@ -246,7 +251,9 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
         origin: request.origin,
         ip: request.ip,
         ip_limit: config.public_ip_limit,
+        violation_ratio: config.violation_ratio,
         offset_ms: state.redis_time_offset_ms(),
+        now_ms: state.redis_time_frozen_ms(),
         valid: request.valid,
         success_status: request.success_status,
         invalid_status: request.invalid_status,

@@ -46,6 +46,10 @@ pub struct AdmissionConfig {
     pub resolve: Duration,
     /// Requests per minute one client IP may make with publishable keys.
     pub public_ip_limit: u32,
+    /// A minute in which a subject is refused at least this many times its
+    /// limit is a violation; three within ten minutes ban it. A burst is
+    /// refused without a ban.
+    pub violation_ratio: f64,
     /// Routes that admit without limits when admission cannot be decided
     /// (Upstash down or slow); the others refuse with 503. Default: collect,
     /// whose events then go straight to Postgres.
@@ -144,6 +148,7 @@ pub const VARIABLES: &[&str] = &[
     "TOLLGATE_ADMISSION_TIMEOUT",
     "TOLLGATE_ADMISSION_RESOLVE",
     "TOLLGATE_PUBLIC_IP_RATE_LIMIT",
+    "TOLLGATE_VIOLATION_RATIO",
     "TOLLGATE_FAIL_OPEN_ROUTES",
     "S3_ENDPOINT",
     "S3_REGION",
@@ -237,6 +242,7 @@ impl Config {
             public_ip_limit: vars
                 .optional("TOLLGATE_PUBLIC_IP_RATE_LIMIT", parse_count, 600)
                 .min(u64::from(u32::MAX)) as u32,
+            violation_ratio: vars.optional("TOLLGATE_VIOLATION_RATIO", parse_ratio, 1.0),
             fail_open: vars.optional(
                 "TOLLGATE_FAIL_OPEN_ROUTES",
                 parse_routes,
@@ -400,6 +406,15 @@ fn parse_routes(value: &str) -> Result<Vec<String>, String> {
             )),
         })
         .collect()
+}
+
+fn parse_ratio(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 && n <= 1_000.0 => Ok(n),
+        _ => Err(format!(
+            "expected a positive number up to 1000, got `{value}`"
+        )),
+    }
 }
 
 fn parse_shards(value: &str) -> Result<u16, String> {

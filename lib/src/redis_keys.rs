@@ -18,7 +18,7 @@
 //! | `mx:<key id>` | hash | admit.lua | none (moved by the sync) | write-behind usage counters, fields `<yyyy-mm-dd>\|<counter>`: `req`, `ok`, `fail`, `files`, `bytes`, `last`, `p:<provider>:n`, `:b`, `:last`, `ft:<content type>` |
 //! | `mx:pend:<key id>` | hash | snapshot.lua, batch_done.lua | none | counters taken into a sync batch, fields `<batch id>\|<day>\|<counter>`, until the batch's commit is confirmed |
 //! | `ban:key:<key id>`, `ban:ip:<ip>` | string (JSON) | admit.lua, bans loading, the CLI | the ban's length; none if permanent | bans in force; permanent ones mirror Postgres `bans` |
-//! | `viol:key:<key id>`, `viol:ip:<ip>` | sorted set | admit.lua | 10 min | recent limit violations, for ban escalation |
+//! | `viols:key:<key id>`, `viols:ip:<ip>` | hash | admit.lua | 10 min | ban escalation: this minute's refusals (`w`, `n`) and the recent violating minutes (`a`, `b`) |
 //! | `banlevel:key:<key id>`, `banlevel:ip:<ip>` | string | admit.lua | 30 days | how many bans the subject has had: 5 min, then 1 day, then permanent |
 //! | `salt:<key id>:<yyyy-mm-dd>` | string | admit.lua | 2 days | the key's random salt of visitor ids on one UTC day |
 //! | `events:queue:<shard>` | stream, group `drain` | admit.lua (appends), claim.lua, ack.lua | none | queued requests: events, request logs, upload logs; pending entries are the in-flight batches |
@@ -123,7 +123,7 @@ impl RedisKeys {
 
     /// Recent violations of a subject.
     pub fn violations(&self, subject: &Subject<'_>) -> String {
-        format!("{}viol:{subject}", self.prefix)
+        format!("{}viols:{subject}", self.prefix)
     }
 
     /// The ban escalation level of a subject.

@@ -31,6 +31,9 @@ pub struct AppState {
     /// Added to Redis's clock by the admission script: zero in production;
     /// tests move it to walk through time-based behaviour (bans, windows).
     redis_time_offset_ms: Arc<AtomicI64>,
+    /// When non-zero, the wall-clock time (ms) at which tests stopped the
+    /// admission script's clock; it then moves only by the offset.
+    redis_time_frozen_at_ms: Arc<AtomicI64>,
 }
 
 impl AppState {
@@ -46,12 +49,30 @@ impl AppState {
             db,
             clock: Arc::new(SystemClock),
             redis_time_offset_ms: Arc::default(),
+            redis_time_frozen_at_ms: Arc::default(),
         })
     }
 
     /// The offset added to Redis's clock by the admission script.
     pub fn redis_time_offset_ms(&self) -> i64 {
         self.redis_time_offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// The admission script's time when tests froze it, in ms since the
+    /// epoch; `None` (Redis's own clock) otherwise.
+    pub fn redis_time_frozen_ms(&self) -> Option<i64> {
+        let at = self.redis_time_frozen_at_ms.load(Ordering::Relaxed);
+        (at != 0).then(|| at + self.redis_time_offset_ms())
+    }
+
+    /// Stops the admission script's clock at the present, for tests whose
+    /// limiter must not refill while they run; `advance_redis_time` still
+    /// moves it.
+    pub fn freeze_redis_time(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as i64);
+        self.redis_time_frozen_at_ms.store(now, Ordering::Relaxed);
     }
 
     /// Moves the admission script's clock forward, for tests.

@@ -16,14 +16,14 @@
 -- KEYS[4]   q:<key id>              the key's quota use
 -- KEYS[5]   mx:<key id>             the key's unsynced counters
 -- KEYS[6]   ban:key:<key id>
--- KEYS[7]   viol:key:<key id>
+-- KEYS[7]   viols:key:<key id>
 -- KEYS[8]   banlevel:key:<key id>
 -- KEYS[9]   events:queue:<shard>    the queue shard drawn for this request
 -- KEYS[10]  events:stats:<shard>    its counters: queued_events, bots_dropped
 -- KEYS[11]  mx:dirty:<shard>        its set of keys with unsynced counters
 -- KEYS[12]  salt:<key id>:<utc day> the visitor-id salt
 -- KEYS[13..16] (publishable keys with a client IP only)
---           rl:ip:<ip>, ban:ip:<ip>, viol:ip:<ip>, banlevel:ip:<ip>
+--           rl:ip:<ip>, ban:ip:<ip>, viols:ip:<ip>, banlevel:ip:<ip>
 -- ARGV[1]  the request, as JSON (see admission.rs, `ScriptRequest`); its
 --          key_id is the id the caller named the keys after, its
 --          deadline_ms bounds when the script may act, a counted verdict
@@ -59,7 +59,7 @@ if #KEYS >= 16 then
 end
 
 local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + (req.offset_ms or 0)
+local now = req.now_ms or (tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + (req.offset_ms or 0))
 -- A request asked again because its first reply was lost gets the verdict
 -- it was counted under, and is not counted again (admission.rs).
 local memo = redis.call('GET', memo_key)
@@ -196,14 +196,33 @@ if ip_rate_key and (req.ip_limit or 0) > 0 then
   ip_ok, ip_tat, ip_retry, ip_remaining, ip_reset = gcra(ip_rate_key, req.ip_limit, 1)
 end
 
--- Three violations within ten minutes ban the subject: five minutes, then a
--- day, then for good (Postgres records permanent bans; the caller writes it).
-local function violate(subject)
+-- Bans are for abuse, not for bursts. A violation is a limiter window (a
+-- minute of the script's clock) in which the subject was refused at least
+-- `violation_ratio` times its limit; a burst is refused, but makes at most
+-- one. Three violations within ten minutes ban the subject: five minutes,
+-- then a day, then for good (Postgres records permanent bans; the caller
+-- writes them). The subject's state: `w` (this window), `n` (its refusals)
+-- and `a`, `b` (the earlier violating windows).
+local function violate(subject, limit)
   local viol = viol_keys[subject]
-  redis.call('ZADD', viol, now, now .. ':' .. req.request_id)
-  redis.call('ZREMRANGEBYSCORE', viol, '-inf', now - 600000)
+  if not viol then return '' end
+  local window = math.floor(now / 60000)
+  local state = redis.call('HMGET', viol, 'w', 'n', 'a', 'b')
+  local n = 1
+  if tonumber(state[1]) == window then n = (tonumber(state[2]) or 0) + 1 end
+  redis.call('HSET', viol, 'w', window, 'n', n)
   redis.call('PEXPIRE', viol, 600000)
-  if redis.call('ZCARD', viol) < 3 then return '' end
+  if n ~= math.max(1, math.ceil(limit * req.violation_ratio)) then return '' end
+  local earlier = {}
+  for i = 3, 4 do
+    local v = tonumber(state[i])
+    if v and window - v < 10 then earlier[#earlier + 1] = v end
+  end
+  if #earlier < 2 then
+    earlier[#earlier + 1] = window
+    redis.call('HSET', viol, 'a', earlier[#earlier - 1] or '', 'b', earlier[#earlier])
+    return ''
+  end
   redis.call('DEL', viol)
   local level_key = level_keys[subject]
   local level = redis.call('INCR', level_key)
@@ -220,12 +239,15 @@ local function violate(subject)
   return ''
 end
 
+-- A publishable key ships in web pages, so its traffic escalates against
+-- the client IP alone: no visitor can get the tenant's key banned.
 if not ok_rate or not ip_ok then
   local detail = ''
-  if not ok_rate then detail = violate('key') end
-  if not ip_ok then
-    local ip_detail = violate('ip')
-    if ip_detail ~= '' then detail = 'permanent-ip' end
+  if key.kind == 'pk' then
+    local ip_limit = (not ip_ok) and req.ip_limit or limit
+    if violate('ip', ip_limit) ~= '' then detail = 'permanent-ip' end
+  else
+    detail = violate('key', limit)
   end
   return refuse('rate_limited', limit, 0, reset, math.max(retry, ip_retry), detail, 429)
 end
