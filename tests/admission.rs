@@ -344,3 +344,148 @@ async fn every_metered_request_is_logged_through_the_queue() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_full_redis_counts_no_request_twice_and_lets_no_limit_pass() {
+    let redis = crate::helpers::PrivateRedis::start().await;
+    let app = crate::helpers::spawn_app_with(crate::helpers::TestOptions {
+        redis_url: Some(redis.url.clone()),
+        env: vec![("TOLLGATE_ADMISSION_RESOLVE", "300ms".into())],
+        ..Default::default()
+    })
+    .await;
+    let (capped, open, banned) = (
+        app.create_key().await,
+        app.create_key().await,
+        app.create_key().await,
+    );
+    app.set_limits(&capped, Some(1_000), Some(3), None).await;
+    for _ in 0..3 {
+        assert_eq!(call(&app, capped.secret.expose()).await.0, 202);
+    }
+    assert_eq!(call(&app, capped.secret.expose()).await.0, 429);
+    for _ in 0..2 {
+        assert_eq!(call(&app, open.secret.expose()).await.0, 202);
+    }
+    assert_eq!(call(&app, banned.secret.expose()).await.0, 202);
+    sqlx::query("INSERT INTO bans (subject_type, subject, reason) VALUES ('key', $1, 'abuse')")
+        .bind(banned.id.to_string())
+        .execute(app.state.db.pool())
+        .await
+        .unwrap();
+    app.drain().await;
+    app.sync_metrics().await;
+
+    // Redis is full: every write, and so every admission, is refused.
+    let mut direct = redis.connection().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory-policy", "noeviction", "maxmemory", "1"][..])
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    let (status, body, _) = call(&app, capped.secret.expose()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("daily_quota_exceeded")),
+        "the quota Postgres shows used up still holds"
+    );
+    let (status, body, _) = call(&app, banned.secret.expose()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("banned"))
+    );
+    for _ in 0..3 {
+        assert_eq!(call(&app, open.secret.expose()).await.0, 202);
+    }
+
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory", "0"][..])
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    app.drain().await;
+    app.sync_metrics().await;
+    let usage = |key: Uuid| {
+        let db = app.state.db.pool().clone();
+        async move {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT total_requests, successful_requests FROM api_keys WHERE id = $1",
+            )
+            .bind(key)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    let stored = |key: Uuid| {
+        let db = app.state.db.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE api_key_id = $1")
+                .bind(key)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    // Nothing refused while Redis was full was stored or counted.
+    assert_eq!(usage(capped.id).await, (4, 3));
+    assert_eq!(stored(capped.id).await, 3);
+    assert_eq!(stored(banned.id).await, 1);
+    // The open key's events were all stored, once. Its three requests while
+    // Redis was full are not counted: the script may have run for them, so
+    // counting them again could count them twice.
+    assert_eq!(stored(open.id).await, 5);
+    assert_eq!(usage(open.id).await, (2, 2));
+}
+
+#[tokio::test]
+async fn a_script_that_fails_part_way_is_counted_once_and_its_events_stored_once() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::TestOptions {
+        env: vec![("TOLLGATE_ADMISSION_RESOLVE", "300ms".into())],
+        ..Default::default()
+    })
+    .await;
+    let key = app.create_key().await;
+    assert_eq!(call(&app, key.secret.expose()).await.0, 202);
+    app.drain().await;
+    // Every queue shard is now something a stream command refuses, so the
+    // script fails at its first XADD, after it has counted the request.
+    let shards = app.state.keys.event_queues();
+    for shard in &shards {
+        let _: i64 = app
+            .redis(tollgate::upstash::Command::new("DEL").arg(shard))
+            .await;
+        let _: () = app
+            .redis(
+                tollgate::upstash::Command::new("SET")
+                    .arg(shard)
+                    .arg("not a stream"),
+            )
+            .await;
+    }
+    let id = Uuid::new_v4();
+    let response = app
+        .collect(
+            key.secret.expose(),
+            &json!({"type": "server", "name": "call", "id": id}),
+        )
+        .await;
+    assert_eq!(response.status(), 202, "stored straight in Postgres");
+    for shard in &shards {
+        let _: i64 = app
+            .redis(tollgate::upstash::Command::new("DEL").arg(shard))
+            .await;
+    }
+
+    app.drain().await;
+    app.sync_metrics().await;
+    let (requests, stored): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT total_requests FROM api_keys WHERE id = $1),
+                (SELECT count(*) FROM events WHERE api_key_id = $1)",
+    )
+    .bind(key.id)
+    .fetch_one(app.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!((requests, stored), (2, 2), "each request and event once");
+}

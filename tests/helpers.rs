@@ -161,6 +161,15 @@ pub async fn spawn_upstash_local() -> LocalUpstash {
 /// under its global lock, except those whose SHA-1 is in `allow_global_lock`.
 pub async fn spawn_upstash_local_with(strict: bool, allow_global_lock: &[&str]) -> LocalUpstash {
     let servers = servers().await;
+    spawn_upstash_local_over(&servers.redis_url, strict, allow_global_lock).await
+}
+
+/// Like [`spawn_upstash_local_with`], in front of the Redis at `redis_url`.
+pub async fn spawn_upstash_local_over(
+    redis_url: &str,
+    strict: bool,
+    allow_global_lock: &[&str],
+) -> LocalUpstash {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     let token = format!("test_{}", Uuid::new_v4().simple());
@@ -170,7 +179,7 @@ pub async fn spawn_upstash_local_with(strict: bool, allow_global_lock: &[&str]) 
             .iter()
             .map(|sha| sha.to_string())
             .collect(),
-        ..upstash_local::Options::new(token.clone(), servers.redis_url.clone())
+        ..upstash_local::Options::new(token.clone(), redis_url.to_owned())
     };
     let stats = Arc::clone(&options.stats);
     tokio::spawn(upstash_local::serve(
@@ -192,6 +201,8 @@ pub struct TestOptions {
     pub env: Vec<(&'static str, String)>,
     /// A clock to use instead of the system's.
     pub clock: Option<Arc<dyn Clock>>,
+    /// A Redis of the test's own (see [`PrivateRedis`]) instead of the shared one.
+    pub redis_url: Option<String>,
 }
 
 /// The cron secret every test app is configured with.
@@ -217,7 +228,10 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns the app with some of its configuration replaced.
 pub async fn spawn_app_with(options: TestOptions) -> TestApp {
-    let upstash = spawn_upstash_local().await;
+    let upstash = match &options.redis_url {
+        Some(url) => spawn_upstash_local_over(url, true, &[]).await,
+        None => spawn_upstash_local().await,
+    };
     let database_url = match options.database_url {
         Some(url) => url,
         None => fresh_database().await.expect("creating the test database"),
@@ -533,4 +547,55 @@ pub async fn sign(app: &TestApp, key: Option<&str>, body: &str) -> (u16, serde_j
         status,
         response.json().await.unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// A Redis server of one test's own, for tests that change what the whole
+/// server does (its memory limit, its script cache); stopped when dropped.
+pub struct PrivateRedis {
+    pub url: String,
+    _server: tokio::process::Child,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let server = tokio::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting redis-server");
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(url.as_str()).expect("a Redis URL");
+        for _ in 0..100 {
+            if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .is_ok()
+                {
+                    return Self {
+                        url,
+                        _server: server,
+                    };
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("redis-server on port {port} did not answer");
+    }
+
+    /// A connection that speaks to Redis directly, past the Upstash server.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .expect("a Redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connecting to the private Redis")
+    }
 }

@@ -1,7 +1,7 @@
 //! The local Upstash REST server, spoken to over plain HTTP, and driven by
 //! the official `@upstash/redis` npm client.
 
-use std::{process::Stdio, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -14,7 +14,7 @@ use tollgate_cli::upstash_local::{self, ScriptCounts, UndeclaredKey, SCRIPTS_KEY
 use uuid::Uuid;
 
 use crate::helpers::{
-    run_node_test_files, spawn_upstash_local, spawn_upstash_local_with, LocalUpstash,
+    run_node_test_files, spawn_upstash_local, spawn_upstash_local_with, LocalUpstash, PrivateRedis,
 };
 
 struct Raw {
@@ -627,46 +627,6 @@ async fn a_second_server_in_front_of_the_same_redis_answers_evalsha_by_the_origi
 
 /// A Redis of one test's own, for `SCRIPT FLUSH`, which would make the other
 /// tests sharing a Redis miss their cached scripts.
-struct PrivateRedis {
-    url: String,
-    _server: tokio::process::Child,
-}
-
-impl PrivateRedis {
-    async fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .await
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let server = tokio::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--port", &port.to_string()])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting redis-server");
-        let url = format!("redis://127.0.0.1:{port}");
-        let client = redis::Client::open(url.as_str()).unwrap();
-        for _ in 0..100 {
-            if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING")
-                    .query_async::<String>(&mut connection)
-                    .await
-                    .is_ok()
-                {
-                    return Self {
-                        url,
-                        _server: server,
-                    };
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server on port {port} did not answer");
-    }
-}
-
 #[tokio::test]
 async fn after_script_flush_evalsha_answers_noscript_and_the_client_falls_back_to_eval() {
     let redis = PrivateRedis::start().await;

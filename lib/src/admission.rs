@@ -286,6 +286,12 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
             Verdict::Late => {
                 return Err(anyhow::anyhow!("admit.lua did not run this request").into())
             }
+            Verdict::Partial => {
+                return Err(Undecided {
+                    error: anyhow::anyhow!("admit.lua failed part-way through this request"),
+                    may_have_run: true,
+                })
+            }
             Verdict::Miss => {
                 refill(state, request.key, false).await?;
             }
@@ -438,16 +444,19 @@ impl ScriptKeys<'_> {
 }
 /// Runs admit.lua once, as far as Redis is concerned.
 ///
-/// A call that fails without a reply may still have run: the request
-/// reached Upstash, which stalled, or Redis ran the script and died before
-/// answering. Answering such a request as refused (or, for collect, writing
-/// it to Postgres) would count it twice if it had run. So the request is
-/// asked again under the same id with `settle` set: the script answers with
-/// the verdict it remembered if it counted the request, and otherwise marks
-/// the id as not run (`late`), so that the first call, should it still
-/// arrive, does nothing. Only when Upstash stays silent for the whole
-/// `resolve` time is the outcome unknown. A refused connection is no such
-/// case: nothing was sent, so nothing ran.
+/// Only three outcomes mean the script did not run: `NOSCRIPT` (which the
+/// client answers with `EVAL`), a refused connection (nothing was sent),
+/// and the script's own clean refusal (`late`). Every other outcome may
+/// have run it: a lost reply (the request reached Upstash, which stalled,
+/// or Redis ran the script and died before answering), and any error, since
+/// Redis does not undo what a script wrote before it failed part-way.
+/// Answering such a request as refused (or, for collect, writing it to
+/// Postgres and counting it) could count it twice. So the request is asked
+/// again under the same id with `settle` set: the script answers with the
+/// verdict it remembered if it counted the request, `partial` if it began
+/// writing and failed, and otherwise marks the id as not run (`late`), so
+/// that the first call, should it still arrive, does nothing. Only when no
+/// answer comes for the whole `resolve` time is the outcome unknown.
 async fn call_resolving(
     state: &AppState,
     keys: &[String],
@@ -462,25 +471,18 @@ async fn call_resolving(
         let call = state.upstash.eval::<Vec<Reply>>(&ADMIT, &keys, &args);
         let error = match tokio::time::timeout(config.timeout + DEADLINE_GRACE, call).await {
             Ok(Ok(reply)) => return Ok(reply),
-            // Redis refused before running anything: it says "not now".
-            Ok(Err(UpstashError::Redis(message))) if is_transient(&message) => {
-                anyhow::anyhow!("Redis answered {message}")
-            }
-            // The script itself failed: asking again cannot help.
-            Ok(Err(error @ UpstashError::Redis(_))) => {
-                return Err(Undecided {
-                    error: anyhow::Error::new(error).context("running admit.lua"),
-                    may_have_run: script.settle,
-                })
-            }
             // Nothing reached Upstash, so nothing ran.
             Ok(Err(error @ UpstashError::Unreachable { .. })) if !script.settle => {
                 return Err(anyhow::Error::new(error)
                     .context("running admit.lua")
                     .into())
             }
+            // Still unreachable while settling: keep asking.
+            Ok(Err(error @ UpstashError::Unreachable { .. })) => anyhow::Error::new(error),
+            // Any other error, from Redis or on the way back: it may have
+            // run, and only asking again can tell.
             Ok(Err(error)) => {
-                script.settle |= !matches!(error, UpstashError::Unreachable { .. });
+                script.settle = true;
                 anyhow::Error::new(error)
             }
             Err(_) => {
@@ -502,19 +504,14 @@ async fn call_resolving(
     }
 }
 
-/// Redis errors that mean the command did not run and may run later:
-/// loading its data after a restart, busy with a script, or a failover.
-fn is_transient(message: &str) -> bool {
-    ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN"]
-        .iter()
-        .any(|code| message.starts_with(code))
-}
-
 /// admit.lua's reply, parsed once.
 #[derive(Debug, PartialEq)]
 enum Verdict {
     /// Not run: settled as not run, or past its deadline.
     Late,
+    /// Asked again: an earlier call of this request began writing and
+    /// failed, so it may have been counted.
+    Partial,
     /// The key cache has no entry for the presented key.
     Miss,
     /// The cache entry belongs to this key id, not to the one the keys were
@@ -583,6 +580,7 @@ impl Verdict {
         let detail = text(6).to_owned();
         let refusal = match text(0) {
             "late" => return Ok(Self::Late),
+            "partial" => return Ok(Self::Partial),
             "miss" => return Ok(Self::Miss),
             "rekey" => return Ok(Self::Rekey(key_id()?)),
             "reseed_quota" => {

@@ -331,6 +331,18 @@ async fn write_direct(
         .await
         .map_err(unavailable)?;
     let api_key_id = check_key(&key, submission.origin)?;
+    let now = state.clock.now();
+    let day = apikeys::key_day(now, apikeys::zone(&key.timezone));
+    // Redis's limits cannot be asked, but Postgres's bans and the synced
+    // use of the quotas can: a banned key or client, or a key whose quota
+    // Postgres already shows used up, gets no free pass from an outage.
+    let ip = (key.kind == KeyKind::Pk).then_some(submission.ip);
+    check_limits_directly(state, api_key_id, ip, day, key.limits.as_ref())
+        .await
+        .map_err(|refusal| match refusal {
+            DirectRefusal::Refused(error) => error,
+            DirectRefusal::Unavailable(error) => unavailable(error),
+        })?;
     let rows: Vec<StoredEvent> = submission
         .events
         .iter()
@@ -350,8 +362,6 @@ async fn write_direct(
     // ran, or settled as not run), the usage it would have moved through
     // the sync goes straight to the same tables, on the key's day. When it
     // may have run (Upstash silent past the resolve time), its count stands.
-    let now = state.clock.now();
-    let day = apikeys::key_day(now, apikeys::zone(&key.timezone));
     if count {
         crate::metrics::count_directly(&state.db, api_key_id, day, now, true)
             .await
@@ -370,6 +380,67 @@ async fn write_direct(
         .context("counting the direct write")
         .map_err(unavailable)?;
     Ok(rows.len())
+}
+
+enum DirectRefusal {
+    Refused(ApiError),
+    Unavailable(anyhow::Error),
+}
+
+/// The bans and quotas Postgres knows, for the direct path: a ban in force
+/// on the key or (for publishable keys) the client IP, and the key's use of
+/// its daily and monthly quotas as far as it is synced.
+async fn check_limits_directly(
+    state: &AppState,
+    key_id: Uuid,
+    ip: Option<&str>,
+    day: chrono::NaiveDate,
+    limits: Option<&apikeys::CachedLimits>,
+) -> Result<(), DirectRefusal> {
+    use sqlx::Row;
+    let month_start = chrono::Datelike::with_day(&day, 1).unwrap_or(day);
+    let row = state
+        .db
+        .query(
+            "SELECT EXISTS (SELECT 1 FROM bans
+                             WHERE lifted_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+                               AND ((subject_type = 'key' AND subject = $1::text)
+                                    OR (subject_type = 'ip' AND subject = $2))) AS banned,
+                    coalesce(sum(successful_requests) FILTER (WHERE day = $3), 0)::bigint AS day_used,
+                    coalesce(sum(successful_requests), 0)::bigint AS month_used
+             FROM api_key_usage_daily
+             WHERE api_key_id = $1 AND day >= $4 AND day < ($4 + interval '1 month')",
+        )
+        .bind(key_id)
+        .bind(ip.unwrap_or(""))
+        .bind(day)
+        .bind(month_start)
+        .fetch_one(state.db.pool())
+        .await
+        .context("checking the key's bans and quotas in Postgres")
+        .map_err(DirectRefusal::Unavailable)?;
+    let int = |name: &str| row.try_get::<i64, _>(name).unwrap_or(0).max(0) as u64;
+    if row.try_get::<bool, _>("banned").unwrap_or(false) {
+        return Err(DirectRefusal::Refused(ApiError::Forbidden {
+            code: "banned",
+            message: "this key or client is banned".into(),
+        }));
+    }
+    let over = |limit: Option<u64>, used: u64| limit.is_some_and(|limit| used >= limit);
+    let quota = |code: &'static str, what: &str| {
+        DirectRefusal::Refused(ApiError::TooManyRequests {
+            code,
+            message: format!("the {what} quota of this key is used up"),
+            retry_after: Duration::from_secs(3_600),
+        })
+    };
+    if over(limits.and_then(|l| l.day), int("day_used")) {
+        return Err(quota("daily_quota_exceeded", "daily"));
+    }
+    if over(limits.and_then(|l| l.month), int("month_used")) {
+        return Err(quota("monthly_quota_exceeded", "monthly"));
+    }
+    Ok(())
 }
 
 /// The same key checks the admission script makes, for the direct path.

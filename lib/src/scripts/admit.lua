@@ -35,7 +35,9 @@
 --   verdict "ok" | "late" (not run: settled, or past deadline_ms) |
 --   "invalid_key" | "revoked_key" | "origin_not_allowed" |
 --   "banned" | "rate_limited" | "daily_quota_exceeded" |
---   "monthly_quota_exceeded" | "miss" | "reseed_quota" | "rekey";
+--   "monthly_quota_exceeded" | "miss" | "reseed_quota" | "rekey" |
+--   "partial" (asked again: an earlier call began writing and failed, so
+--   the request may have been counted);
 --   limit/remaining/reset_ms describe the per-minute limit;
 --   detail is the ban's JSON for "banned", "permanent" or "permanent-ip"
 --   when this request made a ban permanent, the day and month to reseed
@@ -106,10 +108,7 @@ local function ban_of(ban_key)
   local ban = redis.call('GET', ban_key)
   if ban then
     local untill = cjson.decode(ban)['until']
-    if type(untill) == 'number' and untill <= now then
-      redis.call('DEL', ban_key)
-      return nil
-    end
+    if type(untill) == 'number' and untill <= now then return nil end
   end
   return ban
 end
@@ -167,6 +166,51 @@ local function refuse(verdict, limit, remaining, reset, retry, detail, status)
   log(verdict, status)
   return counted({verdict, id, limit, remaining, reset, retry, detail})
 end
+
+-- Quotas count admitted, valid requests, in the key's day and month. A
+-- period the hash does not hold is a new one, or a lost one: the caller
+-- reseeds it from Postgres and calls again, and the script adds the
+-- unsynced counters. Decided before any write, so that asking again
+-- leaves nothing behind.
+local day_limit = tonumber(key.limits and key.limits.day)
+local month_limit = tonumber(key.limits and key.limits.month)
+local quota_ttl = 32 * 86400000
+local quota = redis.call('HMGET', quota_key, 'd', 'du', 'm', 'mu')
+local used_day, used_month = tonumber(quota[2]), tonumber(quota[4])
+local reseeded_day, reseeded_month = false, false
+if quota[1] ~= day_id then used_day = nil end
+if quota[3] ~= month_id then used_month = nil end
+if req.reseed and ((day_limit and not used_day) or (month_limit and not used_month)) then
+  local unsynced_day, unsynced_month = 0, 0
+  local fields = redis.call('HGETALL', metrics_key)
+  for i = 1, #fields, 2 do
+    local field_day = string.match(fields[i], '^(%d+%-%d+%-%d+)|ok$')
+    if field_day then
+      local n = tonumber(fields[i + 1]) or 0
+      if field_day == day_id then unsynced_day = unsynced_day + n end
+      if string.sub(field_day, 1, 7) == month_id then unsynced_month = unsynced_month + n end
+    end
+  end
+  if day_limit and not used_day then
+    used_day, reseeded_day = req.reseed.day + unsynced_day, true
+  end
+  if month_limit and not used_month then
+    used_month, reseeded_month = req.reseed.month + unsynced_month, true
+  end
+end
+if (day_limit and not used_day) or (month_limit and not used_month) then
+  return {'reseed_quota', id, 0, 0, 0, 0, day_id .. '|' .. month_id}
+end
+
+-- Everything above only read. Before its first write the script marks the
+-- request as begun: Redis does not undo what a script wrote before it
+-- failed part-way, so a caller asking again after an error must learn
+-- that this request may have been counted ("partial"), not that it never
+-- ran. The verdict below replaces the mark.
+redis.call('SET', memo_key, cjson.encode({'partial', id, 0, 0, 0, 0, ''}), 'PX', req.memo_ms)
+if reseeded_day then redis.call('HSET', quota_key, 'd', day_id, 'du', used_day) end
+if reseeded_month then redis.call('HSET', quota_key, 'm', month_id, 'mu', used_month) end
+if reseeded_day or reseeded_month then redis.call('PEXPIRE', quota_key, quota_ttl) end
 
 if ban then
   return refuse('banned', 0, 0, 0, 0, ban, 403)
@@ -278,53 +322,23 @@ if req.upload then
   end
 end
 local valid = req.valid and not upload_error
-
--- Quotas count admitted, valid requests, in the key's day and month. A
--- period the hash does not hold is a new one, or a lost one: the caller
--- reseeds it from Postgres (plus the unsynced counters, added here) and
--- calls again.
 local cost = valid and 1 or 0
-local day_limit = tonumber(key.limits and key.limits.day)
-local month_limit = tonumber(key.limits and key.limits.month)
-local quota_ttl = 32 * 86400000
-if req.reseed then
-  local unsynced_day, unsynced_month = 0, 0
-  local fields = redis.call('HGETALL', metrics_key)
-  for i = 1, #fields, 2 do
-    local field_day = string.match(fields[i], '^(%d+%-%d+%-%d+)|ok$')
-    if field_day then
-      local n = tonumber(fields[i + 1]) or 0
-      if field_day == day_id then unsynced_day = unsynced_day + n end
-      if string.sub(field_day, 1, 7) == month_id then unsynced_month = unsynced_month + n end
-    end
-  end
-  if day_limit and redis.call('HGET', quota_key, 'd') ~= day_id then
-    redis.call('HSET', quota_key, 'd', day_id, 'du', req.reseed.day + unsynced_day)
-  end
-  if month_limit and redis.call('HGET', quota_key, 'm') ~= month_id then
-    redis.call('HSET', quota_key, 'm', month_id, 'mu', req.reseed.month + unsynced_month)
-  end
-  redis.call('PEXPIRE', quota_key, quota_ttl)
-end
-local quota = redis.call('HMGET', quota_key, 'd', 'du', 'm', 'mu')
-if (day_limit and quota[1] ~= day_id) or (month_limit and quota[3] ~= month_id) then
-  return {'reseed_quota', id, 0, 0, 0, 0, day_id .. '|' .. month_id}
-end
-if day_limit and tonumber(quota[2]) + cost > day_limit then
+
+if day_limit and used_day + cost > day_limit then
   local day_end = (math.floor((now + offset) / 86400000) + 1) * 86400000 - offset
   return refuse('daily_quota_exceeded', limit, remaining, reset, day_end - now, '', 429)
 end
-if month_limit and tonumber(quota[4]) + cost > month_limit then
+if month_limit and used_month + cost > month_limit then
   return refuse('monthly_quota_exceeded', limit, remaining, reset, 0, '', 429)
 end
 
 -- Admitted: commit the limiter state and the quota use.
 if tat then redis.call('SET', rate_key, tat, 'PX', math.max(1, math.ceil(tat - now))) end
 if ip_tat then redis.call('SET', ip_rate_key, ip_tat, 'PX', math.max(1, math.ceil(ip_tat - now))) end
-if cost > 0 then
+if cost > 0 and (day_limit or month_limit) then
   if day_limit then redis.call('HINCRBY', quota_key, 'du', cost) end
   if month_limit then redis.call('HINCRBY', quota_key, 'mu', cost) end
-  if day_limit or month_limit then redis.call('PEXPIRE', quota_key, quota_ttl) end
+  redis.call('PEXPIRE', quota_key, quota_ttl)
 end
 
 count(valid, provider)
