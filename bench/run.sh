@@ -29,7 +29,9 @@ else
   seconds=15; drain_events=1000000; sync_keys=10000; analytics_keys=10000; analytics_events=1000000; mode=full
 fi
 
-scripts/bootstrap.sh redis postgres node wrk
+scripts/bootstrap.sh redis postgres node wrk python
+# shellcheck source=scripts/env.sh
+. scripts/env.sh
 cargo build --release --locked -p tollgate-cli -p tollgate-bench
 tollgate=target/release/tollgate
 

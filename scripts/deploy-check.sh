@@ -14,6 +14,10 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="${DEPLOY_CHECK_ROOT:-$(git -C "$SCRIPT_DIR" rev-parse --show-toplevel 2>/dev/null || echo "$SCRIPT_DIR")}"
 cd "$ROOT"
 [[ -f vercel.json && -f Cargo.toml ]] || { echo "deploy-check: no vercel.json/Cargo.toml in $ROOT" >&2; exit 2; }
+# Node.js new enough for the Vercel CLI; a private one goes first on PATH.
+"$SCRIPT_DIR/bootstrap.sh" node
+# shellcheck source=scripts/env.sh
+. "$SCRIPT_DIR/env.sh"
 
 PROJECT_JSON=".vercel/project.json"
 BACKUP=""

@@ -14,7 +14,13 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install Rust with rustup (https://rustup.rs), then rerun." >&2
   exit 1
 fi
-scripts/bootstrap.sh redis postgres node chromium
+# Everything the suite, the deploy check and the quick benchmarks use, up
+# front: python for schemathesis and the benchmarks, wrk for the benchmarks.
+scripts/bootstrap.sh redis postgres node chromium python wrk
+# The private Node.js, when the bootstrap installed one, first on PATH for
+# npm and for the node tests that cargo runs.
+# shellcheck source=scripts/env.sh
+. scripts/env.sh
 
 # The private test instances: a fresh data directory each run, so databases
 # from earlier runs never pile up, and stopped however this script exits.
