@@ -85,8 +85,12 @@ pub struct UploadCheck<'a> {
 pub struct EventsPayload<'a> {
     /// How many events `json` holds.
     pub n: usize,
-    /// The events, as a JSON array.
+    /// The events in their queued form (`events::queued`), a JSON array:
+    /// sent after the request, not in it.
+    #[serde(skip)]
     pub json: String,
+    /// What the events share, queued once with them.
+    pub shared: String,
     /// Events dropped as bot traffic (counted, not enqueued).
     pub bots: usize,
     /// The user agent and today's (UTC) date, for the visitor id.
@@ -108,6 +112,8 @@ struct ScriptRequest<'a> {
     ip_limit: u32,
     /// Refusals in a minute, as a multiple of the limit, that make it a violation.
     violation_ratio: f64,
+    /// Bytes of events the drawn shard may hold.
+    queue_capacity: u64,
     offset_ms: i64,
     /// Set by tests that froze the script's clock: the time to use.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -188,6 +194,9 @@ pub enum Decision {
     },
     /// Refused, with the error to answer and the limit headers to send.
     Refused { error: ApiError, rate: RateLimit },
+    /// Not run: the queue holds its capacity of events. Nothing was
+    /// counted; the caller stores the events itself.
+    QueueFull,
 }
 
 /// Why admission could not be decided: Upstash or Postgres failed.
@@ -252,6 +261,7 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
         ip: request.ip,
         ip_limit: config.public_ip_limit,
         violation_ratio: config.violation_ratio,
+        queue_capacity: state.config.pipeline.queue_max_bytes / u64::from(state.keys.shards()),
         offset_ms: state.redis_time_offset_ms(),
         now_ms: state.redis_time_frozen_ms(),
         valid: request.valid,
@@ -286,6 +296,7 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
             Verdict::Late => {
                 return Err(anyhow::anyhow!("admit.lua did not run this request").into())
             }
+            Verdict::QueueFull => return Ok(Decision::QueueFull),
             Verdict::Partial => {
                 return Err(Undecided {
                     error: anyhow::anyhow!("admit.lua failed part-way through this request"),
@@ -378,6 +389,23 @@ async fn refill(
     key: &PresentedKey,
     bans_loaded: bool,
 ) -> anyhow::Result<apikeys::CachedKey> {
+    let lock = state.key_ids.refill_lock(&key.cache_id());
+    let _one_at_a_time = match lock.try_lock() {
+        Ok(guard) => guard,
+        Err(_) => {
+            let guard = lock.lock().await;
+            // The refill ahead of this one has most likely filled it.
+            let cached: Option<String> = state
+                .upstash
+                .command(&Command::new("GET").arg(state.keys.key_cache(&key.cache_id())))
+                .await
+                .context("reading the key cache")?;
+            if let Some(Ok(cached)) = cached.map(|json| serde_json::from_str(&json)) {
+                return Ok(cached);
+            }
+            guard
+        }
+    };
     let loaded = bans_loaded || {
         let loaded: i64 = state
             .upstash
@@ -465,10 +493,17 @@ async fn call_resolving(
     let config = &state.config.admission;
     let give_up = tokio::time::Instant::now() + config.resolve;
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let events = script.events.map_or("", |events| events.json.as_str());
     script.settle = false;
     loop {
-        let args = [serde_json::to_string(&script).context("encoding the admission request")?];
-        let call = state.upstash.eval::<Vec<Reply>>(&ADMIT, &keys, &args);
+        // The request on one line, then the events as they are (admit.lua).
+        let mut body = serde_json::to_vec(&script).context("encoding the admission request")?;
+        body.reserve(1 + events.len());
+        body.push(b'\n');
+        body.extend_from_slice(events.as_bytes());
+        let call = state
+            .upstash
+            .eval_with_body::<Vec<Reply>>(&ADMIT, &keys, body.into());
         let error = match tokio::time::timeout(config.timeout + DEADLINE_GRACE, call).await {
             Ok(Ok(reply)) => return Ok(reply),
             // Nothing reached Upstash, so nothing ran.
@@ -512,6 +547,8 @@ enum Verdict {
     /// Asked again: an earlier call of this request began writing and
     /// failed, so it may have been counted.
     Partial,
+    /// Not run: the queue shard holds its capacity of events.
+    QueueFull,
     /// The key cache has no entry for the presented key.
     Miss,
     /// The cache entry belongs to this key id, not to the one the keys were
@@ -581,6 +618,7 @@ impl Verdict {
         let refusal = match text(0) {
             "late" => return Ok(Self::Late),
             "partial" => return Ok(Self::Partial),
+            "queue_full" => return Ok(Self::QueueFull),
             "miss" => return Ok(Self::Miss),
             "rekey" => return Ok(Self::Rekey(key_id()?)),
             "reseed_quota" => {

@@ -491,7 +491,15 @@ pub async fn verify(
 /// secret for the same id), so an entry never goes stale; whether the key
 /// is still active is read from the key cache on every request.
 #[derive(Debug, Default)]
-pub struct KeyIds(std::sync::Mutex<std::collections::HashMap<String, Uuid>>);
+pub struct KeyIds {
+    ids: std::sync::Mutex<std::collections::HashMap<String, Uuid>>,
+    /// One refill of a key's cache entry at a time per instance: a burst of
+    /// requests for a cold key waits for the first one's Postgres lookup
+    /// instead of making one each.
+    refills: std::sync::Mutex<
+        std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
+    >,
+}
 
 /// Entries past which the memory starts over, bounding an instance's memory
 /// against a flood of distinct keys.
@@ -500,7 +508,7 @@ const KEY_IDS_MAX: usize = 100_000;
 impl KeyIds {
     /// The key id of a presented key, by its cache id, if remembered.
     pub fn get(&self, cache_id: &str) -> Option<Uuid> {
-        self.0
+        self.ids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(cache_id)
@@ -509,10 +517,24 @@ impl KeyIds {
 
     /// Remembers the key id of a presented key.
     pub fn remember(&self, cache_id: &str, key_id: Uuid) {
-        let mut ids = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
         if ids.len() >= KEY_IDS_MAX {
             ids.clear();
         }
         ids.insert(cache_id.to_owned(), key_id);
+    }
+
+    /// The lock that keeps refills of one presented key's cache entry apart
+    /// in this instance.
+    pub fn refill_lock(&self, cache_id: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut refills = self.refills.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lock) = refills.get(cache_id).and_then(std::sync::Weak::upgrade) {
+            return lock;
+        }
+        // Forget the locks no refill holds any more.
+        refills.retain(|_, lock| lock.strong_count() > 0);
+        let lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+        refills.insert(cache_id.to_owned(), std::sync::Arc::downgrade(&lock));
+        lock
     }
 }
