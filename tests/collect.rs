@@ -687,3 +687,160 @@ async fn collect_configured_to_fail_closed_answers_503_when_upstash_is_down() {
     assert!(response.headers().contains_key("retry-after"));
     assert_eq!(app.stored_events().await, 0);
 }
+
+/// Bytes of one queued entry's fields, as the stream holds them.
+async fn queued_bytes(app: &crate::helpers::TestApp) -> usize {
+    let mut total = 0;
+    for shard in app.state.keys.event_queues() {
+        let entries: tollgate::upstash::Reply = app
+            .redis(
+                tollgate::upstash::Command::new("XRANGE")
+                    .arg(shard)
+                    .arg("-")
+                    .arg("+"),
+            )
+            .await;
+        let tollgate::upstash::Reply::Array(entries) = entries else {
+            continue;
+        };
+        for entry in entries {
+            let tollgate::upstash::Reply::Array(parts) = entry else {
+                continue;
+            };
+            if let Some(tollgate::upstash::Reply::Array(fields)) = parts.get(1) {
+                let fields: Vec<&str> = fields.iter().filter_map(|f| f.as_str()).collect();
+                if fields.chunks(2).any(|p| p == ["t", "ev"]) {
+                    total += fields.iter().map(|f| f.len()).sum::<usize>();
+                }
+            }
+        }
+    }
+    total
+}
+
+#[tokio::test]
+async fn a_full_collect_body_travels_and_queues_compactly() {
+    let app = spawn_app().await;
+    let key = app.create_key().await;
+    // Warm the key cache and the instance's key id.
+    body_of(
+        app.collect(key.secret.expose(), &web_event(Uuid::new_v4()))
+            .await,
+        202,
+    )
+    .await;
+    app.drain().await;
+
+    let shapes: Vec<(&str, Vec<Value>)> = vec![
+        (
+            "web events with properties",
+            (0..500)
+                .map(|i| json!({"type": "web", "name": "pageview", "id": Uuid::new_v4(),
+                    "url": format!("https://shop.example.com/products/{i}?utm_source=news&utm_medium=email"),
+                    "referrer": "https://news.example.org/item?id=123", "title": "A product page",
+                    "properties": {"plan": "pro", "cart": (0..60).map(|n| json!({"sku": format!("SKU-{n}"), "qty": n})).collect::<Vec<_>>()}}))
+                .collect(),
+        ),
+        (
+            "page views as the tracker sends them",
+            (0..500)
+                .map(|i| json!({"type": "web", "name": "pageview", "id": Uuid::new_v4(),
+                    "timestamp": "2026-12-01T12:00:00.000Z",
+                    "url": format!("https://shop.example.com/products/{i}?utm_source=news"),
+                    "referrer": "https://news.example.org/", "title": "A product page",
+                    "screen": "1920x1080", "language": "en-GB"}))
+                .collect(),
+        ),
+    ];
+    for (shape, events) in shapes {
+        let body = serde_json::to_vec(&json!({"batch": events})).unwrap();
+        let sent = app.state.upstash.bytes_sent();
+        let response = app
+            .http
+            .post(format!("{}/api/collect", app.address))
+            .bearer_auth(key.secret.expose())
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "{shape}");
+        let request_ratio = (app.state.upstash.bytes_sent() - sent) as f64 / body.len() as f64;
+        let stream_ratio = queued_bytes(&app).await as f64 / body.len() as f64;
+        println!("{shape}: body {} bytes, Upstash request {request_ratio:.3}×, stream {stream_ratio:.3}×", body.len());
+        assert!(request_ratio <= 1.3, "{shape}: request {request_ratio:.3}×");
+        assert!(stream_ratio <= 1.2, "{shape}: stream {stream_ratio:.3}×");
+        app.drain().await;
+    }
+}
+
+#[tokio::test]
+async fn past_its_capacity_the_queue_sends_events_to_postgres_and_never_trims() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::TestOptions {
+        env: vec![
+            ("TOLLGATE_REDIS_SHARDS", "1".into()),
+            ("TOLLGATE_QUEUE_MAX_BYTES", "4KiB".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let key = app.create_key().await;
+    let batch = |n: usize| {
+        json!((0..n)
+            .map(|_| web_event(Uuid::new_v4()))
+            .collect::<Vec<_>>())
+    };
+
+    // About 3 KB: queued. The next 3 KB would pass 4 KiB: straight to Postgres.
+    body_of(app.collect(key.secret.expose(), &batch(12)).await, 202).await;
+    let status = app.queue_status().await;
+    let queued = status["queue"]["bytes"].as_u64().unwrap();
+    assert!((2_000..4_096).contains(&queued), "{status}");
+    assert_eq!(status["queue"]["capacity_bytes"], 4_096);
+    body_of(app.collect(key.secret.expose(), &batch(12)).await, 202).await;
+    assert_eq!(
+        app.stored_events().await,
+        12,
+        "written straight to Postgres"
+    );
+    let status = app.queue_status().await;
+    assert_eq!(
+        status["queue"]["bytes"].as_u64().unwrap(),
+        queued,
+        "nothing more queued, nothing trimmed"
+    );
+    assert_eq!(status["fallbacks"]["queue_full_events"], 12, "{status}");
+
+    // With Postgres gone too, the client is told to come back.
+    let broken = crate::helpers::spawn_app_with(crate::helpers::TestOptions {
+        upstash_url: Some(app.state.config.upstash.url.to_string()),
+        database_url: Some("postgres://postgres@127.0.0.1:1/nowhere".into()),
+        env: vec![
+            ("TOLLGATE_REDIS_SHARDS", "1".into()),
+            ("TOLLGATE_QUEUE_MAX_BYTES", "4KiB".into()),
+            ("TOLLGATE_KEY_PREFIX", app.key_prefix.clone()),
+            (
+                "UPSTASH_REDIS_REST_TOKEN",
+                app.state.config.upstash.token.expose().to_owned(),
+            ),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let response = broken.collect(key.secret.expose(), &batch(12)).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+
+    // The drain empties the queue; every event is stored once, and both
+    // requests are counted once: one by the sync, one by the direct write.
+    app.drain().await;
+    app.sync_metrics().await;
+    assert_eq!(app.stored_events().await, 24);
+    let requests: i64 = sqlx::query_scalar("SELECT total_requests FROM api_keys WHERE id = $1")
+        .bind(key.id)
+        .fetch_one(app.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(requests, 2);
+    assert_eq!(app.queue_status().await["queue"]["bytes"], 0);
+}

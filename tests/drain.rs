@@ -400,3 +400,30 @@ async fn retention_drops_old_partitions_and_their_ids_only_when_configured() {
         .unwrap();
     assert_eq!(january, None);
 }
+
+#[tokio::test]
+async fn a_drain_batch_is_bounded_by_bytes_as_well_as_by_events() {
+    let app = spawn_app_with(TestOptions {
+        env: vec![
+            ("TOLLGATE_REDIS_SHARDS", "1".into()),
+            ("TOLLGATE_DRAIN_BATCH_BYTES", "64KiB".into()),
+        ],
+        ..TestOptions::default()
+    })
+    .await;
+    let key = app.create_key().await;
+    // Six requests of about 30 KB of events each.
+    let big = "x".repeat(3_000);
+    for _ in 0..6 {
+        let batch: Vec<Value> = (0..10)
+            .map(|_| json!({"type": "server", "name": "job", "id": Uuid::new_v4(), "properties": {"log": big}}))
+            .collect();
+        let response = app.collect(key.secret.expose(), &json!(batch)).await;
+        assert_eq!(response.status(), 202);
+    }
+    let report = app.drain().await;
+    assert_eq!(report["inserted"], 60, "{report}");
+    // At most about 64 KiB a batch: two or three entries, never all six.
+    assert!(report["batches"].as_u64().unwrap() >= 2, "{report}");
+    assert_eq!(app.stored_events().await, 60);
+}

@@ -82,6 +82,12 @@ pub struct PipelineConfig {
     /// Age of the oldest queued event above which queue-status warns, and is critical.
     pub warning_lag: Duration,
     pub critical_lag: Duration,
+    /// How many bytes of events the queue may hold, over all its shards.
+    /// Past it, collect writes straight to Postgres instead.
+    pub queue_max_bytes: u64,
+    /// About how many bytes of events one drain batch claims, so that a
+    /// batch of large events fits a function's memory.
+    pub drain_batch_bytes: u64,
 }
 
 /// Where the Upstash REST API is and how to talk to it.
@@ -145,6 +151,8 @@ pub const VARIABLES: &[&str] = &[
     "TOLLGATE_QUEUE_CRITICAL_DEPTH",
     "TOLLGATE_QUEUE_WARNING_LAG",
     "TOLLGATE_QUEUE_CRITICAL_LAG",
+    "TOLLGATE_QUEUE_MAX_BYTES",
+    "TOLLGATE_DRAIN_BATCH_BYTES",
     "TOLLGATE_ADMISSION_TIMEOUT",
     "TOLLGATE_ADMISSION_RESOLVE",
     "TOLLGATE_PUBLIC_IP_RATE_LIMIT",
@@ -226,6 +234,10 @@ impl Config {
                 parse_duration,
                 Duration::from_secs(600),
             ),
+            // A quarter of Upstash's free tier (256 MB), leaving the rest to
+            // the counters, the caches and the crons' batches.
+            queue_max_bytes: vars.optional("TOLLGATE_QUEUE_MAX_BYTES", parse_bytes, 64 << 20),
+            drain_batch_bytes: vars.optional("TOLLGATE_DRAIN_BATCH_BYTES", parse_bytes, 16 << 20),
         };
 
         let admission = AdmissionConfig {
@@ -422,6 +434,37 @@ fn parse_shards(value: &str) -> Result<u16, String> {
         Ok(n @ 1..=256) => Ok(n),
         _ => Err(format!(
             "expected a number of shards from 1 to 256, got `{value}`"
+        )),
+    }
+}
+
+/// A size in bytes: a whole number, or one with `KiB`, `MiB` or `GiB`.
+fn parse_bytes(value: &str) -> Result<u64, String> {
+    let trimmed = value.trim();
+    let (digits, unit) = trimmed.split_at(
+        trimmed
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(trimmed.len()),
+    );
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "expected bytes such as `67108864` or `64MiB`, got `{value}`"
+            ))
+        }
+    };
+    match digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+    {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "expected bytes such as `67108864` or `64MiB`, got `{value}`"
         )),
     }
 }

@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use crate::{
     events::{
+        queued,
         store::{self, DeadLetter, StoreOutcome, StoredEvent},
-        Event,
     },
     fault,
     logs::{self, RequestLog, UploadLog},
@@ -153,8 +153,11 @@ async fn drain_batches(
             keys,
             CONSUMER,
             config.drain_visibility,
-            target,
-            MAX_BATCH,
+            queue::ClaimBounds {
+                target_events: target,
+                max_entries: MAX_BATCH,
+                max_bytes: config.drain_batch_bytes,
+            },
         )
         .await
         .context("claiming a batch")?;
@@ -231,7 +234,7 @@ fn decode(entries: &[Entry]) -> Rows {
         let problem = match (key, &entry.kind) {
             (None, _) => format!("queue entry {} has no valid key id", entry.id),
             (Some(api_key_id), EntryKind::Events) => {
-                match serde_json::from_slice::<Vec<Event>>(&entry.events) {
+                match queued::decode(&entry.events, entry.shared.as_deref()) {
                     Ok(batch) => {
                         rows.events
                             .extend(batch.into_iter().map(|event| StoredEvent {

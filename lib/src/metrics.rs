@@ -502,9 +502,12 @@ async fn apply(
 
 /// Counts one request straight into Postgres's usage tables, on the key's
 /// day: for a route's fallback when the admission script surely did not
-/// count it (Upstash unreachable, or the call settled as not run).
+/// count it (Upstash unreachable, or the call settled as not run). The
+/// daily row is written before the key's, the order the sync takes too, so
+/// that concurrent writers wait for each other instead of deadlocking.
 pub async fn count_directly(
     db: &crate::db::Db,
+    connection: &mut sqlx::PgConnection,
     key_id: Uuid,
     day: NaiveDate,
     at: DateTime<Utc>,
@@ -512,29 +515,36 @@ pub async fn count_directly(
 ) -> anyhow::Result<()> {
     let (ok, failed) = if successful { (1i64, 0i64) } else { (0, 1) };
     db.query(
-        "WITH usage AS (
-            INSERT INTO api_key_usage_daily AS u (api_key_id, day, total_requests,
-                                                  successful_requests, failed_requests, last_used_at)
-            VALUES ($1, $2, 1, $4, $5, $3)
-            ON CONFLICT (api_key_id, day) DO UPDATE SET
-                total_requests = u.total_requests + 1,
-                successful_requests = u.successful_requests + EXCLUDED.successful_requests,
-                failed_requests = u.failed_requests + EXCLUDED.failed_requests,
-                last_used_at = GREATEST(u.last_used_at, EXCLUDED.last_used_at)
-         )
-         UPDATE api_keys SET total_requests = total_requests + 1,
-                             successful_requests = successful_requests + $4,
-                             failed_requests = failed_requests + $5,
-                             last_used_at = GREATEST(last_used_at, $3)
-         WHERE id = $1",
+        "INSERT INTO api_key_usage_daily AS u (api_key_id, day, total_requests,
+                                              successful_requests, failed_requests, last_used_at)
+         VALUES ($1, $2, 1, $4, $5, $3)
+         ON CONFLICT (api_key_id, day) DO UPDATE SET
+            total_requests = u.total_requests + 1,
+            successful_requests = u.successful_requests + EXCLUDED.successful_requests,
+            failed_requests = u.failed_requests + EXCLUDED.failed_requests,
+            last_used_at = GREATEST(u.last_used_at, EXCLUDED.last_used_at)",
     )
     .bind(key_id)
     .bind(day)
     .bind(at)
     .bind(ok)
     .bind(failed)
-    .execute(db.pool())
+    .execute(&mut *connection)
     .await
-    .context("counting a request straight into Postgres")?;
+    .context("counting a request straight into Postgres, by day")?;
+    db.query(
+        "UPDATE api_keys SET total_requests = total_requests + 1,
+                             successful_requests = successful_requests + $3,
+                             failed_requests = failed_requests + $4,
+                             last_used_at = GREATEST(last_used_at, $2)
+         WHERE id = $1",
+    )
+    .bind(key_id)
+    .bind(at)
+    .bind(ok)
+    .bind(failed)
+    .execute(&mut *connection)
+    .await
+    .context("counting a request straight into Postgres, in total")?;
     Ok(())
 }

@@ -40,8 +40,11 @@ pub struct Entry {
     pub visitor_id: Option<String>,
     /// How many events the entry holds.
     pub count: u64,
-    /// The events, a JSON array.
+    /// The events, a JSON array (in their queued form when `shared` is set).
     pub events: Bytes,
+    /// What the events share (`events::queued`); absent in entries queued
+    /// as whole events.
+    pub shared: Option<Bytes>,
     /// How many times the entry has been delivered, this time included.
     pub deliveries: i64,
 }
@@ -78,26 +81,35 @@ pub struct Claim {
     pub entries: Vec<Entry>,
 }
 
-/// Claims entries holding about `target_events` events (whole entries, so
-/// possibly a few more), at most `max_entries` of them, from every shard at
-/// once: one script call per shard, so that a claim holds one shard's lock
-/// at a time, never the whole queue's.
+/// How much one claim may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimBounds {
+    /// Events to aim for (whole entries, so possibly a few more).
+    pub target_events: u64,
+    pub max_entries: u64,
+    /// Bytes of events past which no further entry is taken.
+    pub max_bytes: u64,
+}
+
+/// Claims entries within `bounds` from every shard at once: one script
+/// call per shard, each with its share of the bounds, so that a claim
+/// holds one shard's lock at a time, never the whole queue's.
 pub async fn claim(
     upstash: &Upstash,
     keys: &RedisKeys,
     consumer: &str,
     visibility: Duration,
-    target_events: u64,
-    max_entries: u64,
+    bounds: ClaimBounds,
 ) -> Result<Claim, UpstashError> {
     let shards = u64::from(keys.shards());
-    let (target, max) = (
-        target_events.div_ceil(shards).max(1),
-        max_entries.div_ceil(shards).max(1),
-    );
+    let share = ClaimBounds {
+        target_events: bounds.target_events.div_ceil(shards).max(1),
+        max_entries: bounds.max_entries.div_ceil(shards).max(1),
+        max_bytes: bounds.max_bytes.div_ceil(shards).max(1),
+    };
     let claims = futures::future::try_join_all(
         (0..keys.shards())
-            .map(|shard| claim_shard(upstash, keys, shard, consumer, visibility, target, max)),
+            .map(|shard| claim_shard(upstash, keys, shard, consumer, visibility, share)),
     )
     .await?;
     let mut claim = Claim::default();
@@ -114,8 +126,7 @@ async fn claim_shard(
     shard: u16,
     consumer: &str,
     visibility: Duration,
-    target_events: u64,
-    max_entries: u64,
+    bounds: ClaimBounds,
 ) -> Result<Claim, UpstashError> {
     let reply: Reply = upstash
         .eval(
@@ -125,8 +136,9 @@ async fn claim_shard(
                 DRAIN_GROUP.to_owned(),
                 consumer.to_owned(),
                 visibility.as_millis().to_string(),
-                target_events.to_string(),
-                max_entries.to_string(),
+                bounds.target_events.to_string(),
+                bounds.max_entries.to_string(),
+                bounds.max_bytes.to_string(),
             ],
         )
         .await?;
@@ -169,6 +181,7 @@ fn parse_entry(shard: u16, reply: Reply) -> Result<Entry, UpstashError> {
         visitor_id: None,
         count: 0,
         events: Bytes::new(),
+        shared: None,
         deliveries,
     };
     let mut fields = fields.into_iter();
@@ -184,6 +197,7 @@ fn parse_entry(shard: u16, reply: Reply) -> Result<Entry, UpstashError> {
                     .unwrap_or(0)
             }
             b"e" => entry.events = value,
+            b"c" => entry.shared = Some(value),
             _ => {}
         }
     }
@@ -204,6 +218,12 @@ pub async fn ack(
             .or_insert_with(|| vec![DRAIN_GROUP.to_owned()]);
         args.push(entry.id.clone());
         args.push(entry.count.to_string());
+        // What admit.lua added to the shard's queued_bytes for it.
+        let bytes = match entry.kind {
+            EntryKind::Events if entry.count > 0 => entry.events.len(),
+            _ => 0,
+        };
+        args.push(bytes.to_string());
     }
     let acked = futures::future::try_join_all(by_shard.iter().map(|(shard, args)| async move {
         let queue = keys.event_queue(*shard);

@@ -8,6 +8,7 @@
 //! only Redis knows the key id (from its key cache) and the daily salt.
 
 pub mod parse;
+pub mod queued;
 pub mod store;
 
 use chrono::{DateTime, Utc};
@@ -50,8 +51,9 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     /// A JSON object of at most 32 KB, kept as its JSON text (Postgres
-    /// parses it into `jsonb`; the queue need not).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// parses it into `jsonb`; the queue need not). It is queued as JSON
+    /// itself, not as a string holding JSON, which would escape every quote.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "raw_json")]
     pub properties: Option<String>,
     #[serde(flatten)]
     pub web: WebFields,
@@ -146,4 +148,80 @@ pub struct GeoFields {
     pub latitude: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub longitude: Option<f64>,
+}
+
+/// `properties` in the queue: the object itself, read back as its text.
+/// Entries queued as a string holding the JSON are read as well.
+mod raw_json {
+    use serde::{
+        de::Error as _, ser::Error as _, Deserialize, Deserializer, Serialize, Serializer,
+    };
+    use serde_json::value::RawValue;
+
+    pub fn serialize<S: Serializer>(text: &Option<String>, out: S) -> Result<S::Ok, S::Error> {
+        match text {
+            Some(text) => RawValue::from_string(text.clone())
+                .map_err(S::Error::custom)?
+                .serialize(out),
+            None => out.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<Option<String>, D::Error> {
+        let Some(raw) = Option::<Box<RawValue>>::deserialize(input)? else {
+            return Ok(None);
+        };
+        if raw.get().starts_with('"') {
+            return serde_json::from_str(raw.get()).map_err(D::Error::custom);
+        }
+        Ok(Some(raw.get().to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(properties: Option<&str>) -> Event {
+        Event {
+            id: Uuid::nil(),
+            kind: EventKind::Web,
+            name: "pageview".into(),
+            occurred_at: "2031-01-01T00:00:00Z".parse().unwrap(),
+            received_at: "2031-01-01T00:00:00Z".parse().unwrap(),
+            session_id: None,
+            user_id: None,
+            properties: properties.map(str::to_owned),
+            web: WebFields {
+                url: Some("https://shop.example/".into()),
+                ..WebFields::default()
+            },
+            mobile: MobileFields::default(),
+            server: ServerFields::default(),
+            agent: AgentFields::default(),
+            geo: GeoFields::default(),
+        }
+    }
+
+    #[test]
+    fn properties_are_queued_as_json_not_as_an_escaped_string() {
+        let queued = serde_json::to_string(&event(Some(r#"{"plan":"pro","n":[1,2]}"#))).unwrap();
+        assert!(
+            queued.contains(r#""properties":{"plan":"pro","n":[1,2]}"#),
+            "{queued}"
+        );
+        let back: Event = serde_json::from_str(&queued).unwrap();
+        assert_eq!(back, event(Some(r#"{"plan":"pro","n":[1,2]}"#)));
+        let none: Event =
+            serde_json::from_str(&serde_json::to_string(&event(None)).unwrap()).unwrap();
+        assert_eq!(none.properties, None);
+    }
+
+    #[test]
+    fn properties_queued_as_a_string_are_still_read() {
+        let mut old = serde_json::to_value(event(None)).unwrap();
+        old["properties"] = r#"{"plan":"pro"}"#.into();
+        let back: Event = serde_json::from_value(old).unwrap();
+        assert_eq!(back.properties.as_deref(), Some(r#"{"plan":"pro"}"#));
+    }
 }

@@ -704,14 +704,19 @@ fn parse_web(fields: &mut Fields) -> Result<WebFields, EventError> {
             }
             // The parser percent-encodes what the client left raw, so the
             // path can outgrow the URL it came from.
-            let path = parsed.path();
-            check_text("path (of url)", path, PATH_MAX)?;
-            web.path = Some(path.to_owned());
-            read_utm(&parsed, &mut web);
+            check_text("path (of url)", parsed.path(), PATH_MAX)?;
+            derive_from_url(&parsed, &mut web);
         }
     }
     web.url = url;
     Ok(web)
+}
+
+/// Fills a web event's `path` and `utm_*` fields from its URL: at collect,
+/// and again when the drain reads an event queued without them.
+pub(crate) fn derive_from_url(url: &url::Url, web: &mut WebFields) {
+    web.path = Some(url.path().to_owned());
+    read_utm(url, web);
 }
 
 /// Fills the `utm_*` fields from the URL's query string. They are derived,

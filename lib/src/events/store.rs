@@ -87,7 +87,7 @@ fn insert_isolating<'a>(
         if events.is_empty() {
             return Ok(0);
         }
-        match insert(db, events).await {
+        match insert(db, db.pool(), events).await {
             Ok(inserted) => Ok(inserted),
             Err(error) if is_data_error(&error) => {
                 if let [single] = events {
@@ -119,7 +119,11 @@ pub fn is_data_error(error: &sqlx::Error) -> bool {
 /// One statement for the whole batch; an event whose id is already stored
 /// (redelivered, or resent by its client) is skipped. Returns the number of
 /// rows inserted.
-async fn insert(db: &Db, events: &[StoredEvent]) -> Result<u64, sqlx::Error> {
+async fn insert<'e>(
+    db: &Db,
+    executor: impl sqlx::PgExecutor<'e>,
+    events: &[StoredEvent],
+) -> Result<u64, sqlx::Error> {
     // A client may repeat an id within one batch; the first one wins, as it
     // would have had the two come in separate batches.
     let mut seen = std::collections::HashSet::with_capacity(events.len());
@@ -210,9 +214,23 @@ async fn insert(db: &Db, events: &[StoredEvent]) -> Result<u64, sqlx::Error> {
         .bind(columns.city)
         .bind(columns.latitude)
         .bind(columns.longitude)
-        .execute(db.pool())
+        .execute(executor)
         .await?;
     Ok(result.rows_affected())
+}
+
+/// Stores events inside the caller's transaction, all or none: for
+/// collect's direct path, which counts the request in the same
+/// transaction. Validated events only; a row Postgres refuses fails the
+/// whole transaction instead of being dead-lettered. Returns the rows
+/// inserted.
+pub async fn store_in(
+    db: &Db,
+    transaction: &mut sqlx::PgConnection,
+    events: &[StoredEvent],
+) -> Result<u64, sqlx::Error> {
+    ensure_partitions(db, events.iter().map(|e| e.event.occurred_at)).await?;
+    insert(db, &mut *transaction, events).await
 }
 
 /// The batch turned column-wise, as `UNNEST` takes it.

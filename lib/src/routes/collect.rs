@@ -174,9 +174,13 @@ async fn accept(
         ip: client_ip(headers),
         user_agent: user_agent.unwrap_or(""),
     };
+    let (shared, queued) = crate::events::queued::encode(&events)
+        .context("encoding the events")?
+        .unwrap_or_default();
     let payload = EventsPayload {
         n: events.len(),
-        json: serde_json::to_string(&events).context("encoding the events")?,
+        json: queued,
+        shared,
         bots: dropped_as_bot,
         ua: submission.user_agent,
         day: now.date_naive(),
@@ -206,10 +210,22 @@ async fn accept(
             *rate = limits;
             return Err(error);
         }
+        // The queue holds its capacity: the events go straight to Postgres,
+        // and the request is counted there, since admit.lua did not run.
+        Ok(Decision::QueueFull) => {
+            tracing::warn!("the event queue is full; writing events straight to Postgres");
+            write_direct(state, &submission, true, Fallback::QueueFull).await?
+        }
         Err(error) if state.config.admission.fails_open("collect") => {
             tracing::error!(error = ?error.error, "admission failed; writing events straight to Postgres");
             // Counted here only if admit.lua surely did not count it.
-            write_direct(state, &submission, !error.may_have_run).await?
+            write_direct(
+                state,
+                &submission,
+                !error.may_have_run,
+                Fallback::Unavailable,
+            )
+            .await?
         }
         Err(error) => {
             tracing::error!(error = ?error.error, "admission failed; collect fails closed");
@@ -319,6 +335,7 @@ async fn write_direct(
     state: &AppState,
     submission: &Submission<'_>,
     count: bool,
+    why: Fallback,
 ) -> Result<usize, ApiError> {
     let unavailable = |error: anyhow::Error| {
         tracing::error!(error = ?error, "Postgres unavailable too; refusing the events");
@@ -352,34 +369,98 @@ async fn write_direct(
             event: event.clone(),
         })
         .collect();
+    // One transaction: the events, the request's count and the fallback's,
+    // all or none, so that a client told to retry never has its events
+    // (server-assigned ids and all) stored twice. Postgres may end one of
+    // two colliding transactions as a deadlock; it is then run again.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match write_direct_once(state, &rows, count, why, (api_key_id, day, now)).await {
+            Err(error) if tries < 3 && is_retryable(&error) => {
+                tracing::warn!(error = ?error, "a direct write collided; running it again");
+            }
+            other => break other.map_err(unavailable)?,
+        }
+    }
+    Ok(rows.len())
+}
+
+/// The direct write's one transaction.
+async fn write_direct_once(
+    state: &AppState,
+    rows: &[StoredEvent],
+    count: bool,
+    why: Fallback,
+    (api_key_id, day, now): (Uuid, chrono::NaiveDate, chrono::DateTime<chrono::Utc>),
+) -> anyhow::Result<()> {
+    let mut transaction = state
+        .db
+        .pool()
+        .begin()
+        .await
+        .context("starting the direct write")?;
     if !rows.is_empty() {
-        store::store(&state.db, &rows, 1)
+        store::store_in(&state.db, &mut transaction, rows)
             .await
-            .context("writing events straight to Postgres")
-            .map_err(unavailable)?;
+            .context("writing events straight to Postgres")?;
     }
     // When the admission script surely did not count this request (it never
     // ran, or settled as not run), the usage it would have moved through
     // the sync goes straight to the same tables, on the key's day. When it
     // may have run (Upstash silent past the resolve time), its count stands.
     if count {
-        crate::metrics::count_directly(&state.db, api_key_id, day, now, true)
-            .await
-            .map_err(unavailable)?;
+        crate::metrics::count_directly(&state.db, &mut transaction, api_key_id, day, now, true)
+            .await?;
     }
     state
         .db
         .query(
-            "INSERT INTO operational_counters (name, value) VALUES ('direct_to_postgres_events', $1)
+            "INSERT INTO operational_counters (name, value) VALUES ($2, $1)
              ON CONFLICT (name) DO UPDATE
                 SET value = operational_counters.value + EXCLUDED.value, updated_at = now()",
         )
         .bind(rows.len() as i64)
-        .execute(state.db.pool())
+        .bind(why.counter())
+        .execute(&mut *transaction)
         .await
-        .context("counting the direct write")
-        .map_err(unavailable)?;
-    Ok(rows.len())
+        .context("counting the direct write")?;
+    transaction
+        .commit()
+        .await
+        .context("committing the direct write")?;
+    Ok(())
+}
+
+/// Whether Postgres ended the transaction to break a deadlock or a
+/// serialization conflict, which running it again resolves.
+fn is_retryable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|error| error.as_database_error())
+            .and_then(|error| error.code())
+            .is_some_and(|code| code == "40P01" || code == "40001")
+    })
+}
+
+/// Why collect wrote straight to Postgres, as queue-status counts it.
+#[derive(Debug, Clone, Copy)]
+enum Fallback {
+    /// Admission could not be decided (Upstash unreachable or failing).
+    Unavailable,
+    /// The queue held its capacity of events.
+    QueueFull,
+}
+
+impl Fallback {
+    /// The `operational_counters` row.
+    fn counter(self) -> &'static str {
+        match self {
+            Fallback::Unavailable => "direct_to_postgres_events",
+            Fallback::QueueFull => "queue_full_events",
+        }
+    }
 }
 
 enum DirectRefusal {

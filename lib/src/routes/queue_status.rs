@@ -40,6 +40,10 @@ struct Queued {
     /// Collect requests (queue entries) holding them.
     requests: u64,
     oldest_age_seconds: Option<f64>,
+    /// Bytes of events in the queue, claimed or not, against its capacity
+    /// (`TOLLGATE_QUEUE_MAX_BYTES`); past it collect writes to Postgres.
+    bytes: u64,
+    capacity_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,6 +68,8 @@ struct LastDrain {
 struct Fallbacks {
     /// Events written straight to Postgres while Redis was unreachable.
     direct_to_postgres_events: i64,
+    /// Events written straight to Postgres because the queue was full.
+    queue_full_events: i64,
     /// Events dropped because a bot sent them.
     bots_dropped: u64,
     /// Requests admitted without limits because admission could not be
@@ -109,6 +115,8 @@ async fn status(state: &AppState, request: &Request<Bytes>) -> Result<Response<B
                     (SELECT coalesce(sum(value), 0)::bigint FROM operational_counters
                       WHERE name = 'direct_to_postgres_events') AS direct_writes,
                     (SELECT coalesce(sum(value), 0)::bigint FROM operational_counters
+                      WHERE name = 'queue_full_events') AS queue_full,
+                    (SELECT coalesce(sum(value), 0)::bigint FROM operational_counters
                       WHERE name = 'fail_open_admissions') AS fail_open",
         )
         .fetch_one(state.db.pool())
@@ -116,6 +124,7 @@ async fn status(state: &AppState, request: &Request<Bytes>) -> Result<Response<B
         .context("reading dead letters and fallback counters")?;
     let dead_letters: i64 = row.try_get("dead_letters").context("dead_letters")?;
     let direct_writes: i64 = row.try_get("direct_writes").context("direct_writes")?;
+    let queue_full: i64 = row.try_get("queue_full").context("queue_full")?;
     let fail_open: i64 = row.try_get("fail_open").context("fail_open")?;
 
     let now_ms = state.clock.now().timestamp_millis();
@@ -135,6 +144,8 @@ async fn status(state: &AppState, request: &Request<Bytes>) -> Result<Response<B
     };
 
     let queued_events = stat_u64("queued_events");
+    let queued_bytes = stat_u64("queued_bytes");
+    let capacity = config.queue_max_bytes;
     let oldest_age = age(redis.oldest_queued_ms);
     let last_drain = stat("last_drain_at")
         .and_then(|ms| ms.parse::<i64>().ok())
@@ -161,6 +172,13 @@ async fn status(state: &AppState, request: &Request<Bytes>) -> Result<Response<B
             ),
         ),
         (
+            queued_bytes >= capacity,
+            2,
+            format!(
+                "the queue holds {queued_bytes} bytes of events, its capacity of {capacity}: collect is writing straight to Postgres"
+            ),
+        ),
+        (
             lag > config.critical_lag.as_secs_f64(),
             2,
             format!(
@@ -175,6 +193,11 @@ async fn status(state: &AppState, request: &Request<Bytes>) -> Result<Response<B
                 "{queued_events} events queued (warning above {})",
                 config.warning_depth
             ),
+        ),
+        (
+            queued_bytes >= capacity / 5 * 4,
+            1,
+            format!("the queue holds {queued_bytes} bytes of events, over 80 % of its capacity of {capacity}"),
         ),
         (
             lag > config.warning_lag.as_secs_f64(),
@@ -215,6 +238,8 @@ async fn status(state: &AppState, request: &Request<Bytes>) -> Result<Response<B
             events: queued_events,
             requests: redis.queued_entries,
             oldest_age_seconds: oldest_age,
+            bytes: queued_bytes,
+            capacity_bytes: capacity,
         },
         in_flight: InFlight {
             requests: redis.pending_entries,
@@ -225,6 +250,7 @@ async fn status(state: &AppState, request: &Request<Bytes>) -> Result<Response<B
         last_drain,
         fallbacks: Fallbacks {
             direct_to_postgres_events: direct_writes,
+            queue_full_events: queue_full,
             bots_dropped: stat_u64("bots_dropped"),
             fail_open_admissions: fail_open,
         },

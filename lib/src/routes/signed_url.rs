@@ -127,6 +127,10 @@ async fn sign(
             *rate = limits;
             (key_id, provider)
         }
+        // Only events fill the queue, and an upload brings none.
+        Ok(Decision::QueueFull) => {
+            return Err(anyhow::anyhow!("admission answered queue_full for an upload").into())
+        }
         Ok(Decision::Refused {
             error,
             rate: limits,
@@ -262,5 +266,8 @@ async fn count_refusal_directly(state: &AppState, key: &PresentedKey) -> anyhow:
         return Ok(());
     };
     let day = apikeys::key_day(now, apikeys::zone(&cached.timezone));
-    crate::metrics::count_directly(&state.db, key_id, day, now, false).await
+    let mut transaction = state.db.pool().begin().await?;
+    crate::metrics::count_directly(&state.db, &mut transaction, key_id, day, now, false).await?;
+    transaction.commit().await?;
+    Ok(())
 }

@@ -19,17 +19,20 @@
 -- KEYS[7]   viols:key:<key id>
 -- KEYS[8]   banlevel:key:<key id>
 -- KEYS[9]   events:queue:<shard>    the queue shard drawn for this request
--- KEYS[10]  events:stats:<shard>    its counters: queued_events, bots_dropped
+-- KEYS[10]  events:stats:<shard>    its counters: queued_events, queued_bytes, bots_dropped
 -- KEYS[11]  mx:dirty:<shard>        its set of keys with unsynced counters
 -- KEYS[12]  salt:<key id>:<utc day> the visitor-id salt
 -- KEYS[13..16] (publishable keys with a client IP only)
 --           rl:ip:<ip>, ban:ip:<ip>, viols:ip:<ip>, banlevel:ip:<ip>
--- ARGV[1]  the request, as JSON (see admission.rs, `ScriptRequest`); its
---          key_id is the id the caller named the keys after, its
---          deadline_ms bounds when the script may act, a counted verdict
---          is remembered for memo_ms, and `settle` (a call asked again
---          after a lost reply) only reads that verdict or marks the request
---          as not run
+-- ARGV[1]  the request, as one line of JSON (see admission.rs,
+--          `ScriptRequest`), then a newline and the collected events as the
+--          caller encoded them (nothing for other routes): sent as the raw
+--          body of the call, so the events are never escaped on the way and
+--          are queued as they came. The request's key_id is the id the
+--          caller named the keys after, its deadline_ms bounds when the
+--          script may act, a counted verdict is remembered for memo_ms, and
+--          `settle` (a call asked again after a lost reply or an error)
+--          only reads that verdict or marks the request as not run
 --
 -- Returns {verdict, key_id, limit, remaining, reset_ms, retry_after_ms, detail}:
 --   verdict "ok" | "late" (not run: settled, or past deadline_ms) |
@@ -37,7 +40,8 @@
 --   "banned" | "rate_limited" | "daily_quota_exceeded" |
 --   "monthly_quota_exceeded" | "miss" | "reseed_quota" | "rekey" |
 --   "partial" (asked again: an earlier call began writing and failed, so
---   the request may have been counted);
+--   the request may have been counted) | "queue_full" (not run: the
+--   shard's queue holds its capacity of events);
 --   limit/remaining/reset_ms describe the per-minute limit;
 --   detail is the ban's JSON for "banned", "permanent" or "permanent-ip"
 --   when this request made a ban permanent, the day and month to reseed
@@ -48,7 +52,9 @@
 --   "content_type_not_allowed", "file_too_large" or
 --   "provider_not_configured" (counted as failed).
 
-local req = cjson.decode(ARGV[1])
+local newline = string.find(ARGV[1], '\n', 1, true) or (#ARGV[1] + 1)
+local req = cjson.decode(string.sub(ARGV[1], 1, newline - 1))
+local events_json = string.sub(ARGV[1], newline + 1)
 local cache_key, memo_key, rate_key, quota_key, metrics_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ban_keys = {key = KEYS[6]}
 local viol_keys = {key = KEYS[7]}
@@ -202,6 +208,17 @@ if (day_limit and not used_day) or (month_limit and not used_month) then
   return {'reseed_quota', id, 0, 0, 0, 0, day_id .. '|' .. month_id}
 end
 
+-- The queue holds at most queue_capacity bytes of events per shard: past
+-- it the caller stores the events itself, straight in Postgres. Checked
+-- before any write, so that this refusal means "not run".
+local events = req.events
+if events and events.n > 0 then
+  local queued = tonumber(redis.call('HGET', stats_key, 'queued_bytes') or '0')
+  if queued + #events_json > req.queue_capacity then
+    return {'queue_full', id, 0, 0, 0, 0, ''}
+  end
+end
+
 -- Everything above only read. Before its first write the script marks the
 -- request as begun: Redis does not undo what a script wrote before it
 -- failed part-way, so a caller asking again after an error must learn
@@ -348,14 +365,15 @@ if upload_error then
   return counted({upload_error[1], id, limit, remaining, reset, 0, upload_error[2]})
 end
 
-local events = req.events
 local bots = (events and events.bots) or 0
 if valid and events and events.n > 0 then
   redis.call('SET', salt_key, events.salt, 'NX', 'EX', 172800)
   local salt = redis.call('GET', salt_key)
   local visitor = redis.sha1hex(salt .. '|' .. req.ip .. '|' .. events.ua .. '|' .. id)
-  redis.call('XADD', queue_key, '*', 't', 'ev', 'k', id, 'v', visitor, 'n', events.n, 'e', events.json)
+  redis.call('XADD', queue_key, '*', 't', 'ev', 'k', id, 'v', visitor, 'n', events.n,
+    'c', events.shared, 'e', events_json)
   redis.call('HINCRBY', stats_key, 'queued_events', events.n)
+  redis.call('HINCRBY', stats_key, 'queued_bytes', #events_json)
 end
 if bots > 0 then
   redis.call('HINCRBY', stats_key, 'bots_dropped', bots)

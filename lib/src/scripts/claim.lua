@@ -14,18 +14,32 @@
 -- ARGV[3]  visibility timeout, ms
 -- ARGV[4]  target number of events
 -- ARGV[5]  maximum number of entries
+-- ARGV[6]  about how many bytes of events to claim: the entry that crosses
+--          it is the last (the first entry is always taken), so that a
+--          batch of large events fits in a drain's memory
 --
 -- Returns {reclaimed, entries}: how many entries were reclaimed, and each
 -- entry as {id, fields, deliveries}.
 
 local queue, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local visibility, target, max_entries = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_bytes = tonumber(ARGV[6])
 
 -- The group starts at the beginning of the stream, so nothing queued before
 -- the first drain is skipped. BUSYGROUP means it exists already.
 pcall(redis.call, 'XGROUP', 'CREATE', queue, group, '0', 'MKSTREAM')
 
-local entries, events, reclaimed = {}, 0, 0
+local entries, events, bytes, reclaimed = {}, 0, 0, 0
+
+-- How many entries to read next: as many as surely fit the bytes left,
+-- at most an entry's largest size each (collect's 1 MB body limit, with
+-- room to spare), and at least one. Reading more at once could take a
+-- run of large entries far past the bound.
+local largest_entry = 1200000
+local function next_count()
+  local room = max_entries - #entries
+  return math.max(1, math.min(room, 100, math.floor((max_bytes - bytes) / largest_entry)))
+end
 
 local function take(entry, deliveries)
   local fields = entry[2]
@@ -33,6 +47,8 @@ local function take(entry, deliveries)
   for i = 1, #fields, 2 do
     if fields[i] == 'n' then
       n = tonumber(fields[i + 1]) or 0
+    elseif fields[i] == 'e' then
+      bytes = bytes + #fields[i + 1]
     end
   end
   events = events + n
@@ -43,8 +59,8 @@ end
 local cursor = '0-0'
 repeat
   local room = max_entries - #entries
-  if room <= 0 or events >= target then break end
-  local claimed = redis.call('XAUTOCLAIM', queue, group, consumer, visibility, cursor, 'COUNT', math.min(room, 100))
+  if room <= 0 or events >= target or bytes >= max_bytes then break end
+  local claimed = redis.call('XAUTOCLAIM', queue, group, consumer, visibility, cursor, 'COUNT', next_count())
   cursor = claimed[1]
   for _, entry in ipairs(claimed[2]) do
     local info = redis.call('XPENDING', queue, group, entry[1], entry[1], 1)
@@ -54,8 +70,8 @@ repeat
   end
 until cursor == '0-0'
 
-while events < target and #entries < max_entries do
-  local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', math.min(max_entries - #entries, 100), 'STREAMS', queue, '>')
+while events < target and #entries < max_entries and bytes < max_bytes do
+  local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', next_count(), 'STREAMS', queue, '>')
   if not read then break end
   local batch = read[1][2]
   if #batch == 0 then break end
