@@ -67,6 +67,10 @@ enum Command {
         /// global lock (repeatable): a library script that scans the keyspace.
         #[arg(long = "allow-global-lock", value_name = "SHA1", requires = "strict")]
         allow_global_lock: Vec<String>,
+        /// Delay each direction of every request by this much (`1ms`, `5ms`),
+        /// as a network would: for measuring what round trips cost.
+        #[arg(long, value_parser = tollgate::config::parse_duration)]
+        latency: Option<std::time::Duration>,
     },
     /// Apply pending migrations to DATABASE_URL.
     Migrate {
@@ -262,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
             redis_url,
             strict,
             allow_global_lock,
+            latency,
         } => {
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
                 .await
@@ -277,6 +282,7 @@ async fn main() -> anyhow::Result<()> {
             let options = upstash_local::Options {
                 strict,
                 allow_global_lock,
+                latency: latency.unwrap_or_default(),
                 ..upstash_local::Options::new(token, redis_url)
             };
             upstash_local::serve(listener, options, shutdown).await

@@ -80,6 +80,10 @@ pub struct Options {
     /// Where the server counts the scripts it runs and refuses; keep a clone to
     /// read them.
     pub stats: Arc<Stats>,
+    /// Added before each request is handled and again before its answer
+    /// leaves: a network's delay each way, for measuring what round trips
+    /// cost (`--latency 1ms`). Zero by default.
+    pub latency: Duration,
 }
 
 impl Options {
@@ -91,6 +95,7 @@ impl Options {
             strict: false,
             allow_global_lock: Vec::new(),
             stats: Arc::default(),
+            latency: Duration::ZERO,
         }
     }
 }
@@ -141,6 +146,7 @@ pub async fn router(options: Options) -> anyhow::Result<Router> {
             )
         })?;
 
+    let latency = options.latency;
     let state = AppState {
         redis,
         token: Arc::new(ExpectedToken::new(&options.token)),
@@ -161,6 +167,10 @@ pub async fn router(options: Options) -> anyhow::Result<Router> {
             state.clone(),
             stamp_sync_token,
         ))
+        // Outermost of all: every answer pays the delay, as on a network.
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            delayed(latency, request, next)
+        }))
         .with_state(state))
 }
 
@@ -235,6 +245,17 @@ fn presented_token(headers: &HeaderMap, uri: &Uri) -> Option<String> {
             .find(|(name, _)| name == "_token")
             .map(|(_, token)| token.into_owned())
     })
+}
+
+/// Runs a request after `latency`, and answers `latency` after it is done.
+async fn delayed(latency: Duration, request: Request, next: Next) -> Response {
+    if latency.is_zero() {
+        return next.run(request).await;
+    }
+    tokio::time::sleep(latency).await;
+    let response = next.run(request).await;
+    tokio::time::sleep(latency).await;
+    response
 }
 
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
