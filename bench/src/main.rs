@@ -86,9 +86,33 @@ enum Command {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "redis,drain,postgres,upstash,sync"
+            default_value = "queue,redis,drain,postgres,upstash,sync"
         )]
         faults: Vec<String>,
+    },
+    /// Sends full-size collect bodies through the collect handler and
+    /// prints, for each, the bytes of its Upstash request and of its queue
+    /// entry against the bytes of the body.
+    Payload {
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: String,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Sends the same POST `requests` times, one after another on one
+    /// connection (after a few to warm up), and prints the latency's p50
+    /// and p99: what one client of the route waits.
+    Latency {
+        #[arg(long)]
+        url: String,
+        /// The request body.
+        #[arg(long)]
+        body: PathBuf,
+        /// Sent as `Authorization: Bearer`.
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
     },
     /// Seeds usage rows for many keys and events, a tenth of them the given
     /// key's, into the app's database, then times each analytics view's
@@ -130,6 +154,16 @@ async fn main() -> anyhow::Result<()> {
             samples,
             database_url,
         } => analytics(keys, events, key_id, samples, &database_url).await,
+        Command::Latency {
+            url,
+            body,
+            token,
+            requests,
+        } => latency(&url, &body, &token, requests).await,
+        Command::Payload {
+            redis_url,
+            database_url,
+        } => payload(&redis_url, &database_url).await,
         Command::Soak {
             seconds,
             clients,
@@ -327,6 +361,137 @@ async fn sync(keys: u64, redis_url: &str, database_url: &str) -> anyhow::Result<
     );
     drop(state);
     drop_database(server, &db_url).await?;
+    Ok(())
+}
+
+/// A stream entry as XRANGE gives it: its id and its fields.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+async fn payload(redis_url: &str, database_url: &str) -> anyhow::Result<()> {
+    let (server, _) = database_url
+        .rsplit_once('/')
+        .context("DATABASE_URL names a database")?;
+    let db_url = fresh_database(server, "bench_payload").await?;
+    let prefix = format!("bench:{}:", Uuid::new_v4().simple());
+    let config = Config::from_lookup(|name| match name {
+        "DATABASE_URL" => Some(db_url.clone()),
+        "TOLLGATE_KEY_PREFIX" => Some(prefix.clone()),
+        "TOLLGATE_REDIS_SHARDS" => Some("1".into()),
+        other => std::env::var(other).ok(),
+    })?;
+    let state = AppState::new(config)?;
+    state.db.migrate().await?;
+    let key = NewKey::generate();
+    apikeys::insert(&state.db, &key, "bench", Tier::Enterprise).await?;
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let cart: Vec<serde_json::Value> = (0..60)
+        .map(|n| serde_json::json!({"sku": format!("SKU-{n}"), "qty": n}))
+        .collect();
+    let shapes: [(&str, Vec<serde_json::Value>); 2] = [
+        (
+            "web events with properties, 1 MB",
+            (0..500)
+                .map(|i| serde_json::json!({"type": "web", "name": "pageview", "id": Uuid::new_v4(),
+                    "url": format!("https://shop.example.com/products/{i}?utm_source=news&utm_medium=email"),
+                    "referrer": "https://news.example.org/item?id=123", "title": "A product page",
+                    "properties": {"plan": "pro", "cart": cart}}))
+                .collect(),
+        ),
+        (
+            "500 page views as the tracker sends them",
+            (0..500)
+                .map(|i| serde_json::json!({"type": "web", "name": "pageview", "id": Uuid::new_v4(),
+                    "timestamp": chrono::Utc::now().to_rfc3339(),
+                    "url": format!("https://shop.example.com/products/{i}?utm_source=news"),
+                    "referrer": "https://news.example.org/", "title": "A product page",
+                    "screen": "1920x1080", "language": "en-GB"}))
+                .collect(),
+        ),
+    ];
+    let mut out = vec![];
+    for (shape, events) in shapes {
+        let body = serde_json::to_vec(&serde_json::json!({"batch": events}))?;
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("/api/collect")
+            .header("authorization", format!("Bearer {}", key.secret.expose()))
+            .header("content-type", "application/json")
+            .body(bytes::Bytes::from(body.clone()))?;
+        // Warm the key cache first, so only the admission call is measured.
+        let warm = request.clone();
+        tollgate::routes::collect::handle(&state, warm).await;
+        let _: () = redis::cmd("DEL")
+            .arg(state.keys.event_queue(0))
+            .query_async(&mut conn)
+            .await?;
+        let sent = state.upstash.bytes_sent();
+        let response = tollgate::routes::collect::handle(&state, request).await;
+        anyhow::ensure!(
+            response.status() == 202,
+            "collect answered {}",
+            response.status()
+        );
+        let upstash_bytes = state.upstash.bytes_sent() - sent;
+        let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
+            .arg(state.keys.event_queue(0))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await?;
+        let stream_bytes: usize = entries
+            .iter()
+            .filter(|(_, fields)| fields.iter().any(|(f, v)| f == "t" && v == b"ev"))
+            .flat_map(|(_, fields)| fields.iter().map(|(f, v)| f.len() + v.len()))
+            .sum();
+        out.push(serde_json::json!({
+            "shape": shape,
+            "body_bytes": body.len(),
+            "upstash_bytes": upstash_bytes,
+            "stream_bytes": stream_bytes,
+        }));
+    }
+    println!("{}", serde_json::Value::from(out));
+    drop(state);
+    drop_database(server, &db_url).await?;
+    Ok(())
+}
+
+async fn latency(
+    url: &str,
+    body: &std::path::Path,
+    token: &str,
+    requests: usize,
+) -> anyhow::Result<()> {
+    let body = std::fs::read(body).with_context(|| format!("reading {}", body.display()))?;
+    // One connection, kept: the latency of a route, not of connecting.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        .build()?;
+    let mut times = Vec::with_capacity(requests);
+    for i in 0..requests + 20 {
+        let started = Instant::now();
+        let response = http
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await?;
+        let status = response.status();
+        response.bytes().await?;
+        anyhow::ensure!(status.is_success(), "{url} answered {status}");
+        if i >= 20 {
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{}",
+        serde_json::json!({"requests": requests, "p50_ms": at(0.5), "p99_ms": at(0.99)})
+    );
     Ok(())
 }
 

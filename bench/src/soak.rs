@@ -55,8 +55,9 @@ pub struct Options {
     pub summary: PathBuf,
     /// Concurrent clients per route, scaled down for the short variant.
     pub clients: usize,
-    /// The kinds of fault to inject (`redis`, `postgres`, `upstash`,
-    /// `drain`, `sync`); all of them unless narrowed to find a culprit.
+    /// The kinds of fault to inject (`queue`, `redis`, `postgres`,
+    /// `upstash`, `drain`, `sync`); all of them unless narrowed to find a
+    /// culprit.
     pub faults: Vec<String>,
 }
 
@@ -148,11 +149,13 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
             "--strict",
         ],
         &env,
+        &layout.dir.join("upstash.log"),
     )?;
     let mut app = spawn(
         &options.bin_dir.join("tollgate"),
         &["dev", "--port", &options.app_port.to_string(), "--no-crons"],
         &env,
+        &layout.dir.join("app.log"),
     )?;
     let base = format!("http://127.0.0.1:{}", options.app_port);
     let http = reqwest::Client::builder()
@@ -194,10 +197,12 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         Arc::clone(&stop),
         now,
     )));
+    let hold_drain = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tasks.push(tokio::spawn(crons(
         http.clone(),
         base.clone(),
         Arc::clone(&stop),
+        Arc::clone(&hold_drain),
     )));
     // Memory after the warm-up, for the comparison at the end.
     tokio::time::sleep(Duration::from_secs(3).min(options.duration / 10)).await;
@@ -212,6 +217,8 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         now: &now,
         http: &http,
         kinds: &options.faults,
+        hold_drain: &hold_drain,
+        base: &base,
     };
     faults.run(options.duration).await?;
     let rss_end = (rss_kib(pids.0), rss_kib(pids.1));
@@ -255,6 +262,9 @@ fn environment(options: &Options, services: &Services) -> Vec<(&'static str, Str
         ("CRON_SECRET", CRON_SECRET.to_owned()),
         // A killed drain's entries come back after this, within the run.
         ("TOLLGATE_DRAIN_VISIBILITY", "10s".to_owned()),
+        // Small, so that holding the drain back fills it within seconds
+        // (the `queue` fault): collect then writes straight to Postgres.
+        ("TOLLGATE_QUEUE_MAX_BYTES", "256KiB".to_owned()),
         // Every simulated browser shares 127.0.0.1.
         ("TOLLGATE_PUBLIC_IP_RATE_LIMIT", "1000000000".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
@@ -308,12 +318,19 @@ fn noon_zone(now: chrono::DateTime<chrono::Utc>) -> String {
     }
 }
 
-fn spawn(binary: &Path, args: &[&str], env: &[(&'static str, String)]) -> anyhow::Result<Child> {
+/// Starts a process of the stack, its warnings and errors in `log`.
+fn spawn(
+    binary: &Path,
+    args: &[&str],
+    env: &[(&'static str, String)],
+    log: &Path,
+) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     Command::new(binary)
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))
@@ -515,9 +532,19 @@ async fn analytics_client(
 
 /// The two minute crons, run every 5 s (twelve times their schedule) so
 /// that many runs meet the faults.
-async fn crons(http: reqwest::Client, base: String, stop: Arc<std::sync::atomic::AtomicBool>) {
+/// The crons every 5 s, as Vercel would run them every minute; the drain
+/// sits out while `hold_drain` is set.
+async fn crons(
+    http: reqwest::Client,
+    base: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    hold_drain: Arc<std::sync::atomic::AtomicBool>,
+) {
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         for route in ["process-events", "sync-metrics"] {
+            if route == "process-events" && hold_drain.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
             let _ = http
                 .get(format!("{base}/api/cron/{route}"))
                 .bearer_auth(CRON_SECRET)
@@ -537,13 +564,17 @@ struct Faults<'a> {
     now: &'a (dyn Fn() -> f64 + Sync),
     http: &'a reqwest::Client,
     kinds: &'a [String],
+    hold_drain: &'a std::sync::atomic::AtomicBool,
+    /// The app's address, for queue-status.
+    base: &'a str,
 }
 
 impl Faults<'_> {
     /// Injects the faults at fixed fractions of the run, then waits out the
     /// rest of it.
     async fn run(&self, duration: Duration) -> anyhow::Result<()> {
-        let schedule: [(f64, &str); 6] = [
+        let schedule: [(f64, &str); 7] = [
+            (0.05, "queue"),
             (0.15, "redis"),
             (0.30, "drain"),
             (0.45, "postgres"),
@@ -565,6 +596,7 @@ impl Faults<'_> {
                 "redis" => self.restart_redis().await?,
                 "postgres" => self.restart_postgres().await?,
                 "upstash" => self.stall_upstash().await?,
+                "queue" => self.fill_queue().await?,
                 "drain" => {
                     self.kill_function(
                         "cron-process-events",
@@ -623,6 +655,46 @@ impl Faults<'_> {
             "Postgres crashed (SIGQUIT) and restarted",
             from,
             Takes::Postgres,
+        );
+        Ok(())
+    }
+
+    /// Holds the drain back until the queue reaches its capacity and collect
+    /// has written straight to Postgres, or 20 s have passed.
+    async fn fill_queue(&self) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering;
+        let from = (self.now)();
+        let direct = || async {
+            let status: serde_json::Value = self
+                .http
+                .get(format!("{}/api/cron/queue-status", self.base))
+                .bearer_auth(CRON_SECRET)
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(
+                status["fallbacks"]["queue_full_events"]
+                    .as_i64()
+                    .unwrap_or(0),
+            )
+        };
+        let before = direct().await?;
+        self.hold_drain.store(true, Ordering::Relaxed);
+        let mut reached = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if direct().await.unwrap_or(before) > before {
+                reached = true;
+                break;
+            }
+        }
+        self.hold_drain.store(false, Ordering::Relaxed);
+        anyhow::ensure!(reached, "the queue never reached its capacity in 20 s");
+        self.note(
+            "drain held back until the queue reached its capacity",
+            from,
+            Takes::Nothing,
         );
         Ok(())
     }
