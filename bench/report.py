@@ -25,7 +25,7 @@ def main():
     parser = argparse.ArgumentParser()
     for name in ["mode", "seconds", "lpush", "null", "single", "batch", "drain", "redis", "postgres", "command",
                  "evalsha", "signed", "peer", "sync", "limiter-bytes", "quota-bytes",
-                 "analytics", "hit", "miss", "hit-p50", "miss-p50"]:
+                 "analytics", "hit", "miss", "hit-p50", "miss-p50", "latency", "payload"]:
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--keep-soak-from", default=None)
     args = parser.parse_args()
@@ -34,6 +34,8 @@ def main():
     evalsha, signed = float(args.evalsha), float(args.signed)
     peer, sync = json.loads(args.peer), json.loads(args.sync)
     analytics, hit, miss = json.loads(args.analytics), float(args.hit), float(args.miss)
+    latency, payload = json.loads(args.latency), json.loads(args.payload)
+    rtt = latency["rtt"]["p50_ms"]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
     rows = [
@@ -61,6 +63,18 @@ def main():
         (f"sync-metrics, {sync['counters']:,} counters of {sync['keys']:,} keys (s)", sync["seconds"], "target (s)", 10,
          sync["seconds"] / 10, "under 10 s", sync["seconds"] < 10),
     ]
+    for route, name in [("collect", "collect"), ("signed", "signed-url")]:
+        ours, theirs = latency[route]["p50_ms"], latency[f"peer_{route}"]["p50_ms"]
+        rows.append((f"{name} p50 at 1 ms each way (ms)", ours, "one Upstash round trip, p50 of PING (ms) + 1.5 ms",
+                     rtt + 1.5, ours / (rtt + 1.5), "≤ RTT + 1.5 ms", ours <= rtt + 1.5))
+        rows.append((f"{name} p50 at 1 ms each way (ms)", ours, "the peer (bench/peer/server.mjs), p50 (ms)", theirs,
+                     ours / theirs, "≤ 0.5×", ours <= 0.5 * theirs))
+    for shape in payload:
+        body = shape["body_bytes"]
+        rows.append((f"Upstash request bytes, {shape['shape']}", shape["upstash_bytes"], "body bytes", body,
+                     shape["upstash_bytes"] / body, "≤ 1.3×", shape["upstash_bytes"] / body <= 1.3))
+        rows.append((f"queue entry bytes, {shape['shape']}", shape["stream_bytes"], "body bytes", body,
+                     shape["stream_bytes"] / body, "≤ 1.2×", shape["stream_bytes"] / body <= 1.2))
     out = []
     out.append("# Benchmarks\n")
     out.append("Measured by `bench/run.sh`; every figure against a baseline measured in the same run, on the same machine.\n")
@@ -75,6 +89,20 @@ def main():
         fmt = (lambda v: f"{v:,.2f}") if abs(value) < 100 else (lambda v: f"{v:,.0f}")
         verdict = "–" if met is None else ("yes" if met else "**no**")
         out.append(f"| {figure} | {fmt(value)} | {baseline} | {fmt(base_value)} | {ratio:.2f}× | {target} | {verdict} |")
+    out.append("")
+    out.append("## Latency at 1 ms each way\n")
+    out.append("Sequential requests on one connection, the way one user of a Vercel function waits: "
+               "`tollgate upstash-local --latency 1ms` delays each direction of every Upstash request by 1 ms, "
+               "and tollgate's dev server and the peer both go through it. The peer (`bench/peer/server.mjs`) is "
+               "written the way Upstash's and AWS's documentation suggest: it looks the key up by its hash, calls "
+               "`@upstash/ratelimit`'s `limit()`, `INCR`s a daily quota and writes its counters in a pipeline, then "
+               "`LPUSH`es the events or presigns with `@aws-sdk/s3-request-presigner`.\n")
+    out.append("| route | tollgate p50 (ms) | tollgate p99 (ms) | peer p50 (ms) | peer p99 (ms) |")
+    out.append("|---|---:|---:|---:|---:|")
+    for route, name in [("collect", "collect"), ("signed", "signed-url")]:
+        ours, theirs = latency[route], latency[f"peer_{route}"]
+        out.append(f"| {name} | {ours['p50_ms']:.2f} | {ours['p99_ms']:.2f} | {theirs['p50_ms']:.2f} | {theirs['p99_ms']:.2f} |")
+    out.append(f"| one Upstash round trip (PING) | {rtt:.2f} | {latency['rtt']['p99_ms']:.2f} | | |")
     out.append("")
     out.append("## Details\n")
     out.append(f"- The drain stored {drain['events']:,} events in {drain['drain_seconds']:.1f} s with "
@@ -111,29 +139,34 @@ def main():
                "Upstash server in front of the same Redis. Both servers and wrk share the same 2 cores.")
     out.append("")
     out.append("## Gaps and plans\n")
+    out.append("- **collect and signed-url against the null route (target ≥ 0.7×).** The null route is the same dev "
+               "server and Upstash client making one `EVALSHA` of `return 1`, so the gap is tollgate's own work per "
+               "request: parsing and validating the body, classifying the user agent, encoding the queued form, and "
+               "admit.lua's two dozen Redis commands. On this machine wrk, the dev server, the local Upstash server "
+               "and Redis share two cores, so the figure is CPU per request. Part of the script's share is this "
+               "benchmark's own: the strict local server checks every key a flagged script touches with a "
+               "`COMMAND GETKEYS` per call, which Upstash does natively. Not yet profiled since the scripts moved "
+               "under key locking. Next: a profile of collect and of admit.lua (`perf record` on the dev server, "
+               "Redis's `SLOWLOG` and commandstats), fewer commands in admit.lua (one `HSET` of a request's "
+               "counters instead of an `HINCRBY` each), and a variant of this figure with the key checks off, "
+               "to separate the local server's cost from tollgate's. On Vercel the figure that matters is the "
+               "latency table above: each route costs one round trip plus about a millisecond.")
     out.append("- **collect and signed-url against one bare Upstash hop (target ≥ 0.5×).** The baseline is one HTTP hop "
                "(wrk → Upstash server → Redis); a metered route is two (wrk → function → Upstash server → Redis), and in "
                "`tollgate dev` both servers run in one process on the same two cores as wrk and Redis, so even a free "
-               "handler would land near 0.5×. A profile of collect (`perf record` on `tollgate dev`) shows about 85 µs "
-               "of CPU per request in that process, of which the embedded Upstash server is about 20 µs; the rest is "
-               "the HTTP server, the reqwest client and loopback syscalls (`writev` alone is a quarter), with the "
-               "handler's own parsing a few percent. Moving glibc malloc to mimalloc gained 40 %. Next: a bare hyper "
-               "client for Upstash instead of reqwest's layers (redirects, retries, header cloning), and a figure "
-               "that runs the function against a separate Upstash server, so the handler's CPU per request can be "
-               "set against one hop's directly.")
-    out.append("- **Batches of 50 against single events (target ≥ 20×).** A batch request carries 50 events through "
-               "JSON parsing, validation, serialization into the queue entry, and JSON escaping inside the Upstash "
-               "command, then the Upstash server parses it again; per event that is most of a single request's "
-               "cost. Next: pass the validated events to the script as one pre-serialized argument without "
-               "re-escaping (base64 or MessagePack), and avoid the intermediate `serde_json::Value`.")
+               "handler would land near 0.5×; the null route measures that directly.")
+    out.append("- **Batches of 50 against single events (target ≥ 20×).** The events now travel unescaped and queue in "
+               "a compact form (the byte ratios above), but a batch still carries 50 events through JSON parsing, "
+               "validation and the queued form's encoding, each a copy. Next: encode the queued form straight from "
+               "the parsed values without cloning each event, and parse without the intermediate `serde_json::Value`.")
     absolute = "met" if drain["drain_events_per_second"] >= 30000 else \
         f"not met on this host, where COPY itself loads {drain['copy_events_per_second']:,.0f} events/s"
     out.append(f"- **The drain against COPY (target ≥ 0.6×; ≥ 30,000 events/s is {absolute}).** The drain's statement is "
                "`INSERT … SELECT FROM UNNEST(…)`, which inserts row by row (heap and four index updates each, plus "
-               "the `event_ids` check); `COPY` uses Postgres's bulk multi-insert path. About 60 % of the drain's "
-               "time is that statement, 25 % the claim (entries travel as base64 JSON through the Upstash API). "
-               "Next: claim the ids in `event_ids` first, then `COPY` the fresh rows in binary in the same "
-               "transaction, and fetch claimed entries in raw rather than base64 encoding.")
+               "the `event_ids` check); `COPY` uses Postgres's bulk multi-insert path. Most of the drain's "
+               "time is that statement; the claim, per shard and bounded by bytes, is the rest. "
+               "Next (issue 15): claim the ids in `event_ids` first, then `COPY` the fresh rows in binary in the "
+               "same transaction.")
     out.append("- **Analytics events view for a key with many events.** The view aggregates the key's events of the "
                "range at read time: one index range scan (the EXPLAIN test in `tests/analytics.rs` checks that no "
                "view scans a table or partition) and several aggregates over the rows it finds, so its cost grows "

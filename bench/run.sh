@@ -24,9 +24,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ $quick = 1 ]; then
-  seconds=5; drain_events=100000; sync_keys=2000; analytics_keys=1000; analytics_events=100000; mode=quick
+  seconds=5; latency_requests=200; drain_events=100000; sync_keys=2000; analytics_keys=1000; analytics_events=100000; mode=quick
 else
-  seconds=15; drain_events=1000000; sync_keys=10000; analytics_keys=10000; analytics_events=1000000; mode=full
+  seconds=15; latency_requests=1000; drain_events=1000000; sync_keys=10000; analytics_keys=10000; analytics_events=1000000; mode=full
 fi
 
 scripts/bootstrap.sh redis postgres node wrk python
@@ -165,8 +165,49 @@ read -r hit_rps hit_p50 <<<"$hit_line"
 read -r miss_rps miss_p50 <<<"$miss_line"
 echo "    hit $hit_rps req/s (p50 $hit_p50 ms), miss $miss_rps req/s (p50 $miss_p50 ms)"
 
-echo "==> @upstash/ratelimit peer check: 500 concurrent requests, limit 100"
+echo "==> payload: bytes to Upstash and in the queue for full collect bodies"
+payload_json=$(UPSTASH_REDIS_REST_URL="http://127.0.0.1:$upstash_port" UPSTASH_REDIS_REST_TOKEN="$token" \
+  CRON_SECRET="$cron_secret" target/release/tollgate-bench payload)
+echo "    $payload_json"
+
+echo "==> latency at 1 ms each way: tollgate beside a peer written as the docs suggest"
+# A second Upstash server that delays each direction by 1 ms, as a network
+# would; a second dev server and the peer both go through it.
+lat_upstash_port=18081
+lat_dev_port=13001
+peer_port=13100
+"$tollgate" upstash-local --port $lat_upstash_port --token "$token" --redis-url "$REDIS_URL" \
+  --strict --latency 1ms >"$work/upstash-latency.log" 2>&1 &
+pids+=($!)
+CRON_SECRET="$cron_secret" UPSTASH_REDIS_REST_URL="http://127.0.0.1:$lat_upstash_port" \
+  UPSTASH_REDIS_REST_TOKEN="$token" RUST_LOG=warn \
+  S3_ENDPOINT=http://127.0.0.1:9000 S3_REGION=us-east-1 S3_BUCKET=bench \
+  S3_ACCESS_KEY_ID=AKIABENCH S3_SECRET_ACCESS_KEY=bench-secret S3_FORCE_PATH_STYLE=true \
+  "$tollgate" dev --port $lat_dev_port --upstash-port 18082 --no-crons >"$work/dev-latency.log" 2>&1 &
+pids+=($!)
 (cd bench/peer && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+UPSTASH_REDIS_REST_URL="http://127.0.0.1:$lat_upstash_port" UPSTASH_REDIS_REST_TOKEN="$token" \
+  PORT=$peer_port node bench/peer/server.mjs >"$work/peer.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 200); do
+  curl -sf "http://127.0.0.1:$lat_dev_port/api/health" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+for half in "$sk" "$pk"; do
+  hash=$(printf '%s' "$half" | sha256sum | cut -d' ' -f1)
+  redis-cli -p $redis_port SET "peer:key:$hash" '{"id":"bench","daily":1000000000000}' >/dev/null
+done
+printf '["PING"]' >"$work/ping.json"
+latency() { target/release/tollgate-bench latency --url "$1" --body "$2" --token "$3" --requests "$latency_requests"; }
+rtt_json=$(latency "http://127.0.0.1:$lat_upstash_port/" "$work/ping.json" "$token")
+lat_collect=$(latency "http://127.0.0.1:$lat_dev_port/api/collect" "$work/single.json" "$pk")
+lat_signed=$(latency "http://127.0.0.1:$lat_dev_port/api/signed-url" "$work/upload.json" "$sk")
+peer_collect=$(latency "http://127.0.0.1:$peer_port/api/collect" "$work/single.json" "$pk")
+peer_signed=$(latency "http://127.0.0.1:$peer_port/api/signed-url" "$work/upload.json" "$sk")
+latency_json="{\"rtt\": $rtt_json, \"collect\": $lat_collect, \"signed\": $lat_signed, \"peer_collect\": $peer_collect, \"peer_signed\": $peer_signed}"
+echo "    $latency_json"
+
+echo "==> @upstash/ratelimit peer check: 500 concurrent requests, limit 100"
 peer=$(UPSTASH_REDIS_REST_URL="http://127.0.0.1:$upstash_port" UPSTASH_REDIS_REST_TOKEN="$token" \
   LIMIT=100 BURST=500 node bench/peer/burst.mjs)
 echo "    $peer"
@@ -186,7 +227,7 @@ postgres_version=$(psql "$DATABASE_URL" -Atc 'SHOW server_version' 2>/dev/null |
 python3 bench/report.py \
   --mode "$mode" --seconds "$seconds" \
   --lpush "$lpush" --null "$null" --single "$single" --batch "$batch" \
-  --drain "$drain_json" \
+  --drain "$drain_json" --latency "$latency_json" --payload "$payload_json" \
   --evalsha "$evalsha" --signed "$signed" --peer "$peer" --sync "$sync_json" \
   --limiter-bytes "$limiter_bytes" --quota-bytes "$quota_bytes" \
   --analytics "$analytics_json" --hit "$hit_rps" --miss "$miss_rps" --hit-p50 "$hit_p50" --miss-p50 "$miss_p50" \
