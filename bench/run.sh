@@ -70,7 +70,10 @@ export REDIS_URL DATABASE_URL
 pids+=($!)
 # The whole app, as `make dev` runs it, without its crons, with an S3
 # provider configured (signing is local work; nothing is uploaded).
+# No drain runs meanwhile, so its queue may hold all the load sends: the
+# figures are of admission, not of the direct path past a full queue.
 CRON_SECRET="$cron_secret" UPSTASH_REDIS_REST_TOKEN="$token" RUST_LOG=warn \
+  TOLLGATE_QUEUE_MAX_BYTES=16GiB \
   S3_ENDPOINT=http://127.0.0.1:9000 S3_REGION=us-east-1 S3_BUCKET=bench \
   S3_ACCESS_KEY_ID=AKIABENCH S3_SECRET_ACCESS_KEY=bench-secret S3_FORCE_PATH_STYLE=true \
   "$tollgate" dev --port $dev_port --upstash-port $dev_upstash_port --no-crons >"$work/dev.log" 2>&1 &
@@ -179,8 +182,10 @@ peer_port=13100
 "$tollgate" upstash-local --port $lat_upstash_port --token "$token" --redis-url "$REDIS_URL" \
   --strict --latency 1ms >"$work/upstash-latency.log" 2>&1 &
 pids+=($!)
+# The queue holds what the throughput figures sent, undrained: no cap here
+# either, or collect would be measured on its direct path to Postgres.
 CRON_SECRET="$cron_secret" UPSTASH_REDIS_REST_URL="http://127.0.0.1:$lat_upstash_port" \
-  UPSTASH_REDIS_REST_TOKEN="$token" RUST_LOG=warn \
+  UPSTASH_REDIS_REST_TOKEN="$token" RUST_LOG=warn TOLLGATE_QUEUE_MAX_BYTES=16GiB \
   S3_ENDPOINT=http://127.0.0.1:9000 S3_REGION=us-east-1 S3_BUCKET=bench \
   S3_ACCESS_KEY_ID=AKIABENCH S3_SECRET_ACCESS_KEY=bench-secret S3_FORCE_PATH_STYLE=true \
   "$tollgate" dev --port $lat_dev_port --upstash-port 18082 --no-crons >"$work/dev-latency.log" 2>&1 &

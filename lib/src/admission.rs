@@ -11,9 +11,13 @@
 //! instead of at minute boundaries; a sliding-window log would need memory
 //! per request. Time comes from Redis (`TIME`), never from the caller.
 //!
-//! Redis is a cache: when the script finds the key, the bans or a quota
-//! counter missing, this module fills them from Postgres and asks again, an
-//! extra round trip once per key per period (or per flush).
+//! Every key the script touches is named here before the call (Upstash's
+//! key locking), after the key's id: this instance remembers which id each
+//! presented key belongs to, and learns it once, from the key cache or
+//! Postgres. Redis is a cache: when the script finds the key's cache entry
+//! or a quota period missing, this module fills it from Postgres (the bans
+//! first, after a flush) and asks again, an extra round trip once per key
+//! per period (or per flush).
 
 use std::time::Duration;
 
