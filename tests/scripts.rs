@@ -89,7 +89,8 @@ async fn every_route_and_cron_declares_every_key_its_scripts_touch() {
         for _ in 0..20 {
             statuses.push(collect_from(&app, pk, "203.0.113.10").await);
         }
-        app.state.advance_redis_time(std::time::Duration::from_secs(60));
+        app.state
+            .advance_redis_time(std::time::Duration::from_secs(60));
     }
     assert!(statuses.contains(&429), "{statuses:?}");
     assert!(statuses.contains(&403), "{statuses:?}");
