@@ -124,7 +124,20 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     Services::stop(&layout).await.ok();
     std::fs::remove_dir_all(&options.dir).ok();
     let services = Services::start(&layout).await?;
-    let env = environment(&options, &services);
+    // The private Redis and Postgres are stopped however the soak ends; its
+    // other processes die with their handles.
+    let result = soak(&options, &layout, &services, started).await;
+    Services::stop(&layout).await.ok();
+    result
+}
+
+async fn soak(
+    options: &Options,
+    layout: &Layout,
+    services: &Services,
+    started: Instant,
+) -> anyhow::Result<bool> {
+    let env = environment(options, services);
     let config = Config::from_lookup(|name| {
         env.iter()
             .find(|(key, _)| *key == name)
@@ -209,7 +222,7 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     let rss_start = (rss_kib(pids.0), rss_kib(pids.1));
 
     let faults = Faults {
-        layout: &layout,
+        layout,
         env: &env,
         bin_dir: &options.bin_dir,
         upstash_pid: pids.1,
@@ -232,7 +245,7 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     let mut audit = audit(&db, &keys, &log).await?;
     audit.memory_flat = flat(rss_start.0, rss_end.0) && flat(rss_start.1, rss_end.1);
     let summary = audit.summary(
-        &options,
+        options,
         started.elapsed(),
         (rss_start, rss_end),
         &log.faults.lock().unwrap(),
@@ -246,7 +259,6 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     app.kill().await.ok();
     upstash.kill().await.ok();
     drop(db);
-    Services::stop(&layout).await.ok();
     Ok(audit.passed())
 }
 
@@ -264,7 +276,7 @@ fn environment(options: &Options, services: &Services) -> Vec<(&'static str, Str
         ("TOLLGATE_DRAIN_VISIBILITY", "10s".to_owned()),
         // Small, so that holding the drain back fills it within seconds
         // (the `queue` fault): collect then writes straight to Postgres.
-        ("TOLLGATE_QUEUE_MAX_BYTES", "256KiB".to_owned()),
+        ("TOLLGATE_QUEUE_MAX_BYTES", "128KiB".to_owned()),
         // Every simulated browser shares 127.0.0.1.
         ("TOLLGATE_PUBLIC_IP_RATE_LIMIT", "1000000000".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
@@ -660,7 +672,8 @@ impl Faults<'_> {
     }
 
     /// Holds the drain back until the queue reaches its capacity and collect
-    /// has written straight to Postgres, or 20 s have passed.
+    /// has written straight to Postgres, for at most 45 s (the short soak's
+    /// four clients on a busy debug build fill it slowly).
     async fn fill_queue(&self) -> anyhow::Result<()> {
         use std::sync::atomic::Ordering;
         let from = (self.now)();
@@ -682,7 +695,7 @@ impl Faults<'_> {
         let before = direct().await?;
         self.hold_drain.store(true, Ordering::Relaxed);
         let mut reached = false;
-        for _ in 0..40 {
+        for _ in 0..90 {
             tokio::time::sleep(Duration::from_millis(500)).await;
             if direct().await.unwrap_or(before) > before {
                 reached = true;
@@ -690,7 +703,7 @@ impl Faults<'_> {
             }
         }
         self.hold_drain.store(false, Ordering::Relaxed);
-        anyhow::ensure!(reached, "the queue never reached its capacity in 20 s");
+        anyhow::ensure!(reached, "the queue never reached its capacity in 45 s");
         self.note(
             "drain held back until the queue reached its capacity",
             from,
