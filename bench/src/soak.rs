@@ -210,12 +210,12 @@ async fn soak(
         Arc::clone(&stop),
         now,
     )));
-    let hold_drain = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hold_crons = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tasks.push(tokio::spawn(crons(
         http.clone(),
         base.clone(),
         Arc::clone(&stop),
-        Arc::clone(&hold_drain),
+        Arc::clone(&hold_crons),
     )));
     // Memory after the warm-up, for the comparison at the end.
     tokio::time::sleep(Duration::from_secs(3).min(options.duration / 10)).await;
@@ -230,7 +230,7 @@ async fn soak(
         now: &now,
         http: &http,
         kinds: &options.faults,
-        hold_drain: &hold_drain,
+        hold_crons: &hold_crons,
         base: &base,
     };
     faults.run(options.duration).await?;
@@ -545,16 +545,18 @@ async fn analytics_client(
 /// The two minute crons, run every 5 s (twelve times their schedule) so
 /// that many runs meet the faults.
 /// The crons every 5 s, as Vercel would run them every minute; the drain
-/// sits out while `hold_drain` is set.
+/// sit out while `hold_crons` is set: while the queue fills, and while a
+/// fault kills a cron function, whose run must not find the queue or the
+/// counters taken, or the drain lock held, by a cron run beside it.
 async fn crons(
     http: reqwest::Client,
     base: String,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    hold_drain: Arc<std::sync::atomic::AtomicBool>,
+    hold_crons: Arc<std::sync::atomic::AtomicBool>,
 ) {
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         for route in ["process-events", "sync-metrics"] {
-            if route == "process-events" && hold_drain.load(std::sync::atomic::Ordering::Relaxed) {
+            if hold_crons.load(std::sync::atomic::Ordering::Relaxed) {
                 continue;
             }
             let _ = http
@@ -576,7 +578,7 @@ struct Faults<'a> {
     now: &'a (dyn Fn() -> f64 + Sync),
     http: &'a reqwest::Client,
     kinds: &'a [String],
-    hold_drain: &'a std::sync::atomic::AtomicBool,
+    hold_crons: &'a std::sync::atomic::AtomicBool,
     /// The app's address, for queue-status.
     base: &'a str,
 }
@@ -610,16 +612,20 @@ impl Faults<'_> {
                 "upstash" => self.stall_upstash().await?,
                 "queue" => self.fill_queue().await?,
                 "drain" => {
-                    self.kill_function(
+                    self.holding_crons(self.kill_function(
                         "cron-process-events",
                         "process-events",
                         "drain:after-insert",
-                    )
+                    ))
                     .await?
                 }
                 _ => {
-                    self.kill_function("cron-sync-metrics", "sync-metrics", "sync:after-commit")
-                        .await?
+                    self.holding_crons(self.kill_function(
+                        "cron-sync-metrics",
+                        "sync-metrics",
+                        "sync:after-commit",
+                    ))
+                    .await?
                 }
             }
         }
@@ -671,6 +677,15 @@ impl Faults<'_> {
         Ok(())
     }
 
+    /// Runs `fault` with the crons held.
+    async fn holding_crons<T>(&self, fault: impl std::future::Future<Output = T>) -> T {
+        use std::sync::atomic::Ordering;
+        self.hold_crons.store(true, Ordering::Relaxed);
+        let result = fault.await;
+        self.hold_crons.store(false, Ordering::Relaxed);
+        result
+    }
+
     /// Holds the drain back until the queue reaches its capacity and collect
     /// has written straight to Postgres, for at most 45 s (the short soak's
     /// four clients on a busy debug build fill it slowly).
@@ -693,7 +708,7 @@ impl Faults<'_> {
             )
         };
         let before = direct().await?;
-        self.hold_drain.store(true, Ordering::Relaxed);
+        self.hold_crons.store(true, Ordering::Relaxed);
         let mut reached = false;
         for _ in 0..90 {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -702,7 +717,7 @@ impl Faults<'_> {
                 break;
             }
         }
-        self.hold_drain.store(false, Ordering::Relaxed);
+        self.hold_crons.store(false, Ordering::Relaxed);
         anyhow::ensure!(reached, "the queue never reached its capacity in 45 s");
         self.note(
             "drain held back until the queue reached its capacity",
