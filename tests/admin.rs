@@ -55,15 +55,9 @@ impl TestApp {
     async fn warm_cache(&self, key: &NewKey) {
         for half in [key.secret.expose(), key.publishable.as_str()] {
             let presented = PresentedKey::parse(half).expect("a key");
-            apikeys::refresh_cache(
-                &self.state.db,
-                &self.state.upstash,
-                &self.state.keys,
-                &presented,
-                self.state.clock.now(),
-            )
-            .await
-            .expect("filling the key cache");
+            apikeys::refresh_cache(&self.state, &presented)
+                .await
+                .expect("filling the key cache");
             assert!(self.exists(&self.cache_entry(half)).await);
         }
     }

@@ -399,12 +399,7 @@ async fn refill(
         Err(_) => {
             let guard = lock.lock().await;
             // The refill ahead of this one has most likely filled it.
-            let cached: Option<String> = state
-                .upstash
-                .command(&Command::new("GET").arg(state.keys.key_cache(&key.cache_id())))
-                .await
-                .context("reading the key cache")?;
-            if let Some(Ok(cached)) = cached.map(|json| serde_json::from_str(&json)) {
+            if let Some(cached) = apikeys::read_cache(state, key).await? {
                 return Ok(cached);
             }
             guard
@@ -421,14 +416,7 @@ async fn refill(
     if !loaded {
         load_bans(state).await?;
     }
-    apikeys::refresh_cache(
-        &state.db,
-        &state.upstash,
-        &state.keys,
-        key,
-        state.clock.now(),
-    )
-    .await
+    apikeys::refresh_cache(state, key).await
 }
 
 /// The keys one admission touches, before they are named.

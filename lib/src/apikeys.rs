@@ -437,21 +437,19 @@ pub fn day_start(day: chrono::NaiveDate, zone: chrono_tz::Tz) -> chrono::DateTim
 
 /// Looks a key up in Postgres and writes the result to the Redis cache.
 pub async fn refresh_cache(
-    db: &Db,
-    upstash: &crate::upstash::Upstash,
-    keys: &crate::redis_keys::RedisKeys,
+    state: &crate::state::AppState,
     key: &PresentedKey,
-    now: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<CachedKey> {
-    let cached = lookup(db, key, now).await?;
+    let cached = lookup(&state.db, key, state.clock.now()).await?;
     let ttl = match cached.status {
         KeyStatus::Unknown => UNKNOWN_CACHE_TTL,
         _ => CACHE_TTL,
     };
-    let _: () = upstash
+    let _: () = state
+        .upstash
         .command(
             &crate::upstash::Command::new("SET")
-                .arg(keys.key_cache(&key.cache_id()))
+                .arg(state.keys.key_cache(&key.cache_id()))
                 .arg(serde_json::to_string(&cached)?)
                 .arg("EX")
                 .arg(ttl.as_secs()),
@@ -460,28 +458,28 @@ pub async fn refresh_cache(
     Ok(cached)
 }
 
+/// The key's entry in the Redis cache, if it holds one that reads.
+pub async fn read_cache(
+    state: &crate::state::AppState,
+    key: &PresentedKey,
+) -> anyhow::Result<Option<CachedKey>> {
+    let cached: Option<String> = state
+        .upstash
+        .command(&crate::upstash::Command::new("GET").arg(state.keys.key_cache(&key.cache_id())))
+        .await
+        .map_err(|error| anyhow::Error::new(error).context("reading the key cache"))?;
+    Ok(cached.and_then(|json| serde_json::from_str::<CachedKey>(&json).ok()))
+}
+
 /// Reads a key from the Redis cache, filling it from Postgres on a miss.
 /// Routes whose scripts read the cache themselves do not need this.
 pub async fn verify(
     state: &crate::state::AppState,
     key: &PresentedKey,
 ) -> anyhow::Result<CachedKey> {
-    let cached: Option<String> = state
-        .upstash
-        .command(&crate::upstash::Command::new("GET").arg(state.keys.key_cache(&key.cache_id())))
-        .await?;
-    match cached.map(|json| serde_json::from_str::<CachedKey>(&json)) {
-        Some(Ok(cached)) => Ok(cached),
-        _ => {
-            refresh_cache(
-                &state.db,
-                &state.upstash,
-                &state.keys,
-                key,
-                state.clock.now(),
-            )
-            .await
-        }
+    match read_cache(state, key).await? {
+        Some(cached) => Ok(cached),
+        None => refresh_cache(state, key).await,
     }
 }
 

@@ -138,15 +138,9 @@ pub async fn read(state: &AppState, key: &PresentedKey, query: &Query) -> Result
             }
             Lookup::KeyNotCached if !refreshed => {
                 refreshed = true;
-                apikeys::refresh_cache(
-                    &state.db,
-                    &state.upstash,
-                    &state.keys,
-                    key,
-                    state.clock.now(),
-                )
-                .await
-                .map_err(unavailable)?;
+                apikeys::refresh_cache(state, key)
+                    .await
+                    .map_err(unavailable)?;
                 continue;
             }
             Lookup::KeyNotCached | Lookup::Rekey(_) => {
