@@ -1,19 +1,26 @@
 //! S3-compatible presigned `PUT` URLs: AWS S3, Cloudflare R2, MinIO, or any
 //! other endpoint that speaks SigV4.
 //!
-//! [`presign_put`] makes the same URL, byte for byte, as botocore's
-//! `generate_presigned_url("put_object", Params={Bucket, Key, ContentType})`.
-//! The tests compare whole URLs with vectors that boto3 generated
-//! (`tests/vectors/make_s3_vectors.py`). The signing (canonical request,
-//! HMAC-SHA256 key derivation) is done by `aws-sigv4`. This module builds the
-//! request it signs the way botocore builds it:
+//! [`presign_sized_put`] makes the same URL, byte for byte, as botocore's
+//! `generate_presigned_url("put_object", Params={Bucket, Key, ContentType,
+//! ContentLength})`. The tests compare whole URLs with vectors that boto3
+//! generated (`tests/vectors/make_s3_vectors.py`). The signing (canonical
+//! request, HMAC-SHA256 key derivation) is done by `aws-sigv4`. This module
+//! builds the request it signs the way botocore builds it:
 //!
 //! - The object key is percent-encoded once, keeping `/`, like botocore's
 //!   `quote(key, safe="/~")`. The canonical request uses that path as it is,
 //!   because S3 neither double-encodes nor normalizes paths.
-//! - `content-type` and `host` are the signed headers, so the uploader must
-//!   send exactly the content type that was presigned.
-//! - The payload is `UNSIGNED-PAYLOAD`, as in every presigned S3 URL.
+//! - `content-length`, `content-type` and `host` are the signed headers, so
+//!   the uploader must send exactly the content type that was presigned and
+//!   a body of exactly the presigned size. The storage recomputes the
+//!   signature from the headers it receives, so a `PUT` of any other length
+//!   (or a chunked one, which has no `Content-Length`) is refused with
+//!   `403 SignatureDoesNotMatch`. This is how the size is bound on AWS S3
+//!   and R2 alike: R2 enforces every signed header, and does not take the
+//!   presigned `POST` policies (`content-length-range`) that S3 also offers.
+//! - The payload is `UNSIGNED-PAYLOAD`, as in every presigned S3 URL: the
+//!   length is bound, the bytes are not.
 //! - The query parameters are in botocore's order, not sorted: Algorithm,
 //!   Credential, Date, Expires, SignedHeaders, then Signature. Each value is
 //!   encoded with `quote(value, safe="-_.~")`.
@@ -42,6 +49,10 @@ pub const MAX_EXPIRY: Duration = Duration::from_secs(7 * 86_400);
 
 /// S3 rejects longer object keys.
 const MAX_OBJECT_KEY_BYTES: usize = 1024;
+
+/// The largest object one S3 `PUT` may carry: 5 GiB. A URL signed for more
+/// could never be used.
+pub const MAX_PUT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 
 const ENDPOINT: &str = "S3_ENDPOINT";
 const REGION: &str = "S3_REGION";
@@ -246,7 +257,8 @@ pub struct Presigned {
     pub url: Url,
     /// Always `PUT`.
     pub method: &'static str,
-    /// The headers the client must send as they are: `Content-Type`.
+    /// The headers the client must send as they are: `Content-Length` (from
+    /// [`presign_sized_put`]) and `Content-Type`, in that order.
     pub headers: Vec<(String, String)>,
     pub expires_at: DateTime<Utc>,
 }
@@ -265,6 +277,8 @@ pub enum PresignError {
          trailing or repeated spaces"
     )]
     ContentType,
+    #[error("content length must be at most 5 GiB ({MAX_PUT_BYTES} bytes), S3's limit for one PUT, got {requested}")]
+    ContentLength { requested: u64 },
     /// An [`S3Config`] built by hand that [`S3Config::from_lookup`] would have refused.
     #[error("invalid S3 configuration: {0}")]
     Config(String),
@@ -272,9 +286,38 @@ pub enum PresignError {
     Unexpected(#[from] anyhow::Error),
 }
 
-/// Presigns a `PUT` of `request.object_key` into the configured bucket, in
-/// the exact form botocore produces (see the module documentation).
+/// Presigns a `PUT` of exactly `content_length` bytes to
+/// `request.object_key` in the configured bucket, in the exact form botocore
+/// produces (see the module documentation). The upload must send
+/// `Content-Length: <content_length>` and the presigned `Content-Type`;
+/// any other length or type fails the signature.
+pub fn presign_sized_put(
+    config: &S3Config,
+    request: &PresignRequest,
+    content_length: u64,
+) -> Result<Presigned, PresignError> {
+    if content_length > MAX_PUT_BYTES {
+        return Err(PresignError::ContentLength {
+            requested: content_length,
+        });
+    }
+    presign(config, request, Some(content_length))
+}
+
+/// Presigns a `PUT` of any length, up to S3's 5 GiB, which is not what a
+/// metered upload wants: a client counted for one byte could store 5 GiB.
+///
+/// Kept only until `POST /api/signed-url` passes the declared size to
+/// [`presign_sized_put`] (issue 14); nothing new should call it.
 pub fn presign_put(config: &S3Config, request: &PresignRequest) -> Result<Presigned, PresignError> {
+    presign(config, request, None)
+}
+
+fn presign(
+    config: &S3Config,
+    request: &PresignRequest,
+    content_length: Option<u64>,
+) -> Result<Presigned, PresignError> {
     let expires_in = request.expires_in;
     if expires_in.subsec_nanos() != 0 || !(MIN_EXPIRY..=MAX_EXPIRY).contains(&expires_in) {
         return Err(PresignError::Expiry {
@@ -313,10 +356,17 @@ pub fn presign_put(config: &S3Config, request: &PresignRequest) -> Result<Presig
         .build()
         .context("building the SigV4 signing parameters")?
         .into();
+    // Every header given here is signed, so the storage refuses an upload
+    // whose own headers differ. The length is sent in decimal, as HTTP does.
+    let mut headers = Vec::with_capacity(2);
+    if let Some(length) = content_length {
+        headers.push(("Content-Length", length.to_string()));
+    }
+    headers.push(("Content-Type", request.content_type.to_owned()));
     let signable = SignableRequest::new(
         "PUT",
         object_url.as_str(),
-        [("content-type", request.content_type)].into_iter(),
+        headers.iter().map(|(name, value)| (*name, value.as_str())),
         SignableBody::UnsignedPayload,
     )
     .context("preparing the request to presign")?;
@@ -346,7 +396,10 @@ pub fn presign_put(config: &S3Config, request: &PresignRequest) -> Result<Presig
     Ok(Presigned {
         url,
         method: "PUT",
-        headers: vec![("Content-Type".to_owned(), request.content_type.to_owned())],
+        headers: headers
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect(),
         expires_at,
     })
 }
@@ -537,8 +590,12 @@ mod tests {
         force_path_style: bool,
         key: String,
         content_type: String,
+        content_length: u64,
         expires_in: u64,
         now: DateTime<Utc>,
+        /// botocore's URL with `ContentLength`: `presign_sized_put`'s.
+        sized_url: String,
+        /// botocore's URL without it: the unsized `presign_put`'s.
         url: String,
     }
 
@@ -603,29 +660,76 @@ mod tests {
                 .unwrap_or_else(|problems| panic!("{}: {problems:?}", case.name))
                 .expect("configured");
 
-            let presigned = presign_put(
-                &config,
-                &PresignRequest {
-                    object_key: &case.key,
-                    content_type: &case.content_type,
-                    expires_in: Duration::from_secs(case.expires_in),
-                    now: case.now,
-                },
-            )
-            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            let request = PresignRequest {
+                object_key: &case.key,
+                content_type: &case.content_type,
+                expires_in: Duration::from_secs(case.expires_in),
+                now: case.now,
+            };
 
-            assert_eq!(presigned.url.as_str(), case.url, "{}", case.name);
-            assert_eq!(presigned.method, "PUT");
+            let sized = presign_sized_put(&config, &request, case.content_length)
+                .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            assert_eq!(sized.url.as_str(), case.sized_url, "{}", case.name);
+            assert!(
+                case.sized_url
+                    .contains("X-Amz-SignedHeaders=content-length%3Bcontent-type%3Bhost"),
+                "{}",
+                case.name
+            );
+            assert_eq!(sized.method, "PUT");
             assert_eq!(
-                presigned.headers,
-                vec![("Content-Type".to_owned(), case.content_type.clone())]
+                sized.headers,
+                vec![
+                    ("Content-Length".to_owned(), case.content_length.to_string()),
+                    ("Content-Type".to_owned(), case.content_type.clone()),
+                ]
             );
             assert_eq!(
-                presigned.expires_at,
+                sized.expires_at,
                 case.now + TimeDelta::seconds(case.expires_in as i64),
                 "{}",
                 case.name
             );
+
+            let unsized_put =
+                presign_put(&config, &request).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            assert_eq!(unsized_put.url.as_str(), case.url, "{}", case.name);
+            assert_eq!(
+                unsized_put.headers,
+                vec![("Content-Type".to_owned(), case.content_type.clone())]
+            );
+        }
+    }
+
+    #[test]
+    fn the_length_is_signed_so_each_size_gets_its_own_signature() {
+        let config = r2_config();
+        let request = request(DEFAULT_EXPIRY);
+        let signature = |length| {
+            let url = presign_sized_put(&config, &request, length).unwrap().url;
+            url.query_pairs()
+                .find(|(name, _)| name == "X-Amz-Signature")
+                .map(|(_, value)| value.into_owned())
+                .unwrap()
+        };
+        assert_ne!(signature(1), signature(2));
+        assert_eq!(signature(1), signature(1));
+    }
+
+    #[test]
+    fn lengths_up_to_five_gib_are_signed_and_longer_ones_refused() {
+        let config = r2_config();
+        for length in [0, 1, MAX_PUT_BYTES] {
+            let presigned = presign_sized_put(&config, &request(DEFAULT_EXPIRY), length).unwrap();
+            assert_eq!(presigned.headers[0].1, length.to_string());
+        }
+        for length in [MAX_PUT_BYTES + 1, u64::MAX] {
+            let error = presign_sized_put(&config, &request(DEFAULT_EXPIRY), length).unwrap_err();
+            assert!(
+                matches!(error, PresignError::ContentLength { requested } if requested == length),
+                "{length}: {error:?}"
+            );
+            assert!(error.to_string().contains("5 GiB"), "{error}");
         }
     }
 
