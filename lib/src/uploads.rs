@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::events::text::{find_forbidden, TextKind};
 
 /// Content types allowed when a key has no list of its own.
 pub const DEFAULT_CONTENT_TYPES: &[&str] = &[
@@ -62,7 +63,7 @@ impl Provider {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UploadRequest {
     /// The name as given, checked: no separators, traversal, control
-    /// characters or leading dot; unicode kept.
+    /// characters, bidirectional controls or leading dot; unicode kept.
     pub filename: String,
     pub content_type: String,
     pub size: u64,
@@ -178,7 +179,8 @@ impl UploadRequest {
 }
 
 /// Refuses names that could leave the key's prefix or confuse a client:
-/// separators, `..`, control characters, a leading dot, more than 255 bytes.
+/// separators, `..`, control characters and bidirectional controls (see
+/// [`crate::events::text`]), a leading dot, more than 255 bytes.
 fn check_filename(name: &str) -> Result<String, ApiError> {
     let invalid = |why: &str| bad("invalid_filename", format!("`filename` {why}"));
     if name.is_empty() {
@@ -196,8 +198,13 @@ fn check_filename(name: &str) -> Result<String, ApiError> {
     if name.contains("..") {
         return Err(invalid("must not contain `..`"));
     }
-    if name.chars().any(char::is_control) {
-        return Err(invalid("must not contain control characters"));
+    // A bidirectional override disguises `gpj.exe` as `exe.jpg`.
+    if let Some(found) = find_forbidden(name, TextKind::Plain) {
+        return Err(invalid(&format!(
+            "must not contain control characters or bidirectional controls \
+             (U+0000–U+001F, U+007F–U+009F, U+061C, U+200E, U+200F, U+202A–U+202E, \
+             U+2066–U+2069); it has {found}"
+        )));
     }
     if name.starts_with('.') {
         return Err(invalid("must not start with a dot"));
@@ -228,6 +235,13 @@ mod tests {
     }
 
     #[test]
+    fn right_to_left_names_are_kept_when_they_hold_no_bidi_controls() {
+        for name in ["تقرير 2026.pdf", "דוח שנתי.pdf", "Отчёт.pdf"] {
+            assert_eq!(check_filename(name).unwrap(), name);
+        }
+    }
+
+    #[test]
     fn bad_names_are_refused_with_the_rule_they_break() {
         for (name, why) in [
             ("../etc/passwd", "separators"),
@@ -238,6 +252,17 @@ mod tests {
             (".env", "dot"),
             ("a\u{0}b", "control"),
             ("tab\there", "control"),
+            ("new\nline.txt", "control"),
+            ("\u{1b}[31mred.png", "U+001B (ESCAPE)"),
+            ("c1\u{85}.png", "control"),
+            ("invoice\u{202E}gpj.exe", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+            ("a\u{202A}b.pdf", "bidirectional"),
+            ("a\u{202D}b.pdf", "bidirectional"),
+            ("a\u{2066}b.pdf", "bidirectional"),
+            ("a\u{2069}b.pdf", "bidirectional"),
+            ("a\u{200E}b.pdf", "bidirectional"),
+            ("a\u{200F}b.pdf", "bidirectional"),
+            ("a\u{061C}b.pdf", "bidirectional"),
             ("", "empty"),
             (" padded.png", "whitespace"),
         ] {
@@ -245,6 +270,8 @@ mod tests {
             assert_eq!(err.code(), "invalid_filename", "{name}");
             assert!(err.to_string().contains(why), "{name}: {err}");
         }
+        let err = check_filename("invoice\u{202E}gpj.exe").unwrap_err();
+        assert!(err.to_string().ends_with("at character 8"), "{err}");
         let long = "é".repeat(128) + ".png";
         assert!(check_filename(&long)
             .unwrap_err()

@@ -1,15 +1,24 @@
 //! Analytics events: the domain type, its parsing from collect requests, and
 //! its storage in Postgres.
 //!
+//! A collect request is read in stages, one module each: [`body`] decodes
+//! it into a list of events, [`parse`] turns each into an [`Event`], with
+//! the request's user agent from [`agent`] and location from [`geo`], and
+//! [`text`] says which characters each text field may hold.
+//!
 //! An [`Event`] is what `/api/collect` accepted, normalized and enriched. It
 //! travels through the queue as JSON and becomes one row of the wide,
 //! monthly-partitioned `events` table. The key id and the visitor id are not
 //! part of it: the collect script attaches them to the queue entry, because
 //! only Redis knows the key id (from its key cache) and the daily salt.
 
+pub mod agent;
+pub mod body;
+pub mod geo;
 pub mod parse;
 pub mod queued;
 pub mod store;
+pub mod text;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -1,11 +1,11 @@
-//! Parsing of `POST /api/collect` bodies into [`Event`]s.
+//! Parsing of the events of a `POST /api/collect` body into [`Event`]s.
 //!
 //! Everything here is pure: no I/O and no clock (the handler passes `now`
 //! and the id generator in), so every rule is unit-tested below. The work
 //! is split the way the request fails:
 //!
 //! - [`decode_body`] and the body-level checks of [`parse_batch`] fail the
-//!   whole request with a [`BodyError`] (400 or 413);
+//!   whole request with a [`BodyError`] (400 or 413; see [`super::body`]);
 //! - each event is parsed on its own into `Result<Event, EventError>`, so a
 //!   bad event is reported by its index and never spoils its batch.
 //!
@@ -18,200 +18,30 @@
 //! - Limits on text are counted in characters (Unicode scalar values), like
 //!   Postgres counts `varchar(n)`; `properties` is limited in bytes of its
 //!   compact JSON text.
+//! - Every string is checked for the characters its kind of text may not
+//!   hold ([`super::text`]): control characters and bidirectional controls
+//!   are `control_character`, naming the field (NUL, which Postgres can't
+//!   store at all, stays `invalid_character`). Page titles and string
+//!   property values are free text and may hold tab, line breaks and the
+//!   direction marks; everything else is plain text and may not.
+//!
+//! The body, the user agent and the location have modules of their own;
+//! their items are re-exported here, where callers have always found them.
 
-use std::borrow::Cow;
-use std::fmt::{self, Write as _};
-use std::io::Read;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
-use flate2::read::MultiGzDecoder;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::body::{kind_of, read_batch};
+use super::text::{find_forbidden, truncate_chars, without_forbidden, Forbidden, TextKind};
 use super::{AgentFields, Event, EventKind, GeoFields, MobileFields, ServerFields, WebFields};
 
-/// Limits of a collect request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Limits {
-    /// The largest body, as received and after gzip decompression.
-    pub max_body_bytes: usize,
-    /// The largest ratio of decompressed to compressed size of a gzip body.
-    pub max_decompression_ratio: u64,
-    /// The most events in one request.
-    pub max_batch: usize,
-    /// The largest `properties` object, as compact JSON text.
-    pub max_properties_bytes: usize,
-    /// How far in the past an event's `timestamp` may be.
-    pub max_age: Duration,
-    /// How far ahead of the server clock an event's `timestamp` may be.
-    pub max_future: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_body_bytes: 1_048_576,
-            max_decompression_ratio: 100,
-            max_batch: 500,
-            max_properties_bytes: 32 * 1024,
-            max_age: Duration::from_secs(7 * 24 * 60 * 60),
-            max_future: Duration::from_secs(24 * 60 * 60),
-        }
-    }
-}
-
-/// A size limit in bytes, shown as "1048576 bytes (1 MB)".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteLimit(pub usize);
-
-impl fmt::Display for ByteLimit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const KB: usize = 1024;
-        const MB: usize = 1024 * 1024;
-        let bytes = self.0;
-        if bytes >= MB && bytes.is_multiple_of(MB) {
-            write!(f, "{bytes} bytes ({} MB)", bytes / MB)
-        } else if bytes >= KB && bytes.is_multiple_of(KB) {
-            write!(f, "{bytes} bytes ({} KB)", bytes / KB)
-        } else {
-            write!(f, "{bytes} bytes")
-        }
-    }
-}
-
-/// A failure that spoils the whole request (the handler maps these to 400
-/// or 413, see [`BodyError::is_too_large`]).
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    /// 413: the body as received is over `max_body_bytes`.
-    #[error("the body is over the limit of {limit}")]
-    TooLarge { limit: ByteLimit },
-    /// 413: the gzip body inflates past `max_body_bytes`.
-    #[error("the decompressed body is over the limit of {limit}")]
-    DecompressedTooLarge { limit: ByteLimit },
-    /// 413: the gzip body inflates more than `max_decompression_ratio` times
-    /// its size, the signature of a decompression bomb.
-    #[error(
-        "the gzip body inflates to more than {ratio} times its {compressed} compressed bytes; \
-         the limit is a ratio of {ratio}"
-    )]
-    DecompressionRatio { ratio: u64, compressed: usize },
-    /// 400: the body claims or looks like gzip but does not decompress.
-    #[error("the body is not valid gzip: {0}")]
-    InvalidGzip(String),
-    /// 400: a `Content-Encoding` other than gzip or identity.
-    #[error(
-        "the Content-Encoding {0:?} is not supported; send the body uncompressed or with gzip"
-    )]
-    UnsupportedEncoding(String),
-    /// 400: the body is empty.
-    #[error(
-        "the body is empty; send one event object, an array of events or {{\"batch\": [...]}}"
-    )]
-    EmptyBody,
-    /// 400: the body is not JSON (serde's message gives line and column).
-    #[error("the body is not valid JSON: {0}")]
-    InvalidJson(#[source] serde_json::Error),
-    /// 400: JSON of the wrong shape (not an event, an array or a batch).
-    #[error("{0}")]
-    InvalidBody(String),
-    /// 400: a batch with no events.
-    #[error("the batch holds no events; send from 1 to {max} events")]
-    EmptyBatch { max: usize },
-    /// 400: more events than `max_batch`.
-    #[error("the batch holds {len} events; the limit is {max} events per request")]
-    BatchTooLarge { len: usize, max: usize },
-}
-
-impl BodyError {
-    /// The machine-readable code clients match on.
-    pub fn code(&self) -> &'static str {
-        match self {
-            BodyError::TooLarge { .. } | BodyError::DecompressedTooLarge { .. } => {
-                "payload_too_large"
-            }
-            BodyError::DecompressionRatio { .. } => "decompression_ratio_exceeded",
-            BodyError::InvalidGzip(_) => "invalid_gzip",
-            BodyError::UnsupportedEncoding(_) => "unsupported_encoding",
-            BodyError::EmptyBody | BodyError::InvalidJson(_) => "invalid_json",
-            BodyError::InvalidBody(_) => "invalid_body",
-            BodyError::EmptyBatch { .. } => "empty_batch",
-            BodyError::BatchTooLarge { .. } => "batch_too_large",
-        }
-    }
-
-    /// Whether the answer is 413 (the body is too large) rather than 400.
-    pub fn is_too_large(&self) -> bool {
-        matches!(
-            self,
-            BodyError::TooLarge { .. }
-                | BodyError::DecompressedTooLarge { .. }
-                | BodyError::DecompressionRatio { .. }
-        )
-    }
-}
-
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-
-/// Decodes the raw body: gzip when `Content-Encoding` says so or when the
-/// body starts with the gzip magic bytes (a `sendBeacon` can't set
-/// headers), capping the decompressed size at `max_body_bytes` and the
-/// ratio of decompressed to compressed size at `max_decompression_ratio`.
-/// A raw body over `max_body_bytes` is [`BodyError::TooLarge`].
-pub fn decode_body<'a>(
-    raw: &'a [u8],
-    content_encoding: Option<&str>,
-    limits: &Limits,
-) -> Result<Cow<'a, [u8]>, BodyError> {
-    if raw.len() > limits.max_body_bytes {
-        return Err(BodyError::TooLarge {
-            limit: ByteLimit(limits.max_body_bytes),
-        });
-    }
-    let declared_gzip = match content_encoding.map(str::trim) {
-        None | Some("") => false,
-        Some(e) if e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("x-gzip") => true,
-        Some(e) if e.eq_ignore_ascii_case("identity") => false,
-        Some(other) => {
-            return Err(BodyError::UnsupportedEncoding(
-                truncate_chars(other, 40).into(),
-            ));
-        }
-    };
-    // JSON never starts with 0x1f, so sniffing can't misread a JSON body.
-    if declared_gzip || raw.starts_with(&GZIP_MAGIC) {
-        gunzip(raw, limits).map(Cow::Owned)
-    } else {
-        Ok(Cow::Borrowed(raw))
-    }
-}
-
-fn gunzip(compressed: &[u8], limits: &Limits) -> Result<Vec<u8>, BodyError> {
-    let size_cap = limits.max_body_bytes as u64;
-    let ratio_cap = (compressed.len() as u64).saturating_mul(limits.max_decompression_ratio);
-    let cap = size_cap.min(ratio_cap);
-    // Reading one byte past the cap tells "exactly at the cap" from "over".
-    let mut decoder = MultiGzDecoder::new(compressed).take(cap.saturating_add(1));
-    let guess = (compressed.len() as u64).saturating_mul(4).min(cap) as usize;
-    let mut out = Vec::with_capacity(guess);
-    decoder
-        .read_to_end(&mut out)
-        .map_err(|e| BodyError::InvalidGzip(e.to_string()))?;
-    let len = out.len() as u64;
-    if len > size_cap {
-        Err(BodyError::DecompressedTooLarge {
-            limit: ByteLimit(limits.max_body_bytes),
-        })
-    } else if len > ratio_cap {
-        Err(BodyError::DecompressionRatio {
-            ratio: limits.max_decompression_ratio,
-            compressed: compressed.len(),
-        })
-    } else {
-        Ok(out)
-    }
-}
+pub use super::agent::{classify_agent, Agent};
+pub use super::body::{decode_body, BodyError, ByteLimit, Limits};
+pub use super::geo::geo_from_headers;
 
 /// Request-wide context taken from headers by the handler.
 #[derive(Debug, Clone, PartialEq)]
@@ -261,10 +91,19 @@ impl EventError {
         )
     }
 
-    fn nul(field: &str) -> Self {
+    /// `control_character`, or `invalid_character` for NUL, which Postgres
+    /// can't store at all (the code it had before other controls were
+    /// refused).
+    fn forbidden(field: &str, found: Forbidden, kind: TextKind) -> Self {
+        if found.character == '\0' {
+            return EventError::new(
+                "invalid_character",
+                format!("`{field}` contains the character U+0000 (NUL), which cannot be stored"),
+            );
+        }
         EventError::new(
-            "invalid_character",
-            format!("`{field}` contains the character U+0000 (NUL), which cannot be stored"),
+            "control_character",
+            format!("`{field}` contains {found}; {}", kind.rule()),
         )
     }
 }
@@ -292,60 +131,16 @@ pub fn parse_batch(
     limits: &Limits,
     new_id: &mut dyn FnMut() -> Uuid,
 ) -> Result<Batch, BodyError> {
-    // Some clients write a UTF-8 byte order mark; it isn't JSON but means
-    // nothing, so it is skipped rather than rejected.
-    let json = json.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(json);
-    if json.iter().all(u8::is_ascii_whitespace) {
-        return Err(BodyError::EmptyBody);
-    }
-    let value: Value = serde_json::from_slice(json).map_err(BodyError::InvalidJson)?;
-    let (key, items) = match value {
-        Value::Array(items) => (None, items),
-        Value::Object(mut map) => {
-            let key = match map.remove("key") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(key)) => Some(key),
-                Some(other) => {
-                    return Err(BodyError::InvalidBody(format!(
-                        "`key` must be a string (a publishable key pk_… or a secret key sk_…), got {}",
-                        kind_of(&other)
-                    )));
-                }
-            };
-            match map.remove("batch") {
-                Some(Value::Array(items)) => (key, items),
-                Some(other) => {
-                    return Err(BodyError::InvalidBody(format!(
-                        "`batch` must be an array of events, got {}",
-                        kind_of(&other)
-                    )));
-                }
-                None => (key, vec![Value::Object(map)]),
-            }
-        }
-        other => {
-            return Err(BodyError::InvalidBody(format!(
-                "the body must be an event object, an array of events or {{\"batch\": [...]}}, got {}",
-                kind_of(&other)
-            )));
-        }
-    };
-    if items.is_empty() {
-        return Err(BodyError::EmptyBatch {
-            max: limits.max_batch,
-        });
-    }
-    if items.len() > limits.max_batch {
-        return Err(BodyError::BatchTooLarge {
-            len: items.len(),
-            max: limits.max_batch,
-        });
-    }
-    let events = items
+    let raw = read_batch(json, limits)?;
+    let events = raw
+        .events
         .into_iter()
         .map(|item| parse_event(item, context, limits, new_id))
         .collect();
-    Ok(Batch { key, events })
+    Ok(Batch {
+        key: raw.key,
+        events,
+    })
 }
 
 // Limits on the text fields, in characters.
@@ -380,13 +175,25 @@ impl Fields {
         }
     }
 
-    /// An optional string of at most `max` characters; `""` counts as absent.
+    /// An optional line of plain text of at most `max` characters; `""`
+    /// counts as absent.
     fn string(&mut self, field: &str, max: usize) -> Result<Option<String>, EventError> {
+        self.text(field, max, TextKind::Plain)
+    }
+
+    /// An optional string of at most `max` characters of the given kind;
+    /// `""` counts as absent.
+    fn text(
+        &mut self,
+        field: &str,
+        max: usize,
+        kind: TextKind,
+    ) -> Result<Option<String>, EventError> {
         match self.take(field) {
             None => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
             Some(Value::String(s)) => {
-                check_text(field, &s, max)?;
+                check_text(field, &s, max, kind)?;
                 Ok(Some(s))
             }
             Some(other) => Err(EventError::wrong_type(field, "a string", &other)),
@@ -394,10 +201,11 @@ impl Fields {
     }
 }
 
-/// Rejects text Postgres can't store (NUL) or over `max` characters.
-fn check_text(field: &str, s: &str, max: usize) -> Result<(), EventError> {
-    if s.contains('\0') {
-        return Err(EventError::nul(field));
+/// Rejects text with a character its kind may not hold (NUL, which
+/// Postgres can't store, among them) or over `max` characters.
+fn check_text(field: &str, s: &str, max: usize, kind: TextKind) -> Result<(), EventError> {
+    if let Some(found) = find_forbidden(s, kind) {
+        return Err(EventError::forbidden(field, found, kind));
     }
     // A string can't have more characters than bytes: count only if needed.
     if s.len() > max {
@@ -462,7 +270,7 @@ fn parse_event(
                     "`name` must not be empty or blank",
                 ));
             }
-            check_text("name", &s, NAME_MAX)?;
+            check_text("name", &s, NAME_MAX, TextKind::Plain)?;
             s
         }
         Some(other) => return Err(EventError::wrong_type("name", "a string", &other)),
@@ -618,13 +426,11 @@ fn parse_properties(value: Option<Value>, limits: &Limits) -> Result<Option<Stri
     }
     let object = Value::Object(map);
     let mut path = String::from("properties");
-    if find_nul(&object, &mut path) {
-        return Err(EventError::new(
-            "invalid_character",
-            format!(
-                "`{}` contains the character U+0000 (NUL), which cannot be stored",
-                truncate_chars(&path, 200)
-            ),
+    if let Some((found, kind)) = find_forbidden_in(&object, &mut path) {
+        return Err(EventError::forbidden(
+            truncate_chars(&path, 200),
+            found,
+            kind,
         ));
     }
     let text = object.to_string();
@@ -641,35 +447,40 @@ fn parse_properties(value: Option<Value>, limits: &Limits) -> Result<Option<Stri
     Ok(Some(text))
 }
 
-/// Whether a string or object key anywhere in `value` contains NUL; if so,
-/// `path` is left naming where (`properties.a[2]`).
-fn find_nul(value: &Value, path: &mut String) -> bool {
+/// The first character anywhere in `value` that its kind of text may not
+/// hold: string values are free text, object keys are names. If there is
+/// one, `path` is left naming where: `properties.a[2]`, or
+/// `properties.a (a key)` for a key of the object `properties.a`.
+fn find_forbidden_in(value: &Value, path: &mut String) -> Option<(Forbidden, TextKind)> {
     match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+        Value::String(s) => {
+            find_forbidden(s, TextKind::Prose).map(|found| (found, TextKind::Prose))
+        }
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
             let len = path.len();
             let _ = write!(path, "[{i}]");
-            let found = find_nul(item, path);
-            if !found {
+            let found = find_forbidden_in(item, path);
+            if found.is_none() {
                 path.truncate(len);
             }
             found
         }),
-        Value::Object(map) => map.iter().any(|(key, item)| {
-            if key.contains('\0') {
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            // The key itself is left out of the path: it is what is wrong.
+            if let Some(found) = find_forbidden(key, TextKind::Plain) {
                 path.push_str(" (a key)");
-                return true;
+                return Some((found, TextKind::Plain));
             }
             let len = path.len();
             path.push('.');
             path.push_str(key);
-            let found = find_nul(item, path);
-            if !found {
+            let found = find_forbidden_in(item, path);
+            if found.is_none() {
                 path.truncate(len);
             }
             found
         }),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
     }
 }
 
@@ -679,7 +490,7 @@ fn parse_web(fields: &mut Fields) -> Result<WebFields, EventError> {
     let explicit_path = fields.string("path", PATH_MAX)?;
     let mut web = WebFields {
         referrer: fields.string("referrer", REFERRER_MAX)?,
-        title: fields.string("title", TITLE_MAX)?,
+        title: fields.text("title", TITLE_MAX, TextKind::Prose)?,
         screen: fields.string("screen", SCREEN_MAX)?,
         language: fields.string("language", LANGUAGE_MAX)?,
         ..WebFields::default()
@@ -704,7 +515,7 @@ fn parse_web(fields: &mut Fields) -> Result<WebFields, EventError> {
             }
             // The parser percent-encodes what the client left raw, so the
             // path can outgrow the URL it came from.
-            check_text("path (of url)", parsed.path(), PATH_MAX)?;
+            check_text("path (of url)", parsed.path(), PATH_MAX, TextKind::Plain)?;
             derive_from_url(&parsed, &mut web);
         }
     }
@@ -721,8 +532,9 @@ pub(crate) fn derive_from_url(url: &url::Url, web: &mut WebFields) {
 
 /// Fills the `utm_*` fields from the URL's query string. They are derived,
 /// not sent, so they never reject the event: the first occurrence of each
-/// wins, values are truncated to 200 characters, NULs are dropped, and
-/// empty values are left out.
+/// wins, characters plain text may not hold (NUL, controls, bidirectional
+/// controls, which percent-decoding can bring back) are dropped, values
+/// are truncated to 200 characters, and empty values are left out.
 fn read_utm(url: &url::Url, web: &mut WebFields) {
     if !url.query().is_some_and(|q| q.contains("utm_")) {
         return;
@@ -739,9 +551,10 @@ fn read_utm(url: &url::Url, web: &mut WebFields) {
         if slot.is_some() {
             continue;
         }
-        let clean: String = value.chars().filter(|&c| c != '\0').take(UTM_MAX).collect();
+        let clean = without_forbidden(&value, TextKind::Plain);
+        let clean = truncate_chars(&clean, UTM_MAX);
         if !clean.is_empty() {
-            *slot = Some(clean);
+            *slot = Some(clean.to_owned());
         }
     }
 }
@@ -800,167 +613,6 @@ fn parse_duration_ms(value: Option<Value>) -> Result<Option<f64>, EventError> {
     }
 }
 
-/// The user agent, classified. Bots are dropped (and counted) by the
-/// handler.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Agent {
-    /// A crawler or an automated browser, whose events are not counted.
-    pub is_bot: bool,
-    /// Browser, version, OS and device class, as far as they are known.
-    pub fields: AgentFields,
-}
-
-/// Case-insensitive markers of clear bots that woothee does not list as
-/// crawlers (it only tries its vague "maybe crawler" patterns on agents it
-/// can't otherwise place, and headless browsers look like browsers).
-const BOT_MARKERS: [&str; 7] = [
-    "bot",
-    "crawl",
-    "spider",
-    "headlesschrome",
-    "lighthouse",
-    "facebookexternalhit",
-    "slurp",
-];
-
-/// Classifies the User-Agent with `woothee`: its crawlers are bots, and so
-/// is any agent with one of a few clear markers. HTTP clients (curl,
-/// reqwest, node, Python, Go) and a missing agent are *not* bots: servers
-/// and SDKs send events with them.
-///
-/// `device_type` is `desktop`, `mobile` or `tablet`, or else woothee's
-/// category (`crawler`, `appliance`, `misc`); woothee can't tell tablets,
-/// so iPads and Android agents without `Mobile` are taken as tablets.
-pub fn classify_agent(user_agent: Option<&str>) -> Agent {
-    let Some(ua) = user_agent.map(str::trim).filter(|ua| !ua.is_empty()) else {
-        return Agent::default();
-    };
-    let parsed = woothee::parser::Parser::new().parse(ua);
-    let woothee_bot = parsed.as_ref().is_some_and(|r| r.category == "crawler");
-    let Some(result) = parsed else {
-        return Agent {
-            is_bot: has_bot_marker(ua),
-            fields: AgentFields::default(),
-        };
-    };
-    let known = |s: &str| -> Option<String> {
-        let s = s.trim();
-        (!s.is_empty() && s != woothee::woothee::VALUE_UNKNOWN && !s.contains('\0'))
-            .then(|| truncate_chars(s, 50).to_owned())
-    };
-    let device_type = match result.category {
-        "pc" => Some("desktop".to_owned()),
-        "smartphone"
-            if result.os == "iPad" || (result.os == "Android" && !ua.contains("Mobile")) =>
-        {
-            Some("tablet".to_owned())
-        }
-        "smartphone" | "mobilephone" => Some("mobile".to_owned()),
-        other => known(other),
-    };
-    Agent {
-        is_bot: woothee_bot || has_bot_marker(ua),
-        fields: AgentFields {
-            browser: known(result.name),
-            browser_version: known(result.version),
-            os: known(result.os),
-            device_type,
-        },
-    }
-}
-
-fn has_bot_marker(ua: &str) -> bool {
-    let ua = ua.to_ascii_lowercase();
-    BOT_MARKERS.iter().any(|marker| {
-        ua.match_indices(marker).any(|(at, _)| {
-            // CUBOT is a phone brand, not a bot.
-            !(*marker == "bot" && ua[..at].ends_with("cu"))
-        })
-    })
-}
-
-// Caps on the geo headers: longer values are not Vercel's and are dropped.
-const COUNTRY_MAX: usize = 8;
-const REGION_MAX: usize = 16;
-const CITY_MAX: usize = 128;
-
-/// Location from Vercel's `x-vercel-ip-*` headers. The city is URI-encoded
-/// by Vercel and is percent-decoded here; coordinates must parse as
-/// degrees in range. Malformed, oversized or control-character values are
-/// dropped rather than rejected: geo is enrichment, not input.
-pub fn geo_from_headers(headers: &http::HeaderMap) -> GeoFields {
-    let text = |name: &str, max: usize, decode: bool| -> Option<String> {
-        let raw = std::str::from_utf8(headers.get(name)?.as_bytes())
-            .ok()?
-            .trim();
-        let value = if decode {
-            percent_decode(raw)?
-        } else {
-            raw.to_owned()
-        };
-        let ok = !value.is_empty()
-            && !value.chars().any(char::is_control)
-            && value.chars().count() <= max;
-        ok.then_some(value)
-    };
-    let degrees = |name: &str, max: f64| -> Option<f64> {
-        let value: f64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
-        (value.is_finite() && value.abs() <= max).then_some(value)
-    };
-    GeoFields {
-        country: text("x-vercel-ip-country", COUNTRY_MAX, false),
-        region: text("x-vercel-ip-country-region", REGION_MAX, false),
-        city: text("x-vercel-ip-city", CITY_MAX, true),
-        latitude: degrees("x-vercel-ip-latitude", 90.0),
-        longitude: degrees("x-vercel-ip-longitude", 180.0),
-    }
-}
-
-/// Decodes `%XX` escapes (not `+`, which `encodeURIComponent` never
-/// writes for a space); a `%` not followed by two hex digits stays as is.
-/// `None` if the result is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    if !s.contains('%') {
-        return Some(s.to_owned());
-    }
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push(hi << 4 | lo);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
-/// How a JSON value is named in messages ("got a number").
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// The first `max` characters of `s`.
-fn truncate_chars(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((at, _)) => &s[..at],
-        None => s,
-    }
-}
-
 fn show_time(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -989,12 +641,7 @@ fn show_duration(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use chrono::TimeZone;
-    use flate2::write::GzEncoder;
-    use flate2::Compression;
-    use http::{HeaderMap, HeaderValue};
     use serde_json::json;
 
     use super::*;
@@ -1050,161 +697,6 @@ mod tests {
 
     fn error_code(body: serde_json::Value) -> &'static str {
         event(body).expect_err("the event is rejected").code
-    }
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
-        encoder.write_all(data).unwrap();
-        encoder.finish().unwrap()
-    }
-
-    /// Text that compresses only about 2:1, to reach size limits without
-    /// tripping the ratio limit.
-    fn incompressible_text(len: usize) -> Vec<u8> {
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                b"0123456789abcdef"[(state % 16) as usize]
-            })
-            .collect()
-    }
-
-    // --- decode_body -----------------------------------------------------
-
-    #[test]
-    fn a_plain_body_is_passed_through_without_a_copy() {
-        let raw = br#"{"type":"web","name":"pageview"}"#;
-        let decoded = decode_body(raw, None, &Limits::default()).unwrap();
-        assert!(matches!(decoded, Cow::Borrowed(_)));
-        assert_eq!(&*decoded, raw);
-    }
-
-    #[test]
-    fn a_body_exactly_at_the_limit_is_accepted_and_one_byte_more_is_a_413_naming_the_limit() {
-        let limits = Limits::default();
-        let at_limit = vec![b' '; limits.max_body_bytes];
-        assert!(decode_body(&at_limit, None, &limits).is_ok());
-
-        let over = vec![b' '; limits.max_body_bytes + 1];
-        let err = decode_body(&over, None, &limits).unwrap_err();
-        assert!(err.is_too_large());
-        assert_eq!(err.code(), "payload_too_large");
-        assert_eq!(
-            err.to_string(),
-            "the body is over the limit of 1048576 bytes (1 MB)"
-        );
-    }
-
-    #[test]
-    fn a_gzip_body_with_content_encoding_is_decompressed() {
-        let json = br#"[{"type":"web","name":"pageview"}]"#;
-        let compressed = gzip(json);
-        let decoded = decode_body(&compressed, Some("gzip"), &Limits::default()).unwrap();
-        assert_eq!(&*decoded, json);
-        let decoded = decode_body(&compressed, Some(" X-GZIP "), &Limits::default()).unwrap();
-        assert_eq!(&*decoded, json);
-    }
-
-    #[test]
-    fn a_gzip_body_is_detected_from_its_magic_bytes_without_a_header() {
-        let json = br#"{"type":"web","name":"pageview"}"#;
-        let compressed = gzip(json);
-        let decoded = decode_body(&compressed, None, &Limits::default()).unwrap();
-        assert_eq!(&*decoded, json);
-        let decoded = decode_body(&compressed, Some("identity"), &Limits::default()).unwrap();
-        assert_eq!(&*decoded, json);
-    }
-
-    #[test]
-    fn a_gzip_bomb_beyond_the_ratio_is_a_413() {
-        let bomb = gzip(&vec![b' '; 1_000_000]);
-        assert!(bomb.len() * 100 < 1_000_000, "the test data must be a bomb");
-        let err = decode_body(&bomb, Some("gzip"), &Limits::default()).unwrap_err();
-        assert_eq!(err.code(), "decompression_ratio_exceeded");
-        assert!(err.is_too_large());
-        assert!(err.to_string().contains("ratio of 100"), "{err}");
-    }
-
-    #[test]
-    fn a_gzip_body_is_accepted_up_to_the_ratio_and_rejected_just_past_it() {
-        let compressed = gzip(&vec![b' '; 10_000]);
-        let c = compressed.len() as u64;
-        // The smallest ratio that allows 10 000 bytes, and the one below it.
-        let enough = 10_000u64.div_ceil(c);
-        let with_ratio = |ratio| Limits {
-            max_decompression_ratio: ratio,
-            ..Limits::default()
-        };
-        assert_eq!(
-            decode_body(&compressed, None, &with_ratio(enough))
-                .unwrap()
-                .len(),
-            10_000
-        );
-        let err = decode_body(&compressed, None, &with_ratio(enough - 1)).unwrap_err();
-        assert_eq!(err.code(), "decompression_ratio_exceeded");
-    }
-
-    #[test]
-    fn a_gzip_body_that_inflates_past_the_body_limit_is_a_413_naming_the_limit() {
-        let limits = Limits {
-            max_body_bytes: 64 * 1024,
-            ..Limits::default()
-        };
-        let compressed = gzip(&incompressible_text(64 * 1024 + 1));
-        assert!(compressed.len() <= limits.max_body_bytes);
-        let err = decode_body(&compressed, None, &limits).unwrap_err();
-        assert_eq!(err.code(), "payload_too_large");
-        assert!(err.is_too_large());
-        assert_eq!(
-            err.to_string(),
-            "the decompressed body is over the limit of 65536 bytes (64 KB)"
-        );
-
-        let at_limit = gzip(&incompressible_text(64 * 1024));
-        assert_eq!(
-            decode_body(&at_limit, None, &limits).unwrap().len(),
-            64 * 1024
-        );
-    }
-
-    #[test]
-    fn a_truncated_gzip_body_is_a_400_invalid_gzip() {
-        let compressed = gzip(br#"{"type":"web","name":"pageview","url":"https://example.com/"}"#);
-        for cut in [
-            compressed.len() - 1,
-            compressed.len() - 8,
-            compressed.len() / 2,
-            5,
-        ] {
-            let err = decode_body(&compressed[..cut], None, &Limits::default()).unwrap_err();
-            assert_eq!(err.code(), "invalid_gzip", "cut at {cut}: {err}");
-            assert!(!err.is_too_large());
-        }
-    }
-
-    #[test]
-    fn a_body_declared_gzip_that_is_not_gzip_is_a_400_invalid_gzip() {
-        let err = decode_body(br#"{"type":"web"}"#, Some("gzip"), &Limits::default()).unwrap_err();
-        assert_eq!(err.code(), "invalid_gzip");
-    }
-
-    #[test]
-    fn garbage_after_a_gzip_member_is_a_400_invalid_gzip() {
-        let mut compressed = gzip(b"{}");
-        compressed.extend_from_slice(b"trailing");
-        let err = decode_body(&compressed, None, &Limits::default()).unwrap_err();
-        assert_eq!(err.code(), "invalid_gzip");
-    }
-
-    #[test]
-    fn an_unsupported_content_encoding_is_a_400() {
-        let err = decode_body(b"{}", Some("br"), &Limits::default()).unwrap_err();
-        assert_eq!(err.code(), "unsupported_encoding");
-        assert!(!err.is_too_large());
     }
 
     // --- body shapes -----------------------------------------------------
@@ -1367,6 +859,14 @@ mod tests {
             (
                 r#"{"type":"web","name":"a\u0000b"}"#.into(),
                 "invalid_character",
+            ),
+            (
+                r#"{"type":"web","name":"a\u001b[2Jb"}"#.into(),
+                "control_character",
+            ),
+            (
+                r#"{"type":"web","name":"invoice\u202egpj.exe"}"#.into(),
+                "control_character",
             ),
             // timestamp
             (
@@ -1921,180 +1421,168 @@ mod tests {
         assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), e);
     }
 
-    // --- user agents -----------------------------------------------------
+    // --- control characters ----------------------------------------------
 
-    const CHROME_DESKTOP: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
-    const IPHONE_SAFARI: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1";
+    /// Every text field an event may carry, by event type.
+    const TEXT_FIELDS: [(&str, &str); 17] = [
+        ("web", "name"),
+        ("web", "session_id"),
+        ("web", "user_id"),
+        ("web", "url"),
+        ("web", "path"),
+        ("web", "referrer"),
+        ("web", "title"),
+        ("web", "screen"),
+        ("web", "language"),
+        ("mobile", "app_version"),
+        ("mobile", "os"),
+        ("mobile", "os_version"),
+        ("mobile", "device"),
+        ("server", "service"),
+        ("server", "environment"),
+        ("server", "method"),
+        ("server", "path"),
+    ];
 
-    #[test]
-    fn googlebot_and_other_crawlers_are_bots() {
-        for ua in [
-            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
-            "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
-            "Mozilla/5.0 (compatible; Yahoo! Slurp; http://help.yahoo.com/help/us/ysearch/slurp)",
-            "Mozilla/5.0 (compatible; Baiduspider/2.0; +http://www.baidu.com/search/spider.html)",
-            "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.0; +https://openai.com/gptbot)",
-            "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
-            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/124.0.0.0 Safari/537.36",
-            "Mozilla/5.0 (Linux; Android 11; moto g power (2022)) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/119.0.0.0 Mobile Safari/537.36 Chrome-Lighthouse",
-            "Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)",
-            "CCBot/2.0 (https://commoncrawl.org/faq/)",
-        ] {
-            assert!(classify_agent(Some(ua)).is_bot, "{ua}");
-        }
+    /// An event of `kind` whose `field` holds `c` among valid text.
+    fn with_char(kind: &str, field: &str, c: char) -> serde_json::Value {
+        let value = match field {
+            "url" => format!("https://example.com/a{c}b"),
+            "method" => format!("GE{c}T"),
+            _ => format!("a{c}b"),
+        };
+        let mut body = json!({"type": kind, "name": "e"});
+        body[field] = json!(value);
+        body
     }
 
     #[test]
-    fn chrome_on_desktop_is_a_desktop_browser_and_not_a_bot() {
-        let agent = classify_agent(Some(CHROME_DESKTOP));
-        assert!(!agent.is_bot);
-        assert_eq!(agent.fields.browser.as_deref(), Some("Chrome"));
-        assert_eq!(agent.fields.browser_version.as_deref(), Some("124.0.0.0"));
-        assert_eq!(agent.fields.os.as_deref(), Some("Windows 10"));
-        assert_eq!(agent.fields.device_type.as_deref(), Some("desktop"));
-    }
-
-    #[test]
-    fn safari_on_an_iphone_is_a_mobile_browser_and_not_a_bot() {
-        let agent = classify_agent(Some(IPHONE_SAFARI));
-        assert!(!agent.is_bot);
-        assert_eq!(agent.fields.browser.as_deref(), Some("Safari"));
-        assert_eq!(agent.fields.os.as_deref(), Some("iPhone"));
-        assert_eq!(agent.fields.device_type.as_deref(), Some("mobile"));
-    }
-
-    #[test]
-    fn ipads_and_android_agents_without_mobile_are_tablets() {
-        let ipad = "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1";
-        let android_tablet = "Mozilla/5.0 (Linux; Android 13; SM-X200) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
-        let android_phone = "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36";
-        assert_eq!(
-            classify_agent(Some(ipad)).fields.device_type.as_deref(),
-            Some("tablet")
-        );
-        assert_eq!(
-            classify_agent(Some(android_tablet))
-                .fields
-                .device_type
-                .as_deref(),
-            Some("tablet")
-        );
-        assert_eq!(
-            classify_agent(Some(android_phone))
-                .fields
-                .device_type
-                .as_deref(),
-            Some("mobile")
-        );
-    }
-
-    #[test]
-    fn http_clients_and_a_missing_user_agent_are_not_bots() {
-        for ua in [
-            "curl/8.5.0",
-            "Wget/1.21.4",
-            "reqwest/0.12.4",
-            "python-requests/2.31.0",
-            "Python-urllib/3.12",
-            "Go-http-client/1.1",
-            "Go-http-client/2.0",
-            "node",
-            "node-fetch/1.0 (+https://github.com/bitinn/node-fetch)",
-            "undici",
-            "axios/1.6.8",
-            "okhttp/4.12.0",
-            "Java/17.0.2",
-            "Ruby",
-            "PostmanRuntime/7.37.0",
-            // A phone brand that contains "bot".
-            "Mozilla/5.0 (Linux; Android 9; CUBOT_X20) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
-        ] {
-            assert!(!classify_agent(Some(ua)).is_bot, "{ua}");
-        }
-        assert_eq!(classify_agent(None), Agent::default());
-        assert_eq!(classify_agent(Some("  ")), Agent::default());
-    }
-
-    #[test]
-    fn an_unknown_user_agent_has_no_fields() {
-        let agent = classify_agent(Some("something-unheard-of"));
-        assert!(!agent.is_bot);
-        assert_eq!(agent.fields.browser, None);
-        assert_eq!(agent.fields.os, None);
-    }
-
-    // --- geo -------------------------------------------------------------
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.insert(*name, HeaderValue::from_str(value).unwrap());
-        }
-        map
-    }
-
-    #[test]
-    fn geo_comes_from_the_vercel_headers_with_the_city_percent_decoded() {
-        let geo = geo_from_headers(&headers(&[
-            ("x-vercel-ip-country", "BR"),
-            ("x-vercel-ip-country-region", "SP"),
-            ("x-vercel-ip-city", "S%C3%A3o%20Paulo"),
-            ("x-vercel-ip-latitude", "-23.5475"),
-            ("x-vercel-ip-longitude", "-46.6361"),
-        ]));
-        assert_eq!(
-            geo,
-            GeoFields {
-                country: Some("BR".into()),
-                region: Some("SP".into()),
-                city: Some("São Paulo".into()),
-                latitude: Some(-23.5475),
-                longitude: Some(-46.6361),
+    fn every_text_field_refuses_escapes_c1_controls_and_bidi_overrides_naming_the_field() {
+        for (kind, field) in TEXT_FIELDS {
+            for c in [
+                '\u{1b}', '\u{7f}', '\u{85}', '\u{9b}', '\u{202a}', '\u{202e}', '\u{2066}',
+                '\u{2069}',
+            ] {
+                let err = event(with_char(kind, field, c)).unwrap_err();
+                let what = format!("{kind} `{field}` with U+{:04X}", c as u32);
+                assert_eq!(err.code, "control_character", "{what}");
+                assert!(
+                    err.message
+                        .starts_with(&format!("`{field}` contains U+{:04X}", c as u32)),
+                    "{what}: {}",
+                    err.message
+                );
             }
+        }
+    }
+
+    #[test]
+    fn plain_fields_also_refuse_tab_line_breaks_and_direction_marks() {
+        for (kind, field) in TEXT_FIELDS.into_iter().filter(|(_, f)| *f != "title") {
+            for c in ['\t', '\n', '\r', '\u{200e}', '\u{200f}', '\u{61c}'] {
+                let err = event(with_char(kind, field, c)).unwrap_err();
+                assert_eq!(
+                    err.code, "control_character",
+                    "{kind} `{field}` with U+{:04X}",
+                    c as u32
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_raw_tab_in_the_url_is_refused_not_silently_dropped() {
+        // The URL parser would strip it and store a different path.
+        let err =
+            event(json!({"type": "web", "name": "a", "url": "https://example.com/pri\tcing"}))
+                .unwrap_err();
+        assert_eq!(err.code, "control_character");
+        assert!(
+            err.message.contains("U+0009 (TAB) at character 24"),
+            "{}",
+            err.message
         );
     }
 
     #[test]
-    fn missing_geo_headers_give_no_geo() {
-        assert_eq!(geo_from_headers(&HeaderMap::new()), GeoFields::default());
+    fn a_title_is_free_text_with_line_breaks_and_direction_marks() {
+        let title = "\u{200f}חדשות\u{200f} | News\r\n\tPage";
+        let e = event(json!({"type": "web", "name": "a", "title": title})).unwrap();
+        assert_eq!(e.web.title.as_deref(), Some(title));
+        for c in ['\u{1b}', '\u{202e}', '\u{2067}', '\u{0}'] {
+            let err = event(with_char("web", "title", c)).unwrap_err();
+            assert!(
+                matches!(err.code, "control_character" | "invalid_character"),
+                "U+{:04X}",
+                c as u32
+            );
+        }
     }
 
     #[test]
-    fn malformed_geo_headers_are_dropped() {
-        let geo = geo_from_headers(&headers(&[
-            ("x-vercel-ip-country", "a-very-long-country"),
-            ("x-vercel-ip-country-region", ""),
-            ("x-vercel-ip-city", "Bad%00City"),
-            ("x-vercel-ip-latitude", "north"),
-            ("x-vercel-ip-longitude", "181"),
-        ]));
-        assert_eq!(geo, GeoFields::default());
+    fn string_properties_are_free_text_and_their_keys_are_plain() {
+        let free = json!({"note": "line one\nline two\ttabbed\r\n", "he": "שלום\u{200f}!"});
+        let e = event(json!({"type": "web", "name": "a", "properties": free})).unwrap();
+        let back: Value = serde_json::from_str(&e.properties.unwrap()).unwrap();
+        assert_eq!(back, free);
 
-        let geo = geo_from_headers(&headers(&[
-            ("x-vercel-ip-city", "%E2%28"),
-            ("x-vercel-ip-latitude", "NaN"),
-            ("x-vercel-ip-longitude", "inf"),
-        ]));
+        let cases = [
+            (
+                json!({"a": [1, {"b": "x\u{1b}[2J"}]}),
+                "`properties.a[1].b` contains U+001B (ESCAPE) at character 2; free text",
+            ),
+            (
+                json!({"file": "invoice\u{202e}gpj.exe"}),
+                "`properties.file` contains U+202E (RIGHT-TO-LEFT OVERRIDE) at character 8",
+            ),
+            (
+                json!({"x": {"k\u{1b}": 1}}),
+                "`properties.x (a key)` contains U+001B (ESCAPE) at character 2; names",
+            ),
+            (
+                json!({"k\u{200f}": 1}),
+                "`properties (a key)` contains U+200F (RIGHT-TO-LEFT MARK)",
+            ),
+            (
+                json!({"k\n": 1}),
+                "`properties (a key)` contains U+000A (LINE FEED)",
+            ),
+        ];
+        for (properties, message) in cases {
+            let err =
+                event(json!({"type": "web", "name": "a", "properties": properties})).unwrap_err();
+            assert_eq!(err.code, "control_character", "{properties}");
+            assert!(err.message.starts_with(message), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn utm_values_lose_the_controls_percent_decoding_brings_back() {
+        let url = "https://example.com/?utm_source=news%E2%80%AEletter%1B&utm_medium=%0A";
+        let e = event(json!({"type": "web", "name": "a", "url": url})).unwrap();
+        assert_eq!(e.web.utm_source.as_deref(), Some("newsletter"));
+        assert_eq!(e.web.utm_medium, None);
         assert_eq!(
-            geo,
-            GeoFields::default(),
-            "invalid UTF-8 and non-finite numbers"
+            e.web.url.as_deref(),
+            Some(url),
+            "the URL itself is plain ASCII"
         );
     }
 
     #[test]
-    fn a_stray_percent_in_the_city_is_kept() {
-        let geo = geo_from_headers(&headers(&[("x-vercel-ip-city", "100%25 Town %zz %")]));
-        assert_eq!(geo.city.as_deref(), Some("100% Town %zz %"));
+    fn text_that_only_looks_unusual_is_accepted() {
+        let e = event(json!({
+            "type": "web", "name": "Résumé 履歴書 📊", "user_id": "مستخدم-7",
+            "referrer": "https://例え.jp/パス", "title": "Ünïcödé",
+        }))
+        .unwrap();
+        assert_eq!(e.name, "Résumé 履歴書 📊");
     }
 
     // --- small helpers ---------------------------------------------------
 
     #[test]
-    fn byte_limits_and_durations_read_naturally() {
-        assert_eq!(ByteLimit(1_048_576).to_string(), "1048576 bytes (1 MB)");
-        assert_eq!(ByteLimit(32 * 1024).to_string(), "32768 bytes (32 KB)");
-        assert_eq!(ByteLimit(1000).to_string(), "1000 bytes");
+    fn durations_read_naturally() {
         assert_eq!(show_duration(Duration::from_secs(86_400)), "24 hours");
         assert_eq!(show_duration(Duration::from_secs(3600)), "1 hour");
         assert_eq!(show_duration(Duration::from_secs(7 * 86_400)), "7 days");
