@@ -15,6 +15,7 @@ mod database;
 mod drain;
 mod health;
 mod helpers;
+mod input;
 mod openapi;
 mod scripts;
 mod signed_url;
