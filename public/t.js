@@ -1,12 +1,28 @@
 /*! tollgate tracker: <script src="https://HOST/t.js" data-key="pk_…" defer></script>
  * Page views (history API too) and tollgate.track(name, props), batched.
  * data-api: collect URL (default: this script's origin + /api/collect).
- * data-dnt="respect": send nothing under Do Not Track or Global Privacy Control. */
+ * data-dnt="respect": send nothing under Do Not Track or Global Privacy Control.
+ * URLs are sent without their fragment and without secret-looking query
+ * parameters (see SECRET); a secret key (sk_...) makes it refuse to run. */
 (function (w, d) {
   var s = d.currentScript, key = s && s.getAttribute("data-key");
   if (!key || w.tollgate) return;
+  // A secret key in a page is readable by every visitor: send nothing with
+  // it, and say why where the site's developer will look. (ASCII only: the
+  // page, not this file, decides how the script is decoded.)
+  if (/^\s*sk_/.test(key)) {
+    console.error("tollgate: data-key is a secret key (sk_...), which must never be in a web page; nothing was sent. Rotate it, and use its publishable key (pk_...).");
+    w.tollgate = { track: function () {}, flush: function () {} };
+    return;
+  }
   var api = s.getAttribute("data-api") || new URL(s.src, location.href).origin + "/api/collect";
   var off = s.getAttribute("data-dnt") == "respect" && (navigator.doNotTrack == "1" || w.doNotTrack == "1" || navigator.globalPrivacyControl);
+  // Query parameters that carry credentials rather than anything worth
+  // counting (password resets, magic links, OAuth and OIDC redirects,
+  // presigned URLs), matched on the whole name, case-insensitively; and any
+  // name ending in token, secret, password, signature or credential
+  // (access_token, resetToken, client_secret, X-Amz-Signature).
+  var SECRET = /^(code|state|nonce|key|api[_-]?key|auth|authorization|pass|passwd|pwd|session|session[_-]?id|sid|sig|otp|reset|jwt|ticket)$|(token|secret|password|signature|credential)$/i;
   var queue = [], timer = 0, tries = 0, last, sid;
   try {
     sid = sessionStorage.getItem("tg_sid") || uuid();
@@ -19,11 +35,29 @@
     });
   }
 
+  // The URL without its fragment and secret parameters. The kept parameters
+  // stay exactly as written (utm_* among them); only a name is decoded, to
+  // match it. Referrers too: a same-origin referrer is a full URL of this
+  // site, and an old browser or a loose Referrer-Policy sends other sites'.
+  function clean(href) {
+    if (!href) return;
+    try {
+      var u = new URL(href), q = u.search.slice(1).split("&").filter(function (p) {
+        var k = p.split("=")[0];
+        try { k = decodeURIComponent(k.replace(/\+/g, " ")); } catch (e) {}
+        return p && !SECRET.test(k);
+      }).join("&");
+      u.search = q;
+      u.hash = "";
+      return u.href;
+    } catch (e) {}
+  }
+
   function track(name, props) {
     if (off) return;
     var e = {
       id: uuid(), type: "web", name: String(name), timestamp: new Date().toISOString(),
-      session_id: sid, url: location.href, referrer: d.referrer || undefined, title: d.title,
+      session_id: sid, url: clean(location.href), referrer: clean(d.referrer), title: d.title,
       screen: screen.width + "x" + screen.height, language: navigator.language
     };
     if (props) e.properties = props;
@@ -53,9 +87,12 @@
       });
   }
 
+  // One page view per URL as sent, so a change of fragment alone (or of a
+  // secret parameter) is not another page.
   function page() {
-    if (location.href == last) return;
-    last = location.href;
+    var url = clean(location.href);
+    if (url == last) return;
+    last = url;
     track("pageview");
   }
 

@@ -97,10 +97,12 @@ struct Stored {
     name: String,
     utm_source: Option<String>,
     properties: Option<Value>,
+    url: Option<String>,
+    referrer: Option<String>,
 }
 
 #[tokio::test]
-async fn the_tracker_delivers_page_views_and_custom_events_to_postgres_exactly_once() {
+async fn the_tracker_delivers_scrubbed_page_views_and_custom_events_to_postgres_exactly_once() {
     let app = spawn().await;
     let key = app.create_key().await;
     let out = std::env::temp_dir().join(format!("tollgate-tracker-{}.json", Uuid::new_v4()));
@@ -117,11 +119,11 @@ async fn the_tracker_delivers_page_views_and_custom_events_to_postgres_exactly_o
     .await;
     let sent: Vec<Value> = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     std::fs::remove_file(&out).ok();
-    assert_eq!(sent.len(), 4, "{sent:?}");
+    assert_eq!(sent.len(), 6, "{sent:?}");
 
     app.drain().await;
     let stored: Vec<Stored> = sqlx::query_as(
-        "SELECT id, name, utm_source, properties FROM events
+        "SELECT id, name, utm_source, properties, url, referrer FROM events
          WHERE api_key_id = $1 ORDER BY occurred_at, name",
     )
     .bind(key.id)
@@ -141,9 +143,48 @@ async fn the_tracker_delivers_page_views_and_custom_events_to_postgres_exactly_o
     );
     let landing = stored
         .iter()
-        .find(|row| row.utm_source.is_some())
+        .find(|row| row.utm_source.as_deref() == Some("newsletter"))
         .expect("the landing page view");
-    assert_eq!(landing.utm_source.as_deref(), Some("newsletter"));
+    assert!(landing
+        .url
+        .as_deref()
+        .unwrap()
+        .ends_with("/landing?utm_source=newsletter"));
     let signup = stored.iter().find(|row| row.name == "signup").unwrap();
     assert_eq!(signup.properties, Some(json!({"plan": "pro"})));
+
+    // What the tracker sent is what Postgres holds, and neither carries the
+    // reset link's token or fragment.
+    for row in &stored {
+        let event = sent
+            .iter()
+            .find(|event| event["id"] == row.id.to_string())
+            .unwrap();
+        assert_eq!(row.url.as_deref(), event["url"].as_str(), "{row:?}");
+        assert_eq!(
+            row.referrer.as_deref(),
+            event["referrer"].as_str(),
+            "{row:?}"
+        );
+        for text in [&row.url, &row.referrer].into_iter().flatten() {
+            assert!(!text.contains("s3cr3t") && !text.contains('#'), "{row:?}");
+        }
+    }
+    let reset = stored
+        .iter()
+        .find(|row| row.utm_source.as_deref() == Some("x"))
+        .expect("the reset link's page view");
+    assert!(
+        reset
+            .url
+            .as_deref()
+            .unwrap()
+            .ends_with("/reset?utm_source=x&page=2"),
+        "{reset:?}"
+    );
+    let next = stored
+        .iter()
+        .find(|row| row.url.as_deref().is_some_and(|url| url.ends_with("/next")))
+        .expect("the page after the reset link");
+    assert_eq!(next.referrer, reset.url, "the referrer is scrubbed too");
 }

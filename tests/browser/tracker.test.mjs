@@ -1,8 +1,9 @@
 // The tracker (public/t.js) in headless Chromium, on a page of another
 // origin, as a customer's site would include it. tests/browser.rs passes
 // APP_URL and PUBLISHABLE_KEY, then drains and checks Postgres for what
-// this test sent; OUT_FILE receives the ids of the events sent. The
-// tracker sends through a relay (data-api) that records what arrives.
+// this test sent; OUT_FILE receives the ids of the events sent, with the
+// URL and referrer each carried. The tracker sends through a relay
+// (data-api) that records what arrives.
 
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -21,10 +22,13 @@ const sent = [];
 // where the test sees everything the tracker sent.
 const received = [];
 
+// A secret key, as a careless site might paste into its page.
+const SECRET_KEY = 'sk_live_0123456789abcdef0123456789abcdef';
+
 // A customer's site: any path answers the same page carrying the tracker.
-function page(attributes = '') {
+function page(attributes = '', key = PUBLISHABLE_KEY) {
   return `<!doctype html><html><head><title>Shop</title>
-<script src="${APP_URL}/t.js" data-key="${PUBLISHABLE_KEY}" data-api="${collectUrl}" ${attributes}></script>
+<script src="${APP_URL}/t.js" data-key="${key}" data-api="${collectUrl}" ${attributes}></script>
 </head><body><a href="/next">next</a></body></html>`;
 }
 
@@ -75,8 +79,9 @@ before(async () => {
   collectUrl = `${await listen(relay)}/collect`;
   site = createServer((request, response) => {
     const dnt = request.url.startsWith('/dnt');
+    const key = request.url.startsWith('/secret-key') ? SECRET_KEY : PUBLISHABLE_KEY;
     response.writeHead(200, { 'content-type': 'text/html' });
-    response.end(page(dnt ? 'data-dnt="respect"' : ''));
+    response.end(page(dnt ? 'data-dnt="respect"' : '', key));
   });
   siteUrl = await listen(site);
 });
@@ -88,6 +93,9 @@ after(async () => {
 });
 
 const visit = () => browser.newContext();
+
+// What tests/browser.rs compares with the row stored for each event.
+const record = (e) => ({ id: e.id, name: e.name, url: e.url, referrer: e.referrer ?? null });
 
 const settle = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -126,7 +134,7 @@ test('sends page views, history navigation and custom events, with a beacon on p
     'the first batch went by fetch, the last as a beacon');
   assert.deepEqual(requests.map((r) => r.status), [202, 202]);
   assert.deepEqual(requests.map((r) => r.answer), [{ accepted: 1, rejected: [] }, { accepted: 2, rejected: [] }]);
-  sent.push(...events.map((e) => ({ id: e.id, name: e.name, url: e.url })));
+  sent.push(...events.map(record));
 });
 
 test('retries with backoff when collect fails, without duplicates', async () => {
@@ -152,7 +160,7 @@ test('retries with backoff when collect fails, without duplicates', async () => 
     'the retries resend the same event id');
   const delivered = received.slice(before).flatMap((entry) => entry.events);
   assert.equal(delivered.length, 1);
-  sent.push(...delivered.map((e) => ({ id: e.id, name: e.name, url: e.url })));
+  sent.push(...delivered.map(record));
 });
 
 test('sends nothing under Do Not Track when told to respect it', async () => {
@@ -167,4 +175,61 @@ test('sends nothing under Do Not Track when told to respect it', async () => {
   await settle(1500);
   await context.close();
   assert.equal(received.length, before);
+});
+
+test('sends page URLs and referrers without the fragment and secret parameters', async () => {
+  const context = await visit();
+  const tab = await context.newPage();
+  const before = received.length;
+  const first = tab.waitForResponse((r) => r.url() === collectUrl && r.request().method() === 'POST');
+  // A password-reset link: the token (any case) and the fragment must stay
+  // in the browser; the campaign and the rest of the query are analytics.
+  await tab.goto(`${siteUrl}/reset?token=s3cr3t&utm_source=x&page=2&Access_Token=s3cr3t#frag`);
+  await tab.waitForFunction(() => window.tollgate);
+  await first;
+  // A new fragment alone is the same page once the fragment is dropped.
+  await tab.evaluate(() => history.pushState({}, '', `${location.pathname}${location.search}#other`));
+  // The next page's referrer is the reset link itself (same origin, so the
+  // browser gives the whole URL but the fragment), secrets included.
+  await Promise.all([tab.waitForURL(`${siteUrl}/next`), tab.click('a')]);
+  await tab.waitForFunction(() => window.tollgate);
+  await tab.goto('about:blank');
+  for (let i = 0; i < 150 && received.length < before + 2; i++) await settle(100);
+  await context.close();
+
+  const requests = received.slice(before);
+  const events = requests.flatMap((entry) => entry.events);
+  const scrubbed = `${siteUrl}/reset?utm_source=x&page=2`;
+  assert.deepEqual(events.map((e) => [e.name, e.url, e.referrer]), [
+    ['pageview', scrubbed, undefined],
+    ['pageview', `${siteUrl}/next`, scrubbed],
+  ]);
+  const everything = JSON.stringify(requests);
+  assert.ok(!everything.includes('s3cr3t'), everything);
+  assert.ok(!everything.includes('#'), everything);
+  assert.deepEqual(requests.map((r) => r.status), [202, 202]);
+  sent.push(...events.map(record));
+});
+
+test('refuses to run with a secret key: sends nothing and says why in the console', async () => {
+  const context = await visit();
+  const tab = await context.newPage();
+  const errors = [];
+  tab.on('console', (message) => { if (message.type() === 'error') errors.push(message.text()); });
+  const requests = [];
+  tab.on('request', (request) => { if (request.url() === collectUrl) requests.push(request.method()); });
+  const before = received.length;
+  await tab.goto(`${siteUrl}/secret-key`);
+  // The page's own calls keep working; they just do nothing.
+  await tab.evaluate(() => window.tollgate.track('signup'));
+  await tab.goto('about:blank');
+  await settle(1500);
+  await context.close();
+  assert.deepEqual(requests, [], 'no request from the page');
+  assert.equal(received.length, before, 'no beacon either');
+  assert.equal(errors.length, 1, JSON.stringify(errors));
+  assert.match(errors[0], /secret key \(sk_\.\.\.\)/);
+  assert.match(errors[0], /nothing was sent/);
+  assert.match(errors[0], /publishable key \(pk_\.\.\.\)/);
+  assert.ok(!errors[0].includes(SECRET_KEY), 'the key itself is not repeated');
 });
