@@ -12,6 +12,7 @@ mod browser;
 mod calendar;
 mod collect;
 mod database;
+mod dev_server;
 mod drain;
 mod health;
 mod helpers;
