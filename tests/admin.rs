@@ -55,7 +55,7 @@ impl TestApp {
     async fn warm_cache(&self, key: &NewKey) {
         for half in [key.secret.expose(), key.publishable.as_str()] {
             let presented = PresentedKey::parse(half).expect("a key");
-            apikeys::refresh_cache(&self.state, &presented)
+            apikeys::refresh_cache(&self.state, &presented, None)
                 .await
                 .expect("filling the key cache");
             assert!(self.exists(&self.cache_entry(half)).await);

@@ -266,7 +266,7 @@ async fn requests_that_cannot_be_read_get_their_exact_status_and_code() {
         (
             (
                 br#"{"type":"web","name":"x"}"#.to_vec(),
-                Some("pk_0000000000000000".into()),
+                Some("pk_000000000000000000000000".into()),
             ),
             401,
             "invalid_key",
@@ -608,7 +608,7 @@ async fn with_redis_down_events_go_straight_to_postgres() {
     assert_eq!(usage, (1, 1));
     // The key checks still apply on the direct path.
     let unknown = body_of(
-        app.collect("pk_000000000000", &web_event(Uuid::new_v4()))
+        app.collect("pk_000000000000000000000000", &web_event(Uuid::new_v4()))
             .await,
         401,
     )
@@ -660,7 +660,7 @@ async fn with_redis_and_postgres_down_collect_answers_503_with_retry_after() {
     .await;
 
     let response = app
-        .collect("pk_0123456789abcdef", &web_event(Uuid::new_v4()))
+        .collect("pk_0123456789abcdef01234567", &web_event(Uuid::new_v4()))
         .await;
 
     assert_eq!(response.status(), 503);

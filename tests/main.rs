@@ -21,5 +21,6 @@ mod openapi;
 mod scripts;
 mod signed_url;
 mod sync;
+mod trust;
 mod upstash_client;
 mod upstash_local;

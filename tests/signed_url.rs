@@ -120,7 +120,7 @@ async fn bad_requests_get_their_exact_status_and_code() {
         (sk, "{not json".to_owned(), 400, "invalid_json"),
         (sk, "[]".to_owned(), 400, "invalid_json"),
         (None, pdf("a.pdf"), 401, "missing_key"),
-        (Some(&key.publishable), pdf("a.pdf"), 401, "invalid_key"),
+        (Some(&key.publishable), pdf("a.pdf"), 403, "secret_key_required"),
         (Some("sk_unknown0000000000"), pdf("a.pdf"), 401, "invalid_key"),
     ];
     assert!(cases.len() >= 25);

@@ -78,15 +78,33 @@ impl RedisSync {
         Ok(())
     }
 
-    /// Deletes the key cache entries of both halves of a key.
+    /// Bumps the generation of the key cache entries of both halves of a
+    /// key, then deletes them: a refill that looked the key up before this
+    /// change cannot write its stale answer back (see `fill_key.lua`).
     fn forget_key(keys: &RedisKeys, halves: &StoredHalves) -> Self {
-        Self {
-            commands: vec![Command::new("DEL")
-                .arg(keys.key_cache(&hex::encode(&halves.secret_hash)))
-                .arg(keys.key_cache(&hex::encode(apikeys::hash_secret(&halves.publishable_key))))],
+        let hashes = [
+            hex::encode(&halves.secret_hash),
+            hex::encode(apikeys::hash_secret(&halves.publishable_key)),
+        ];
+        let mut commands = Vec::new();
+        for hash in &hashes {
+            let generation = keys.key_generation(hash);
+            commands.push(Command::new("INCR").arg(&generation));
+            commands.push(
+                Command::new("EXPIRE")
+                    .arg(&generation)
+                    .arg(KEY_GENERATION_TTL.as_secs()),
+            );
         }
+        commands.push(Command::new("DEL").args(hashes.iter().map(|hash| keys.key_cache(hash))));
+        Self { commands }
     }
 }
+
+/// How long a key's cache generation outlives its last change: far longer
+/// than any refill takes. One that expires reads as a change, which only
+/// makes a refill look again.
+const KEY_GENERATION_TTL: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// A browser origin a publishable key may be used from: `scheme://host[:port]`
 /// in the form browsers send in the `Origin` header (lowercase host, no

@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use crate::{
     apikeys::{self, PresentedKey},
+    auth::{self, KeyRejection},
     error::ApiError,
     redis_keys::{RedisKeys, Subject},
     state::AppState,
@@ -243,7 +244,8 @@ fn wall_clock_ms() -> i64 {
 pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, Undecided> {
     let config = &state.config.admission;
     let events = request.events.as_ref();
-    let mut key_id = match resolve(state, request.key).await? {
+    let client_ip = (!request.ip.is_empty()).then_some(request.ip);
+    let mut key_id = match resolve(state, request.key, client_ip).await? {
         Resolved::Id(id) => id,
         Resolved::Refused(error) => {
             return Ok(Decision::Refused {
@@ -308,7 +310,7 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
                 })
             }
             Verdict::Miss => {
-                refill(state, request.key, false).await?;
+                refill(state, request.key, false, None, client_ip).await?;
             }
             Verdict::Rekey(id) => {
                 state.key_ids.remember(&request.key.cache_id(), id);
@@ -334,75 +336,110 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
 }
 
 /// What the presented key resolves to before admission names its keys.
-pub(crate) enum Resolved {
+pub enum Resolved {
     Id(Uuid),
     /// Unknown or revoked: refused without running the script.
     Refused(ApiError),
 }
+
+pub static RESOLVE: Script = Script::new("resolve", include_str!("scripts/resolve.lua"));
 
 /// The id of the presented key, by which its Redis state is named: from
 /// this instance's memory, or else from the key cache (one extra round
 /// trip), or else from Postgres (which fills the cache). A presented key's
 /// hash belongs to one key id for good, so the memory never goes stale;
 /// whether the key is still active is the script's to check, every time.
-pub(crate) async fn resolve(state: &AppState, key: &PresentedKey) -> anyhow::Result<Resolved> {
+///
+/// Unknown keys are remembered too, briefly, so that a client repeating one
+/// costs nothing; a client IP that presents too many in a minute is
+/// refused before any lookup (`resolve.lua`).
+pub async fn resolve(
+    state: &AppState,
+    key: &PresentedKey,
+    client_ip: Option<&str>,
+) -> anyhow::Result<Resolved> {
     let cache_id = key.cache_id();
     if let Some(id) = state.key_ids.get(&cache_id) {
         return Ok(Resolved::Id(id));
     }
-    let replies = state
+    if state.key_ids.is_unknown(&cache_id) {
+        return Ok(Resolved::Refused(KeyRejection::Unknown.into()));
+    }
+    let keys = &state.keys;
+    let mut names = vec![
+        keys.key_cache(&cache_id),
+        keys.bans_loaded(),
+        keys.key_generation(&cache_id),
+    ];
+    names.extend(client_ip.map(|ip| keys.auth_failures(ip)));
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let reply: Vec<Reply> = state
         .upstash
-        .pipeline(&[
-            Command::new("GET").arg(state.keys.key_cache(&cache_id)),
-            Command::new("EXISTS").arg(state.keys.bans_loaded()),
-        ])
+        .eval(
+            &RESOLVE,
+            &names,
+            &[state.config.admission.failed_auth_limit.to_string()],
+        )
         .await
         .context("reading the key cache")?;
-    let [cached, loaded] = <[_; 2]>::try_from(replies)
-        .map_err(|_| anyhow::anyhow!("a pipeline of two answered otherwise"))?;
-    let cached = cached
-        .context("reading the key cache")?
-        .as_str()
-        .and_then(|json| serde_json::from_str::<apikeys::CachedKey>(json).ok());
+    let cached = match reply.as_slice() {
+        [code, Reply::Int(pttl)] if code.as_str() == Some("too_many_failures") => {
+            let retry_after = Duration::from_millis((*pttl).max(1_000) as u64);
+            return Ok(Resolved::Refused(
+                KeyRejection::TooManyFailures { retry_after }.into(),
+            ));
+        }
+        [code, entry] if code.as_str() == Some("cached") => entry
+            .as_str()
+            .and_then(|json| serde_json::from_str::<apikeys::CachedKey>(json).ok()),
+        [code, Reply::Int(loaded), generation] if code.as_str() == Some("miss") => {
+            let generation = generation.as_str().map(str::to_owned);
+            Some(refill(state, key, *loaded == 1, generation, client_ip).await?)
+        }
+        _ => anyhow::bail!("resolve.lua answered {reply:?}"),
+    };
     let cached = match cached {
         Some(cached) => cached,
-        None => {
-            let loaded = matches!(
-                loaded.context("checking that the bans are loaded")?,
-                Reply::Int(1)
-            );
-            refill(state, key, loaded).await?
-        }
+        // An entry that does not read is refilled, as a missing one is.
+        None => refill(state, key, false, None, client_ip).await?,
     };
-    Ok(match (cached.status, cached.id) {
-        (apikeys::KeyStatus::Active, Some(id)) => {
+    Ok(match auth::require_active(&cached) {
+        Ok(id) => {
             state.key_ids.remember(&cache_id, id);
             Resolved::Id(id)
         }
-        (apikeys::KeyStatus::Revoked, _) => Resolved::Refused(Refusal::RevokedKey.into_error(0)),
-        _ => Resolved::Refused(Refusal::InvalidKey.into_error(0)),
+        Err(rejection) => {
+            if rejection == KeyRejection::Unknown {
+                state.key_ids.remember_unknown(&cache_id);
+            }
+            Resolved::Refused(rejection.into())
+        }
     })
 }
 
 /// Fills the key cache from Postgres. Redis must hold Postgres's bans
 /// before any entry of the cache, so that after a flush no request is
 /// admitted past a ban; a refill is where a flush first shows. `bans_loaded`
-/// says whether the caller has just seen them loaded.
+/// says whether the caller has just seen them loaded; `generation` is the
+/// entry's generation if the caller has just read it.
 async fn refill(
     state: &AppState,
     key: &PresentedKey,
     bans_loaded: bool,
+    generation: Option<String>,
+    client_ip: Option<&str>,
 ) -> anyhow::Result<apikeys::CachedKey> {
     let lock = state.key_ids.refill_lock(&key.cache_id());
-    let _one_at_a_time = match lock.try_lock() {
-        Ok(guard) => guard,
+    let (_one_at_a_time, generation) = match lock.try_lock() {
+        Ok(guard) => (guard, generation),
         Err(_) => {
             let guard = lock.lock().await;
             // The refill ahead of this one has most likely filled it.
             if let Some(cached) = apikeys::read_cache(state, key).await? {
                 return Ok(cached);
             }
-            guard
+            // The generation read before the wait may have moved since.
+            (guard, None)
         }
     };
     let loaded = bans_loaded || {
@@ -416,7 +453,7 @@ async fn refill(
     if !loaded {
         load_bans(state).await?;
     }
-    apikeys::refresh_cache(state, key).await
+    apikeys::refresh_cache_from(state, key, generation, client_ip).await
 }
 
 /// The keys one admission touches, before they are named.
@@ -700,11 +737,6 @@ impl Decided {
 }
 
 impl Refusal {
-    /// The refusal as the route answers it, for a key with no limit known.
-    fn into_error(self, limit: u64) -> ApiError {
-        self.into_error_with(limit, Duration::ZERO)
-    }
-
     fn into_error_with(self, limit: u64, retry_after: Duration) -> ApiError {
         match self {
             Self::ContentTypeNotAllowed => ApiError::BadRequest {
@@ -722,14 +754,8 @@ impl Refusal {
                     format!("`provider` `{provider}` is not configured on this deployment")
                 },
             },
-            Self::InvalidKey => ApiError::Unauthorized {
-                code: "invalid_key",
-                message: "no API key matches".into(),
-            },
-            Self::RevokedKey => ApiError::Unauthorized {
-                code: "revoked_key",
-                message: "this API key has been revoked".into(),
-            },
+            Self::InvalidKey => KeyRejection::Unknown.into(),
+            Self::RevokedKey => KeyRejection::Revoked.into(),
             Self::OriginNotAllowed => ApiError::Forbidden {
                 code: "origin_not_allowed",
                 message: "this origin is not allowed to use this key".into(),

@@ -67,11 +67,16 @@ impl NewKey {
     pub fn generate() -> Self {
         Self {
             id: Uuid::now_v7(),
-            secret: Secret::new(format!("sk_{}", random_hex(24))),
-            publishable: format!("pk_{}", random_hex(12)),
+            secret: Secret::new(format!("sk_{}", random_hex(SECRET_BYTES))),
+            publishable: format!("pk_{}", random_hex(PUBLISHABLE_BYTES)),
         }
     }
 }
+
+/// Random bytes in a secret key, written as hex after `sk_`.
+const SECRET_BYTES: usize = 24;
+/// Random bytes in a publishable key, written as hex after `pk_`.
+const PUBLISHABLE_BYTES: usize = 12;
 
 /// The SHA-256 of a secret key, as stored and as looked up.
 pub fn hash_secret(secret: &str) -> [u8; 32] {
@@ -216,16 +221,23 @@ pub struct PresentedKey {
 }
 
 impl PresentedKey {
-    /// Recognises a key by its prefix; anything else is not a key.
+    /// Recognises a key by its exact shape, as [`NewKey::generate`] makes
+    /// it: `sk_` and 48 lowercase hex digits, or `pk_` and 24. Anything else
+    /// is not a key, and is refused without a lookup.
     pub fn parse(value: &str) -> Option<Self> {
-        let kind = if value.starts_with("sk_") {
-            KeyKind::Sk
-        } else if value.starts_with("pk_") {
-            KeyKind::Pk
+        let (kind, digits) = if let Some(digits) = value.strip_prefix("sk_") {
+            (KeyKind::Sk, digits)
+        } else if let Some(digits) = value.strip_prefix("pk_") {
+            (KeyKind::Pk, digits)
         } else {
             return None;
         };
-        (value.len() <= 200).then(|| Self {
+        let length = match kind {
+            KeyKind::Sk => SECRET_BYTES * 2,
+            KeyKind::Pk => PUBLISHABLE_BYTES * 2,
+        };
+        let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        (digits.len() == length && digits.bytes().all(hex)).then(|| Self {
             kind,
             value: Secret::new(value),
         })
@@ -435,27 +447,129 @@ pub fn day_start(day: chrono::NaiveDate, zone: chrono_tz::Tz) -> chrono::DateTim
         .unwrap_or_else(|| midnight.and_utc())
 }
 
-/// Looks a key up in Postgres and writes the result to the Redis cache.
+pub static FILL_KEY: crate::upstash::Script =
+    crate::upstash::Script::new("fill_key", include_str!("scripts/fill_key.lua"));
+
+/// One refill of a key's cache entry, in three steps: the entry's
+/// generation is read first, then the key is looked up in Postgres, then
+/// the entry is written only if the generation has not moved (see
+/// `fill_key.lua`). A change to the key between the first and the last
+/// step (a revoke, say) keeps the lookup's now stale answer out of the
+/// cache.
+pub struct Refill<'a> {
+    state: &'a crate::state::AppState,
+    key: &'a PresentedKey,
+    generation: String,
+}
+
+impl<'a> Refill<'a> {
+    /// Starts a refill under a generation the caller has just read.
+    pub fn under(
+        state: &'a crate::state::AppState,
+        key: &'a PresentedKey,
+        generation: String,
+    ) -> Self {
+        Self {
+            state,
+            key,
+            generation,
+        }
+    }
+
+    /// Reads the generation of the key's cache entry.
+    pub async fn begin(
+        state: &'a crate::state::AppState,
+        key: &'a PresentedKey,
+    ) -> anyhow::Result<Self> {
+        let generation: Option<String> = state
+            .upstash
+            .command(
+                &crate::upstash::Command::new("GET")
+                    .arg(state.keys.key_generation(&key.cache_id())),
+            )
+            .await
+            .map_err(|error| anyhow::Error::new(error).context("reading the key's generation"))?;
+        Ok(Self {
+            state,
+            key,
+            generation: generation.unwrap_or_default(),
+        })
+    }
+
+    /// Looks the key up in Postgres.
+    pub async fn lookup(&self) -> anyhow::Result<CachedKey> {
+        lookup(&self.state.db, self.key, self.state.clock.now()).await
+    }
+
+    /// Writes what [`Self::lookup`] found, unless the key changed since
+    /// [`Self::begin`]; a lookup that found no active key counts as a
+    /// failed authentication of `client_ip`. Returns whether it was written.
+    pub async fn store(&self, cached: &CachedKey, client_ip: Option<&str>) -> anyhow::Result<bool> {
+        let keys = &self.state.keys;
+        let cache_id = self.key.cache_id();
+        let mut names = vec![keys.key_cache(&cache_id), keys.key_generation(&cache_id)];
+        names.extend(client_ip.map(|ip| keys.auth_failures(ip)));
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let ttl = match cached.status {
+            KeyStatus::Unknown => UNKNOWN_CACHE_TTL,
+            _ => CACHE_TTL,
+        };
+        let failed = if cached.status == KeyStatus::Active {
+            "0"
+        } else {
+            "1"
+        };
+        let stored: i64 = self
+            .state
+            .upstash
+            .eval(
+                &FILL_KEY,
+                &names,
+                &[
+                    self.generation.clone(),
+                    serde_json::to_string(cached)?,
+                    ttl.as_secs().to_string(),
+                    failed.to_owned(),
+                ],
+            )
+            .await
+            .map_err(|error| anyhow::Error::new(error).context("filling the key cache"))?;
+        Ok(stored == 1)
+    }
+}
+
+/// Looks a key up in Postgres and writes the result to the Redis cache,
+/// unless the key changes meanwhile; then it looks again. `client_ip` is
+/// charged a failed authentication if no active key matches.
 pub async fn refresh_cache(
     state: &crate::state::AppState,
     key: &PresentedKey,
+    client_ip: Option<&str>,
 ) -> anyhow::Result<CachedKey> {
-    let cached = lookup(&state.db, key, state.clock.now()).await?;
-    let ttl = match cached.status {
-        KeyStatus::Unknown => UNKNOWN_CACHE_TTL,
-        _ => CACHE_TTL,
-    };
-    let _: () = state
-        .upstash
-        .command(
-            &crate::upstash::Command::new("SET")
-                .arg(state.keys.key_cache(&key.cache_id()))
-                .arg(serde_json::to_string(&cached)?)
-                .arg("EX")
-                .arg(ttl.as_secs()),
-        )
-        .await?;
-    Ok(cached)
+    refresh_cache_from(state, key, None, client_ip).await
+}
+
+/// [`refresh_cache`], whose first lookup runs under a generation the caller
+/// has just read, if it has one.
+pub async fn refresh_cache_from(
+    state: &crate::state::AppState,
+    key: &PresentedKey,
+    mut generation: Option<String>,
+    client_ip: Option<&str>,
+) -> anyhow::Result<CachedKey> {
+    for _ in 0..3 {
+        let refill = match generation.take() {
+            Some(generation) => Refill::under(state, key, generation),
+            None => Refill::begin(state, key).await?,
+        };
+        let cached = refill.lookup().await?;
+        if refill.store(&cached, client_ip).await? {
+            return Ok(cached);
+        }
+    }
+    // Changed under three lookups in a row: Postgres's answer stands,
+    // uncached.
+    lookup(&state.db, key, state.clock.now()).await
 }
 
 /// The key's entry in the Redis cache, if it holds one that reads.
@@ -471,18 +585,6 @@ pub async fn read_cache(
     Ok(cached.and_then(|json| serde_json::from_str::<CachedKey>(&json).ok()))
 }
 
-/// Reads a key from the Redis cache, filling it from Postgres on a miss.
-/// Routes whose scripts read the cache themselves do not need this.
-pub async fn verify(
-    state: &crate::state::AppState,
-    key: &PresentedKey,
-) -> anyhow::Result<CachedKey> {
-    match read_cache(state, key).await? {
-        Some(cached) => Ok(cached),
-        None => refresh_cache(state, key).await,
-    }
-}
-
 /// Which key id each presented key belongs to, remembered by this instance
 /// so that admission can name the key's Redis state before its one call.
 /// A presented key's hash maps to one key id for good (rotation makes a new
@@ -491,6 +593,9 @@ pub async fn verify(
 #[derive(Debug, Default)]
 pub struct KeyIds {
     ids: std::sync::Mutex<std::collections::HashMap<String, Uuid>>,
+    /// Presented keys found unknown, and until when that is believed: a
+    /// client repeating one costs no round trip and no lookup meanwhile.
+    unknown: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// One refill of a key's cache entry at a time per instance: a burst of
     /// requests for a cold key waits for the first one's Postgres lookup
     /// instead of making one each.
@@ -502,6 +607,8 @@ pub struct KeyIds {
 /// Entries past which the memory starts over, bounding an instance's memory
 /// against a flood of distinct keys.
 const KEY_IDS_MAX: usize = 100_000;
+/// The same bound for the memory of unknown keys.
+const UNKNOWN_MAX: usize = 10_000;
 
 impl KeyIds {
     /// The key id of a presented key, by its cache id, if remembered.
@@ -520,6 +627,31 @@ impl KeyIds {
             ids.clear();
         }
         ids.insert(cache_id.to_owned(), key_id);
+    }
+
+    /// Whether a presented key was found unknown within [`UNKNOWN_CACHE_TTL`].
+    pub fn is_unknown(&self, cache_id: &str) -> bool {
+        let unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        unknown
+            .get(cache_id)
+            .is_some_and(|until| *until > std::time::Instant::now())
+    }
+
+    /// Remembers that no key matches a presented key, for as long as the
+    /// Redis cache does.
+    pub fn remember_unknown(&self, cache_id: &str) {
+        let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        if unknown.len() >= UNKNOWN_MAX {
+            let now = std::time::Instant::now();
+            unknown.retain(|_, until| *until > now);
+            if unknown.len() >= UNKNOWN_MAX {
+                unknown.clear();
+            }
+        }
+        unknown.insert(
+            cache_id.to_owned(),
+            std::time::Instant::now() + UNKNOWN_CACHE_TTL,
+        );
     }
 
     /// The lock that keeps refills of one presented key's cache entry apart

@@ -54,6 +54,11 @@ pub struct AdmissionConfig {
     /// (Upstash down or slow); the others refuse with 503. Default: collect,
     /// whose events then go straight to Postgres.
     pub fail_open: Vec<String>,
+    /// Where the client's IP address is read from.
+    pub client_ip: crate::auth::ClientIpSource,
+    /// Failed authentications (unknown or revoked keys) one client IP may
+    /// make per minute before its requests are refused unlooked-at.
+    pub failed_auth_limit: u32,
 }
 
 impl AdmissionConfig {
@@ -158,6 +163,8 @@ pub const VARIABLES: &[&str] = &[
     "TOLLGATE_PUBLIC_IP_RATE_LIMIT",
     "TOLLGATE_VIOLATION_RATIO",
     "TOLLGATE_FAIL_OPEN_ROUTES",
+    "TOLLGATE_CLIENT_IP_HEADER",
+    "TOLLGATE_FAILED_AUTH_LIMIT",
     "S3_ENDPOINT",
     "S3_REGION",
     "S3_BUCKET",
@@ -260,6 +267,14 @@ impl Config {
                 parse_routes,
                 vec!["collect".to_owned()],
             ),
+            client_ip: vars.optional(
+                "TOLLGATE_CLIENT_IP_HEADER",
+                crate::auth::ClientIpSource::parse,
+                crate::auth::ClientIpSource::Vercel,
+            ),
+            failed_auth_limit: vars
+                .optional("TOLLGATE_FAILED_AUTH_LIMIT", parse_count, 30)
+                .clamp(1, u64::from(u32::MAX)) as u32,
         };
 
         let s3 = crate::presign::s3::S3Config::from_lookup(&lookup).unwrap_or_else(|problems| {

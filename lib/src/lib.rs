@@ -16,6 +16,7 @@ pub mod db;
 pub mod drain;
 pub mod error;
 pub mod events;
+pub mod fallback;
 pub mod fault;
 pub mod limits;
 pub mod logs;

@@ -12,6 +12,8 @@
 //! | key | type | written by | TTL | what |
 //! |---|---|---|---|---|
 //! | `key:<sha256 hex>` | string (JSON) | refills (`apikeys.rs`), the CLI | 5 min, 1 min if unknown | API key cache, by the hash of the presented key |
+//! | `keygen:<sha256 hex>` | string (integer) | the CLI and the keys API (`admin.rs`) | 1 day | the generation of a key cache entry, bumped by every change to the key; a refill writes only under the generation it read before its lookup (`fill_key.lua`) |
+//! | `authfail:ip:<ip>` | string (integer) | resolve.lua, fill_key.lua | 1 min from the first failure | failed authentications (unknown or revoked keys) of a client IP; at `TOLLGATE_FAILED_AUTH_LIMIT` its requests are refused before any lookup |
 //! | `adm:<request id>` | string (JSON) | admit.lua | the admission timeout plus `TOLLGATE_ADMISSION_RESOLVE` plus about 7 s | the verdict admit.lua counted, or `late` once a caller asking again settled the request as not run |
 //! | `rl:key:<key id>`, `rl:ip:<ip>` | string | admit.lua | until the limiter is full again | GCRA state: the theoretical arrival time, ms |
 //! | `q:<key id>` | hash | admit.lua | 32 days | quota use: `d` (the key's day), `du` (used that day), `m` (its month), `mu` |
@@ -144,6 +146,17 @@ impl RedisKeys {
     /// A ban of a client IP.
     pub fn ip_ban(&self, ip: &str) -> String {
         format!("{}ban:ip:{ip}", self.prefix)
+    }
+
+    /// The generation of a key cache entry, bumped by every change to the
+    /// key, so that a refill that began before it does not write back.
+    pub fn key_generation(&self, hash_hex: &str) -> String {
+        format!("{}keygen:{hash_hex}", self.prefix)
+    }
+
+    /// Failed authentications of a client IP in the current minute.
+    pub fn auth_failures(&self, ip: &str) -> String {
+        format!("{}authfail:ip:{ip}", self.prefix)
     }
 
     /// Present while Redis holds Postgres's bans.

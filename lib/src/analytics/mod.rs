@@ -33,7 +33,8 @@ pub use query::{Query, View};
 use views::{Params, Unsynced};
 
 use crate::{
-    apikeys::{self, KeyStatus, PresentedKey},
+    apikeys::{self, PresentedKey},
+    auth::{self, KeyRejection},
     error::ApiError,
     metrics,
     state::AppState,
@@ -102,8 +103,13 @@ struct Miss {
 }
 
 /// Reads a view for the key presented, from the cache or freshly computed.
-pub async fn read(state: &AppState, key: &PresentedKey, query: &Query) -> Result<Answer, ApiError> {
-    let mut key_id = match crate::admission::resolve(state, key).await {
+pub async fn read(
+    state: &AppState,
+    key: &PresentedKey,
+    client_ip: Option<&str>,
+    query: &Query,
+) -> Result<Answer, ApiError> {
+    let mut key_id = match crate::admission::resolve(state, key, client_ip).await {
         Ok(crate::admission::Resolved::Id(id)) => id,
         Ok(crate::admission::Resolved::Refused(error)) => return Err(error),
         Err(error) => {
@@ -138,7 +144,7 @@ pub async fn read(state: &AppState, key: &PresentedKey, query: &Query) -> Result
             }
             Lookup::KeyNotCached if !refreshed => {
                 refreshed = true;
-                apikeys::refresh_cache(state, key)
+                apikeys::refresh_cache(state, key, client_ip)
                     .await
                     .map_err(unavailable)?;
                 continue;
@@ -222,9 +228,9 @@ async fn lookup(
     let code = reply.first().and_then(Reply::as_str).unwrap_or_default();
     Ok(match (code, reply.as_slice()) {
         ("miss_key", _) => Lookup::KeyNotCached,
-        ("invalid_key", _) => Lookup::Refused(invalid_key()),
-        ("revoked_key", _) => Lookup::Refused(revoked_key()),
-        ("wrong_kind", _) => Lookup::Refused(needs_secret_key()),
+        ("invalid_key", _) => Lookup::Refused(KeyRejection::Unknown.into()),
+        ("revoked_key", _) => Lookup::Refused(KeyRejection::Revoked.into()),
+        ("wrong_kind", _) => Lookup::Refused(KeyRejection::NotSecret.into()),
         ("rekey", [_, id]) => Lookup::Rekey(
             Uuid::parse_str(id.as_str().unwrap_or_default())
                 .context("the key id of analytics.lua")?,
@@ -314,11 +320,7 @@ async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<A
     let cached = apikeys::lookup(&state.db, key, state.clock.now())
         .await
         .map_err(unavailable)?;
-    let key_id = match (cached.status, cached.id) {
-        (KeyStatus::Active, Some(id)) => id,
-        (KeyStatus::Revoked, _) => return Err(revoked_key()),
-        _ => return Err(invalid_key()),
-    };
+    let key_id = auth::require_active(&cached)?;
     let today = apikeys::key_day(state.clock.now(), apikeys::zone(&cached.timezone));
     let range = query.range(today)?;
     let params = params(key_id, range, today, &cached.timezone, &[]);
@@ -431,27 +433,5 @@ fn unavailable(error: anyhow::Error) -> ApiError {
     ApiError::Unavailable {
         message: "neither Upstash nor Postgres could check the key".into(),
         retry_after: Duration::from_secs(10),
-    }
-}
-
-fn invalid_key() -> ApiError {
-    ApiError::Unauthorized {
-        code: "invalid_key",
-        message: "no API key matches".into(),
-    }
-}
-
-fn revoked_key() -> ApiError {
-    ApiError::Unauthorized {
-        code: "revoked_key",
-        message: "this API key has been revoked".into(),
-    }
-}
-
-/// The refusal of a publishable key: analytics needs the secret one.
-pub fn needs_secret_key() -> ApiError {
-    ApiError::Forbidden {
-        code: "secret_key_required",
-        message: "analytics needs the secret key (`Authorization: Bearer sk_…`); publishable keys only collect".into(),
     }
 }

@@ -6,8 +6,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::{
     analytics::{self, Answer, Query},
-    apikeys::{KeyKind, PresentedKey},
-    auth,
+    auth::{self, Accepts},
     error::ApiError,
     state::AppState,
 };
@@ -38,22 +37,12 @@ async fn answer(state: &AppState, request: &Request<Bytes>) -> Result<Answer, Ap
     if request.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed { allow: "GET" });
     }
-    let key = match auth::bearer(request).map(PresentedKey::parse) {
-        None => {
-            return Err(ApiError::Unauthorized {
-                code: "missing_key",
-                message: "send the secret key as `Authorization: Bearer sk_…`".into(),
-            })
-        }
-        Some(Some(key)) if key.kind() == KeyKind::Sk => key,
-        Some(Some(_)) => return Err(analytics::needs_secret_key()),
-        Some(None) => {
-            return Err(ApiError::Unauthorized {
-                code: "invalid_key",
-                message: "the bearer token is not an API key (sk_…)".into(),
-            })
-        }
-    };
+    let key = auth::authenticate(request, Accepts::SecretOnly)?;
     let query = Query::parse(request.uri().query())?;
-    analytics::read(state, &key, &query).await
+    let client_ip = state
+        .config
+        .admission
+        .client_ip
+        .client_ip(request.headers());
+    analytics::read(state, &key, client_ip.as_deref(), &query).await
 }

@@ -18,14 +18,15 @@ use uuid::Uuid;
 
 use crate::{
     admission::{self, Decision, EventsPayload, RateLimit},
-    apikeys::{self, CachedKey, KeyKind, KeyStatus, PresentedKey},
-    auth,
+    apikeys::{self, KeyKind, PresentedKey},
+    auth::{self, Accepts, KeyRejection},
     error::ApiError,
     events::{
         parse::{self, BodyError, Context, EventError, Limits},
         store::{self, StoredEvent},
         Event,
     },
+    fallback,
     response::json_response,
     state::AppState,
 };
@@ -114,6 +115,13 @@ async fn accept(
     started: Instant,
     rate: &mut RateLimit,
 ) -> Result<(StatusCode, Accepted), ApiError> {
+    // The key's shape is checked before the body is read: a malformed key
+    // costs nothing more. Beacons carry it in the body instead.
+    let header_key = match auth::authenticate(request, Accepts::Any) {
+        Ok(key) => Some(key),
+        Err(KeyRejection::Missing(_)) => None,
+        Err(rejection) => return Err(rejection.into()),
+    };
     let headers = request.headers();
     let limits = Limits {
         max_age: state.config.pipeline.event_max_age,
@@ -135,7 +143,10 @@ async fn accept(
     };
     let batch =
         parse::parse_batch(&body, &context, &limits, &mut Uuid::now_v7).map_err(body_error)?;
-    let key = presented_key(request, batch.key.as_deref())?;
+    let key = match header_key {
+        Some(key) => key,
+        None => auth::authenticate_value(batch.key.as_deref(), Accepts::Any)?,
+    };
 
     let mut events = Vec::with_capacity(batch.events.len());
     let mut rejected = Vec::new();
@@ -167,11 +178,13 @@ async fn accept(
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // Hashed into the visitor id and limited for publishable keys; never stored.
+    let client_ip = state.config.admission.client_ip.client_ip(headers);
     let submission = Submission {
         key: &key,
         origin,
         events: &events,
-        ip: client_ip(headers),
+        ip: client_ip.as_deref().unwrap_or(""),
         user_agent: user_agent.unwrap_or(""),
     };
     let (shared, queued) = crate::events::queued::encode(&events)
@@ -245,36 +258,6 @@ async fn accept(
     ))
 }
 
-/// The key from `Authorization: Bearer`, `X-API-Key`, or (for beacons,
-/// which cannot set headers) the body's `key` field.
-fn presented_key(
-    request: &Request<Bytes>,
-    body_key: Option<&str>,
-) -> Result<PresentedKey, ApiError> {
-    let value = auth::bearer(request)
-        .or_else(|| {
-            request
-                .headers()
-                .get("x-api-key")
-                .and_then(|v| v.to_str().ok())
-        })
-        .or(body_key)
-        .ok_or_else(|| ApiError::Unauthorized {
-            code: "missing_key",
-            message:
-                "send a key as `Authorization: Bearer pk_…`, `X-API-Key`, or the body's `key` field"
-                    .into(),
-        })?;
-    PresentedKey::parse(value.trim()).ok_or_else(invalid_key)
-}
-
-fn invalid_key() -> ApiError {
-    ApiError::Unauthorized {
-        code: "invalid_key",
-        message: "no API key matches; keys start with pk_ or sk_".into(),
-    }
-}
-
 fn body_error(error: BodyError) -> ApiError {
     if error.is_too_large() {
         ApiError::PayloadTooLarge(error.to_string())
@@ -286,21 +269,6 @@ fn body_error(error: BodyError) -> ApiError {
     }
 }
 
-/// The client address Vercel reports; hashed into the visitor id, never stored.
-fn client_ip(headers: &HeaderMap) -> &str {
-    headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|list| list.split(',').next())
-        })
-        .map(str::trim)
-        .unwrap_or("")
-}
-
 /// One collect request, ready to enqueue.
 struct Submission<'a> {
     key: &'a PresentedKey,
@@ -308,13 +276,6 @@ struct Submission<'a> {
     events: &'a [Event],
     ip: &'a str,
     user_agent: &'a str,
-}
-
-fn revoked_key() -> ApiError {
-    ApiError::Unauthorized {
-        code: "revoked_key",
-        message: "this API key has been revoked".into(),
-    }
 }
 
 fn origin_not_allowed(origin: &str) -> ApiError {
@@ -347,18 +308,24 @@ async fn write_direct(
     let key = apikeys::lookup(&state.db, submission.key, state.clock.now())
         .await
         .map_err(unavailable)?;
-    let api_key_id = check_key(&key, submission.origin)?;
+    let api_key_id = auth::require_active(&key)?;
+    if key.kind == KeyKind::Pk
+        && !key.origins.is_empty()
+        && !key.origins.iter().any(|o| o == submission.origin)
+    {
+        return Err(origin_not_allowed(submission.origin));
+    }
     let now = state.clock.now();
     let day = apikeys::key_day(now, apikeys::zone(&key.timezone));
     // Redis's limits cannot be asked, but Postgres's bans and the synced
     // use of the quotas can: a banned key or client, or a key whose quota
     // Postgres already shows used up, gets no free pass from an outage.
     let ip = (key.kind == KeyKind::Pk).then_some(submission.ip);
-    check_limits_directly(state, api_key_id, ip, day, key.limits.as_ref())
+    fallback::check_limits_directly(state, api_key_id, ip, day, key.limits.as_ref())
         .await
         .map_err(|refusal| match refusal {
-            DirectRefusal::Refused(error) => error,
-            DirectRefusal::Unavailable(error) => unavailable(error),
+            fallback::DirectRefusal::Refused(error) => error,
+            fallback::DirectRefusal::Unavailable(error) => unavailable(error),
         })?;
     let rows: Vec<StoredEvent> = submission
         .events
@@ -460,83 +427,5 @@ impl Fallback {
             Fallback::Unavailable => "direct_to_postgres_events",
             Fallback::QueueFull => "queue_full_events",
         }
-    }
-}
-
-enum DirectRefusal {
-    Refused(ApiError),
-    Unavailable(anyhow::Error),
-}
-
-/// The bans and quotas Postgres knows, for the direct path: a ban in force
-/// on the key or (for publishable keys) the client IP, and the key's use of
-/// its daily and monthly quotas as far as it is synced.
-async fn check_limits_directly(
-    state: &AppState,
-    key_id: Uuid,
-    ip: Option<&str>,
-    day: chrono::NaiveDate,
-    limits: Option<&apikeys::CachedLimits>,
-) -> Result<(), DirectRefusal> {
-    use sqlx::Row;
-    let month_start = chrono::Datelike::with_day(&day, 1).unwrap_or(day);
-    let row = state
-        .db
-        .query(
-            "SELECT EXISTS (SELECT 1 FROM bans
-                             WHERE lifted_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-                               AND ((subject_type = 'key' AND subject = $1::text)
-                                    OR (subject_type = 'ip' AND subject = $2))) AS banned,
-                    coalesce(sum(successful_requests) FILTER (WHERE day = $3), 0)::bigint AS day_used,
-                    coalesce(sum(successful_requests), 0)::bigint AS month_used
-             FROM api_key_usage_daily
-             WHERE api_key_id = $1 AND day >= $4 AND day < ($4 + interval '1 month')",
-        )
-        .bind(key_id)
-        .bind(ip.unwrap_or(""))
-        .bind(day)
-        .bind(month_start)
-        .fetch_one(state.db.pool())
-        .await
-        .context("checking the key's bans and quotas in Postgres")
-        .map_err(DirectRefusal::Unavailable)?;
-    let int = |name: &str| row.try_get::<i64, _>(name).unwrap_or(0).max(0) as u64;
-    if row.try_get::<bool, _>("banned").unwrap_or(false) {
-        return Err(DirectRefusal::Refused(ApiError::Forbidden {
-            code: "banned",
-            message: "this key or client is banned".into(),
-        }));
-    }
-    let over = |limit: Option<u64>, used: u64| limit.is_some_and(|limit| used >= limit);
-    let quota = |code: &'static str, what: &str| {
-        DirectRefusal::Refused(ApiError::TooManyRequests {
-            code,
-            message: format!("the {what} quota of this key is used up"),
-            retry_after: Duration::from_secs(3_600),
-        })
-    };
-    if over(limits.and_then(|l| l.day), int("day_used")) {
-        return Err(quota("daily_quota_exceeded", "daily"));
-    }
-    if over(limits.and_then(|l| l.month), int("month_used")) {
-        return Err(quota("monthly_quota_exceeded", "monthly"));
-    }
-    Ok(())
-}
-
-/// The same key checks the admission script makes, for the direct path.
-fn check_key(key: &CachedKey, origin: &str) -> Result<Uuid, ApiError> {
-    match (key.status, key.id) {
-        (KeyStatus::Active, Some(id)) => {
-            if key.kind == KeyKind::Pk
-                && !key.origins.is_empty()
-                && !key.origins.iter().any(|o| o == origin)
-            {
-                return Err(origin_not_allowed(origin));
-            }
-            Ok(id)
-        }
-        (KeyStatus::Revoked, _) => Err(revoked_key()),
-        _ => Err(invalid_key()),
     }
 }

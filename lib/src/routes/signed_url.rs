@@ -14,9 +14,10 @@ use uuid::Uuid;
 
 use crate::{
     admission::{self, Decision, RateLimit, UploadCheck},
-    apikeys::{self, KeyKind, KeyStatus, PresentedKey},
-    auth,
+    apikeys::{self, PresentedKey},
+    auth::{self, Accepts},
     error::ApiError,
+    fallback,
     presign::{blob, s3},
     response::json_response,
     state::AppState,
@@ -57,21 +58,7 @@ async fn sign(
     rate: &mut RateLimit,
 ) -> Result<Signed, ApiError> {
     let started = Instant::now();
-    let key = match auth::bearer(request).map(PresentedKey::parse) {
-        None => {
-            return Err(ApiError::Unauthorized {
-                code: "missing_key",
-                message: "send the secret key as `Authorization: Bearer sk_…`".into(),
-            })
-        }
-        Some(Some(key)) if key.kind() == KeyKind::Sk => key,
-        Some(_) => {
-            return Err(ApiError::Unauthorized {
-                code: "invalid_key",
-                message: "signed-url takes a secret key (sk_…)".into(),
-            })
-        }
-    };
+    let key = auth::authenticate(request, Accepts::SecretOnly)?;
     // A malformed request still goes through admission: it is rate limited
     // and counted as failed, then refused with its own error.
     let parsed = UploadRequest::parse(request.body());
@@ -106,11 +93,16 @@ async fn sign(
         }),
         _ => None,
     };
+    let client_ip = state
+        .config
+        .admission
+        .client_ip
+        .client_ip(request.headers());
     let admission = admission::Request {
         route: "signed-url",
         key: &key,
         origin: "",
-        ip: "",
+        ip: client_ip.as_deref().unwrap_or(""),
         valid: parsed.is_ok(),
         success_status: 200,
         invalid_status: 400,
@@ -143,25 +135,23 @@ async fn sign(
         // queue-status reports it.
         Err(error) if state.config.admission.fails_open("signed-url") => {
             tracing::error!(error = ?error.error, "admission failed; signing without metering");
-            count_fail_open(state).await?;
             let key = apikeys::lookup(&state.db, &key, state.clock.now()).await?;
-            let key_id = key
-                .id
-                .filter(|_| key.status == KeyStatus::Active)
-                .ok_or_else(|| ApiError::Unauthorized {
-                    code: "invalid_key",
-                    message: "no active API key matches".into(),
-                })?;
+            let key_id = auth::require_active(&key)?;
             let upload = parsed.as_ref().map_err(|e| ApiError::BadRequest {
                 code: e.code(),
                 message: e.to_string(),
             })?;
-            let provider = upload
-                .provider
-                .map(Provider::as_str)
-                .or(fallback)
-                .map(str::to_owned);
-            (key_id, provider)
+            // The key's own bans, quotas and upload policy, from Postgres.
+            let day = apikeys::key_day(now, apikeys::zone(&key.timezone));
+            fallback::check_limits_directly(state, key_id, None, day, key.limits.as_ref())
+                .await
+                .map_err(|refusal| match refusal {
+                    fallback::DirectRefusal::Refused(error) => error,
+                    fallback::DirectRefusal::Unavailable(error) => ApiError::Unexpected(error),
+                })?;
+            let provider = fallback::check_upload(&key, upload, &configured, fallback)?;
+            count_fail_open(state).await?;
+            (key_id, Some(provider))
         }
         Err(error) => {
             tracing::error!(error = ?error.error, "admission failed; refusing the upload");
@@ -262,7 +252,7 @@ fn unconfigured() -> ApiError {
 async fn count_refusal_directly(state: &AppState, key: &PresentedKey) -> anyhow::Result<()> {
     let now = state.clock.now();
     let cached = apikeys::lookup(&state.db, key, now).await?;
-    let Some(key_id) = cached.id.filter(|_| cached.status == KeyStatus::Active) else {
+    let Ok(key_id) = auth::require_active(&cached) else {
         return Ok(());
     };
     let day = apikeys::key_day(now, apikeys::zone(&cached.timezone));

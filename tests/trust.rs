@@ -1,0 +1,308 @@
+//! Authentication under hostile clients: malformed and unknown keys cost
+//! almost nothing, a client IP that keeps guessing is cut off before any
+//! lookup, a revoke cannot be undone by a refill racing it, and the
+//! operators' route is the operators'.
+
+use serde_json::{json, Value};
+use tollgate::{admin, apikeys};
+use uuid::Uuid;
+
+use crate::helpers::{spawn_app, spawn_app_with, TestApp, TestOptions, CRON_SECRET};
+
+/// A well-formed secret key that no key has.
+fn unknown_secret() -> String {
+    format!("sk_{}", Uuid::new_v4().simple()) + "0123456789abcdef"
+}
+
+/// A batch of `n` page views, about 200 bytes each.
+fn batch(n: usize) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| {
+                json!({"type": "web", "name": "pageview", "id": Uuid::new_v4(),
+                       "url": format!("https://shop.example/products/{i}?ref=newsletter"),
+                       "properties": {"plan": "pro", "i": i}})
+            })
+            .collect(),
+    )
+}
+
+async fn collect_from(app: &TestApp, key: &str, ip: &str, body: &Value) -> (u16, Value) {
+    let response = app
+        .http
+        .post(format!("{}/api/collect", app.address))
+        .bearer_auth(key)
+        .header("x-real-ip", ip)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Round trips, bytes sent to Upstash, and Postgres statements, so far.
+fn costs(app: &TestApp) -> (u64, u64, u64) {
+    (
+        app.state.upstash.round_trips(),
+        app.state.upstash.bytes_sent(),
+        app.state.db.statements(),
+    )
+}
+
+fn since(before: (u64, u64, u64), after: (u64, u64, u64)) -> (u64, u64, u64) {
+    (after.0 - before.0, after.1 - before.1, after.2 - before.2)
+}
+
+#[tokio::test]
+async fn a_malformed_key_is_refused_before_the_body_is_read_or_anything_is_asked() {
+    let app = spawn_app().await;
+    let body = batch(50);
+    for malformed in [
+        "sk_0123",
+        "pk_NOTHEX0000000000000000000",
+        "sk_\u{202e}",
+        "rk_live",
+    ] {
+        let before = costs(&app);
+        let (status, answer) = collect_from(&app, malformed, "203.0.113.1", &body).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (401, Some("invalid_key"))
+        );
+        assert_eq!(since(before, costs(&app)), (0, 0, 0), "{malformed}");
+    }
+    // So is a malformed key in the body of a beacon, which carries no header.
+    let before = costs(&app);
+    let response = app
+        .http
+        .post(format!("{}/api/collect", app.address))
+        .body(r#"{"key":"pk_short","type":"web","name":"pageview"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(since(before, costs(&app)), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn an_unknown_key_costs_a_fifth_of_a_valid_ones_bytes_and_nothing_once_remembered() {
+    let app = spawn_app().await;
+    let key = app.create_key().await;
+    let body = batch(100);
+
+    // Warm the valid key, then measure one request of it.
+    assert_eq!(
+        collect_from(&app, &key.publishable, "203.0.113.2", &body)
+            .await
+            .0,
+        202
+    );
+    let before = costs(&app);
+    assert_eq!(
+        collect_from(&app, &key.publishable, "203.0.113.2", &body)
+            .await
+            .0,
+        202
+    );
+    let (_, valid_bytes, _) = since(before, costs(&app));
+
+    let unknown = unknown_secret();
+    let before = costs(&app);
+    let (status, answer) = collect_from(&app, &unknown, "203.0.113.2", &body).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (401, Some("invalid_key"))
+    );
+    let (_, unknown_bytes, statements) = since(before, costs(&app));
+    assert!(
+        unknown_bytes * 5 <= valid_bytes,
+        "an unknown key sent {unknown_bytes} bytes to Upstash, a valid one {valid_bytes}"
+    );
+    assert_eq!(statements, 1, "one lookup in Postgres, the first time");
+
+    // Remembered: the same key again costs no round trip and no statement.
+    let before = costs(&app);
+    for _ in 0..3 {
+        assert_eq!(
+            collect_from(&app, &unknown, "203.0.113.2", &body).await.0,
+            401
+        );
+    }
+    assert_eq!(since(before, costs(&app)), (0, 0, 0));
+
+    // And another instance finds it in Redis's negative cache: one small
+    // round trip, no statement.
+    let other = tollgate::state::AppState::new((*app.state.config).clone()).unwrap();
+    let presented = apikeys::PresentedKey::parse(&unknown).unwrap();
+    let statements = other.db.statements();
+    let resolved = tollgate::admission::resolve(&other, &presented, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(resolved, tollgate::admission::Resolved::Refused(_)),
+        "the unknown key was admitted"
+    );
+    assert_eq!(other.db.statements() - statements, 0);
+    assert_eq!(other.upstash.round_trips(), 1);
+}
+
+#[tokio::test]
+async fn a_client_ip_that_keeps_guessing_keys_is_cut_off_before_any_lookup() {
+    let app = spawn_app_with(TestOptions {
+        env: vec![("TOLLGATE_FAILED_AUTH_LIMIT", "5".into())],
+        ..TestOptions::default()
+    })
+    .await;
+    let key = app.create_key().await;
+    let body = batch(1);
+    for _ in 0..5 {
+        let (status, answer) = collect_from(&app, &unknown_secret(), "198.51.100.66", &body).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (401, Some("invalid_key"))
+        );
+    }
+    // The sixth guess is refused without a lookup, in any canonical spelling
+    // of the address.
+    for spelling in ["198.51.100.66", "::ffff:198.51.100.66"] {
+        let before = costs(&app);
+        let (status, answer) = collect_from(&app, &unknown_secret(), spelling, &body).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (429, Some("too_many_failed_authentications")),
+            "{answer}"
+        );
+        let (trips, _, statements) = since(before, costs(&app));
+        assert_eq!((trips, statements), (1, 0));
+    }
+    // Another client is not affected, nor is a key this instance knows.
+    assert_eq!(
+        collect_from(&app, &unknown_secret(), "198.51.100.67", &body)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        collect_from(&app, &key.publishable, "198.51.100.67", &body)
+            .await
+            .0,
+        202
+    );
+    // Signed-url and analytics are guarded by the same count.
+    let response = app
+        .http
+        .get(format!("{}/api/analytics?view=overview", app.address))
+        .bearer_auth(unknown_secret())
+        .header("x-real-ip", "198.51.100.66")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+}
+
+#[tokio::test]
+async fn a_refill_that_began_before_a_revoke_does_not_write_back_an_active_entry() {
+    let app = spawn_app().await;
+    let key = app.create_key().await;
+    let presented = apikeys::PresentedKey::parse(key.secret.expose()).unwrap();
+
+    // A refill reads the key as active...
+    let refill = apikeys::Refill::begin(&app.state, &presented)
+        .await
+        .unwrap();
+    let looked_up = refill.lookup().await.unwrap();
+    assert_eq!(looked_up.status, apikeys::KeyStatus::Active);
+    // ...the CLI revokes the key and deletes its cache entries...
+    let change = admin::revoke_key(&app.state.db, &app.state.keys, key.id)
+        .await
+        .unwrap();
+    change.redis.apply(&app.state.upstash).await.unwrap();
+    // ...and the refill's write arrives after: it must not land.
+    assert!(!refill.store(&looked_up, None).await.unwrap());
+    let entry: Option<String> = app
+        .redis(
+            tollgate::upstash::Command::new("GET")
+                .arg(app.state.keys.key_cache(&presented.cache_id())),
+        )
+        .await;
+    assert_eq!(entry, None);
+
+    let response = app
+        .http
+        .post(format!("{}/api/signed-url", app.address))
+        .bearer_auth(key.secret.expose())
+        .body(r#"{"filename":"a.pdf","content_type":"application/pdf","size":1}"#)
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "revoked_key", "{answer}");
+
+    // A refill that begins after the revoke writes the revoked entry.
+    let refill = apikeys::Refill::begin(&app.state, &presented)
+        .await
+        .unwrap();
+    let looked_up = refill.lookup().await.unwrap();
+    assert_eq!(looked_up.status, apikeys::KeyStatus::Revoked);
+    assert!(refill.store(&looked_up, None).await.unwrap());
+}
+
+#[tokio::test]
+async fn queue_status_is_for_operators_and_answers_503_when_postgres_is_down() {
+    let app = spawn_app().await;
+    let key = app.create_key().await;
+    for token in [key.secret.expose(), key.publishable.as_str(), "nonsense"] {
+        let response = app
+            .http
+            .get(format!("{}/api/cron/queue-status", app.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{token}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "invalid_cron_secret");
+    }
+
+    let down = spawn_app_with(TestOptions {
+        database_url: Some("postgres://postgres@127.0.0.1:1/nowhere".into()),
+        ..TestOptions::default()
+    })
+    .await;
+    let response = down
+        .http
+        .get(format!("{}/api/cron/queue-status", down.address))
+        .bearer_auth(CRON_SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn a_publishable_key_gets_the_same_answer_on_every_secret_route() {
+    let app = spawn_app().await;
+    let key = app.create_key().await;
+    let signed = app
+        .http
+        .post(format!("{}/api/signed-url", app.address))
+        .bearer_auth(&key.publishable)
+        .body(r#"{"filename":"a.pdf","content_type":"application/pdf","size":1}"#)
+        .send()
+        .await
+        .unwrap();
+    let analytics = app
+        .http
+        .get(format!("{}/api/analytics?view=overview", app.address))
+        .bearer_auth(&key.publishable)
+        .send()
+        .await
+        .unwrap();
+    for response in [signed, analytics] {
+        assert_eq!(response.status(), 403);
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "secret_key_required");
+    }
+}
