@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools that `make dev` and `make test` need, when missing.
 #
-#   scripts/bootstrap.sh [redis] [postgres] [node] [chromium] [wrk] [python]
+#   scripts/bootstrap.sh [redis] [postgres] [node] [chromium] [wrk] [python] [s3]
 #
 # With no arguments, checks all of them. Idempotent, and quick when everything is
 # already there: the package index is only refreshed when something must be
@@ -16,6 +16,10 @@
 # left alone. The project's scripts put .tollgate/node/bin first on their own
 # PATH (scripts/env.sh). `python` means a python3 that can make a virtualenv
 # (the benchmarks and schemathesis need one, and so does that private Node.js).
+# `s3` means s3s-fs, an S3-compatible server that checks SigV4 signatures
+# (presigned URLs included: signed headers and expiry), which the upload tests
+# (tests/s3.rs) PUT presigned URLs to. It comes from crates.io, built with the
+# machine's cargo into .tollgate/s3s-fs at a pinned version, on any system.
 #
 # It only installs packages. The private Redis and PostgreSQL instances that tollgate
 # runs live under .tollgate/ on their own ports (see cli/src/services.rs), so any
@@ -28,17 +32,17 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 . "$root/scripts/env.sh"
 
 usage() {
-  echo "usage: $0 [redis] [postgres] [node] [chromium] [wrk] [python]" >&2
+  echo "usage: $0 [redis] [postgres] [node] [chromium] [wrk] [python] [s3]" >&2
   exit 2
 }
 
 wanted=("$@")
 if [ ${#wanted[@]} -eq 0 ]; then
-  wanted=(redis postgres node chromium wrk python)
+  wanted=(redis postgres node chromium wrk python s3)
 fi
 for tool in "${wanted[@]}"; do
   case "$tool" in
-    redis | postgres | node | chromium | wrk | python) ;;
+    redis | postgres | node | chromium | wrk | python | s3) ;;
     *) usage ;;
   esac
 done
@@ -54,6 +58,11 @@ node_major=${node_major:-20}
 # so that every such machine runs the same one. At least node_major.
 private_node_version=24.19.0
 private_node="$root/.tollgate/node"
+
+# The S3 server of the upload tests, pinned: 0.14 is the newest s3s-fs whose
+# rust-version (1.92) the project's toolchain meets; 0.15 and later need 1.96.
+s3s_fs_version=0.14.1
+s3s_fs_root="$root/.tollgate/s3s-fs"
 
 # --- Is it already there? ------------------------------------------------------
 
@@ -112,6 +121,11 @@ has_python() {
   return $status
 }
 
+# tests/s3.rs runs this very binary.
+has_s3() {
+  [ "$("$s3s_fs_root/bin/s3s-fs" --version 2>/dev/null)" = "s3s-fs $s3s_fs_version" ]
+}
+
 missing=()
 for tool in "${wanted[@]}"; do
   if ! "has_$tool"; then
@@ -121,6 +135,53 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
+fi
+
+# --- The S3 server ----------------------------------------------------------------
+
+# Builds s3s-fs $s3s_fs_version from crates.io into .tollgate/s3s-fs with the
+# lock file it was published with. It needs no root and no system package, so
+# it is done here, before (and whatever) the system's package manager does.
+install_s3_server() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "bootstrap: s3 needs cargo: install Rust with rustup (https://rustup.rs), then rerun." >&2
+    return 1
+  fi
+  mkdir -p "$root/.tollgate"
+  # Several runs may start at once on a fresh clone: one builds, the others
+  # wait for it (flock is in util-linux; without it, no lock).
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$root/.tollgate/s3s-fs.lock"
+    flock 9
+  fi
+  if ! has_s3; then
+    echo "bootstrap: building s3s-fs $s3s_fs_version from crates.io into .tollgate/s3s-fs (a few minutes, once)"
+    rm -rf "$s3s_fs_root"
+    # Unoptimized and without debug info: it serves a few small uploads per
+    # test, and this build takes about two thirds of the CPU time of a
+    # release build.
+    CARGO_PROFILE_DEV_DEBUG=false cargo install --quiet --locked --debug --features binary \
+      --version "$s3s_fs_version" --root "$s3s_fs_root" s3s-fs
+  fi
+  if command -v flock >/dev/null 2>&1; then
+    flock -u 9
+    exec 9>&-
+  fi
+}
+
+if [[ " ${missing[*]} " == *" s3 "* ]]; then
+  install_s3_server
+  if ! has_s3; then
+    echo "bootstrap: installed s3s-fs $s3s_fs_version but .tollgate/s3s-fs/bin/s3s-fs does not answer to --version" >&2
+    exit 1
+  fi
+  echo "bootstrap: installed s3 (s3s-fs $s3s_fs_version from crates.io in .tollgate/s3s-fs)"
+  remaining=()
+  for tool in "${missing[@]}"; do
+    [ "$tool" = s3 ] || remaining+=("$tool")
+  done
+  [ ${#remaining[@]} -gt 0 ] || exit 0
+  missing=("${remaining[@]}")
 fi
 
 # --- The private Node.js ---------------------------------------------------------

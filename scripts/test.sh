@@ -16,7 +16,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 # Everything the suite, the deploy check and the quick benchmarks use, up
 # front: python for schemathesis and the benchmarks, wrk for the benchmarks.
-scripts/bootstrap.sh redis postgres node chromium python wrk
+scripts/bootstrap.sh redis postgres node chromium python wrk s3
 # The private Node.js, when the bootstrap installed one, first on PATH for
 # npm and for the node tests that cargo runs.
 # shellcheck source=scripts/env.sh
