@@ -18,6 +18,7 @@ mod health;
 mod helpers;
 mod input;
 mod openapi;
+mod s3;
 mod scripts;
 mod signed_url;
 mod sync;
