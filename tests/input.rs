@@ -61,10 +61,7 @@ async fn an_event_with_a_control_character_in_any_text_field_is_a_400_and_nothin
             event_with("web", "session_id", &format!("s{rlo}1")),
             "session_id",
         ),
-        (
-            event_with("web", "user_id", &format!("u\u{2066}1")),
-            "user_id",
-        ),
+        (event_with("web", "user_id", "u\u{2066}1"), "user_id"),
         (event_with("web", "screen", "1920\u{85}1080"), "screen"),
         (event_with("web", "language", "en\u{200f}"), "language"),
         (
