@@ -306,3 +306,57 @@ async fn a_publishable_key_gets_the_same_answer_on_every_secret_route() {
         assert_eq!(answer["error"]["code"], "secret_key_required");
     }
 }
+
+#[tokio::test]
+async fn signed_url_failing_open_applies_the_keys_own_policy_and_bans_from_postgres() {
+    let mut env = crate::helpers::providers(true);
+    env.push(("TOLLGATE_FAIL_OPEN_ROUTES", "signed-url".into()));
+    let app = spawn_app_with(TestOptions {
+        upstash_url: Some("http://127.0.0.1:1".into()),
+        env,
+        ..TestOptions::default()
+    })
+    .await;
+    let key = app.create_key().await;
+    sqlx::query(
+        "UPDATE api_keys SET allowed_content_types = ARRAY['image/png'], max_upload_bytes = 100,
+                             default_provider = 'blob'
+          WHERE id = $1",
+    )
+    .bind(key.id)
+    .execute(app.state.db.pool())
+    .await
+    .unwrap();
+    let sk = Some(key.secret.expose());
+    let upload = |content_type: &str, size: u64| {
+        json!({"filename": "a.bin", "content_type": content_type, "size": size}).to_string()
+    };
+
+    // The defaults would take a PDF and 100 MiB; this key takes neither.
+    let (status, answer) = crate::helpers::sign(&app, sk, &upload("application/pdf", 10)).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("content_type_not_allowed"))
+    );
+    let (status, _) = crate::helpers::sign(&app, sk, &upload("image/png", 101)).await;
+    assert_eq!(status, 413);
+    // Within the policy it signs, with the key's default provider.
+    let (status, answer) = crate::helpers::sign(&app, sk, &upload("image/png", 100)).await;
+    assert_eq!(
+        (status, answer["provider"].as_str()),
+        (200, Some("blob")),
+        "{answer}"
+    );
+
+    // A ban Postgres holds stops it too.
+    sqlx::query("INSERT INTO bans (subject_type, subject, reason) VALUES ('key', $1, 'abuse')")
+        .bind(key.id.to_string())
+        .execute(app.state.db.pool())
+        .await
+        .unwrap();
+    let (status, answer) = crate::helpers::sign(&app, sk, &upload("image/png", 100)).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("banned"))
+    );
+}

@@ -463,7 +463,7 @@ impl BanSubject {
     pub fn value(&self) -> String {
         match self {
             BanSubject::Key(id) => id.to_string(),
-            BanSubject::Ip(ip) => ip.to_string(),
+            BanSubject::Ip(ip) => ip.to_canonical().to_string(),
         }
     }
 
@@ -474,8 +474,10 @@ impl BanSubject {
 
     /// The subject's ban marker, ban level and violations, in Redis.
     fn redis_keys(&self, keys: &RedisKeys) -> [String; 3] {
+        // The form the limiter names them in (`auth::canonical_ip`), however
+        // the operator wrote the address.
         let ip = match self {
-            BanSubject::Ip(ip) => ip.to_string(),
+            BanSubject::Ip(_) => self.value(),
             BanSubject::Key(_) => String::new(),
         };
         let subject = match self {
@@ -883,5 +885,23 @@ mod tests {
             keys.ip_ban("203.0.113.7"),
             "the marker is the one redis_keys names"
         );
+    }
+
+    #[test]
+    fn an_ip_subject_is_named_as_the_limiter_names_it_however_it_is_written() {
+        let keys = RedisKeys::new("tg:", 8);
+        for (written, canonical) in [
+            ("::ffff:198.51.100.4", "198.51.100.4"),
+            ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
+        ] {
+            let subject = BanSubject::Ip(written.parse().unwrap());
+            assert_eq!(subject.value(), canonical);
+            assert_eq!(
+                Some(subject.value()),
+                crate::auth::canonical_ip(written),
+                "the limiter's form"
+            );
+            assert_eq!(subject.marker(&keys), keys.ip_ban(canonical));
+        }
     }
 }
