@@ -10,7 +10,7 @@
 //! the decision to them.
 //!
 //! An agent is a bot when any of these says so, each matched on word
-//! boundaries (see [`on_word_boundaries`]) so that a marker inside a longer
+//! boundaries (see `on_word_boundaries`) so that a marker inside a longer
 //! word ("AbbottLabs", "my-robot-service", the phone brand "CUBOT") is not
 //! taken for a bot:
 //!
