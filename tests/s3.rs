@@ -6,8 +6,9 @@
 //! expired one.
 //!
 //! The URL binds the declared size and type: an upload of exactly those
-//! lands, and one byte more, another content type, an expired URL or an
-//! edited query is refused, so nothing is stored that was not paid for.
+//! lands, and one byte more (or less, or a chunked body without a length),
+//! another content type, an expired URL or an edited query is refused, so
+//! nothing is stored that was not paid for.
 
 use std::{path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
@@ -190,6 +191,37 @@ async fn put(url: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response 
         .expect("PUT to s3s-fs")
 }
 
+/// `PUT`s `body` in one chunk with `Transfer-Encoding: chunked` and no
+/// `Content-Length`, as a client streaming a body of unknown size does;
+/// reqwest can't, so this writes HTTP/1.1 itself. Answers the status.
+async fn put_chunked(url: &str, content_type: &str, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let url = Url::parse(url).expect("a URL");
+    let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    let mut stream = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connecting to s3s-fs");
+    let head = format!(
+        "PUT {}?{} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
+        url.path(),
+        url.query().unwrap_or_default(),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    stream.write_all(b"\r\n0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"))
+}
+
 /// Asserts an S3 refusal: 403 with this error code in the XML body.
 async fn assert_refused(response: reqwest::Response, code: &str, why: &str) {
     let status = response.status();
@@ -260,6 +292,11 @@ async fn an_upload_of_another_length_than_declared_is_refused() {
     ] {
         let response = put(url, "image/png", vec![7; length]).await;
         assert_refused(response, "SignatureDoesNotMatch", why).await;
+    }
+    // Without Content-Length the signed length can't match either.
+    for length in [size, size + 1] {
+        let status = put_chunked(url, "image/png", &vec![7; length]).await;
+        assert_eq!(status, 403, "{length} bytes, chunked");
     }
     assert_nothing_stored(&server, url).await;
 }
