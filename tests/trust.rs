@@ -360,3 +360,30 @@ async fn signed_url_failing_open_applies_the_keys_own_policy_and_bans_from_postg
         (403, Some("banned"))
     );
 }
+
+#[tokio::test]
+async fn an_event_id_another_tenant_used_first_is_still_stored() {
+    let app = spawn_app().await;
+    let (first, second) = (app.create_key().await, app.create_key().await);
+    let id = Uuid::new_v4();
+    let event = json!({"type": "server", "name": "signup", "id": id,
+                       "timestamp": "2026-11-30T12:00:00Z"});
+    for key in [&first, &second] {
+        assert_eq!(app.collect(key.secret.expose(), &event).await.status(), 202);
+    }
+    // The first tenant's retry is still a duplicate.
+    assert_eq!(
+        app.collect(first.secret.expose(), &event).await.status(),
+        202
+    );
+    app.drain().await;
+    let owners: Vec<Uuid> =
+        sqlx::query_scalar("SELECT api_key_id FROM events WHERE id = $1 ORDER BY api_key_id")
+            .bind(id)
+            .fetch_all(app.state.db.pool())
+            .await
+            .unwrap();
+    let mut expected = vec![first.id, second.id];
+    expected.sort();
+    assert_eq!(owners, expected);
+}

@@ -128,14 +128,18 @@ async fn insert<'e>(
     // would have had the two come in separate batches.
     let mut seen = std::collections::HashSet::with_capacity(events.len());
     let mut columns = Columns::with_capacity(events.len());
-    for stored in events.iter().filter(|e| seen.insert(e.event.id)) {
+    for stored in events
+        .iter()
+        .filter(|e| seen.insert((e.api_key_id, e.event.id)))
+    {
         columns.push(stored);
     }
     let result = db
         .query(
-            // `fresh` claims each id in event_ids; only events whose id was
-            // new are inserted. Ids are unique within a batch (see `insert`),
-            // so the join matches each fresh id once, and the events insert
+            // `fresh` claims each key's id in event_ids; only events whose
+            // id was new for their key are inserted. (Key, id) pairs are
+            // unique within a batch (see `insert`), so the join matches each
+            // fresh one once, and the events insert
             // needs no ON CONFLICT (whose speculative insertion costs time).
             "WITH batch AS (
                 SELECT * FROM UNNEST(
@@ -155,10 +159,10 @@ async fn insert<'e>(
                     country, region, city, latitude, longitude)
              ),
              fresh AS (
-                INSERT INTO event_ids (id, occurred_at)
-                SELECT id, occurred_at FROM batch
-                ON CONFLICT (id) DO NOTHING
-                RETURNING id
+                INSERT INTO event_ids (api_key_id, id, occurred_at)
+                SELECT api_key_id, id, occurred_at FROM batch
+                ON CONFLICT (api_key_id, id) DO NOTHING
+                RETURNING api_key_id, id
              )
              INSERT INTO events (
                 id, api_key_id, type, name, occurred_at, received_at, session_id, user_id,
@@ -168,13 +172,13 @@ async fn insert<'e>(
                 duration_ms, browser, browser_version, os, device_type,
                 country, region, city, latitude, longitude)
              SELECT
-                b.id, api_key_id, type, name, occurred_at, received_at, session_id, user_id,
+                b.id, b.api_key_id, type, name, occurred_at, received_at, session_id, user_id,
                 visitor_id, properties::jsonb, url, path, referrer, title, screen, language,
                 utm_source, utm_medium, utm_campaign, utm_term, utm_content,
                 app_version, os_version, device, service, environment, method, status,
                 duration_ms, browser, browser_version, os, device_type,
                 country, region, city, latitude, longitude
-             FROM batch b JOIN fresh f ON f.id = b.id",
+             FROM batch b JOIN fresh f ON f.api_key_id = b.api_key_id AND f.id = b.id",
         )
         .bind(columns.id)
         .bind(columns.api_key_id)
@@ -376,7 +380,7 @@ pub async fn dead_letter(db: &Db, letters: &[DeadLetter]) -> Result<u64, sqlx::E
     db.query(
         "INSERT INTO dead_letter_events (event_id, api_key_id, payload, reason, attempts)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::integer[])
-         ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO UPDATE
+         ON CONFLICT (api_key_id, event_id) WHERE event_id IS NOT NULL DO UPDATE
             SET attempts = GREATEST(dead_letter_events.attempts, EXCLUDED.attempts),
                 reason = EXCLUDED.reason,
                 last_failed_at = now()",
