@@ -685,3 +685,304 @@ async fn after_script_flush_evalsha_answers_noscript_and_the_client_falls_back_t
         .await;
     assert_eq!(body, json!({"result": [1]}));
 }
+
+/// Starts a server in front of `redis_url` with `options` changed from
+/// [`upstash_local::Options::new`]; `bind` is where it listens.
+async fn spawn_with(
+    redis_url: &str,
+    bind: &str,
+    change: impl FnOnce(&mut upstash_local::Options),
+) -> LocalUpstash {
+    let listener = TcpListener::bind(bind).await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let token = format!("test_{}", Uuid::new_v4().simple());
+    let mut options = upstash_local::Options::new(token.clone(), redis_url.to_owned());
+    change(&mut options);
+    let stats = Arc::clone(&options.stats);
+    tokio::spawn(upstash_local::serve(
+        listener,
+        options,
+        std::future::pending(),
+    ));
+    LocalUpstash { url, token, stats }
+}
+
+/// The commands that reach past the one database Upstash gives, each with
+/// arguments that would do no harm had a server run it. They go to a Redis of
+/// the test's own all the same.
+const FORBIDDEN: &[&[&str]] = &[
+    &["CONFIG", "GET", "maxmemory"],
+    &["config", "set", "no-such-parameter", "1"],
+    &["REPLICAOF", "NO", "ONE"],
+    &["SLAVEOF", "NO", "ONE"],
+    &["MODULE", "LIST"],
+    &["DEBUG", "SLEEP", "0"],
+    &["SHUTDOWN", "ABORT"],
+    &["CLIENT", "PAUSE", "1"],
+    &["CLIENT", "KILL", "ID", "999999999"],
+    &["CLIENT", "LIST"],
+    &["MONITOR"],
+    &["SYNC"],
+    &["PSYNC", "?", "-1"],
+    &["ACL", "WHOAMI"],
+    &["SAVE"],
+    &["BGSAVE", "SCHEDULE"],
+    &["BGREWRITEAOF"],
+    &["FAILOVER", "ABORT"],
+    &["CLUSTER", "INFO"],
+    &["MIGRATE", "127.0.0.1", "1", "no-such-key", "0", "10"],
+    &["SWAPDB", "0", "1"],
+    &["MOVE", "no-such-key", "1"],
+    &["FUNCTION", "FLUSH"],
+];
+
+/// Redis's line for a command it does not have, which Upstash answers too.
+fn unknown_command(command: &[&str]) -> String {
+    let args: String = command[1..].iter().map(|arg| format!("'{arg}' ")).collect();
+    format!(
+        "ERR unknown command '{}', with args beginning with: {args}",
+        command[0]
+    )
+}
+
+#[tokio::test]
+async fn forbidden_commands_are_refused_on_their_own_in_pipelines_and_in_transactions() {
+    let redis = PrivateRedis::start().await;
+    let raw = Raw::over(spawn_with(&redis.url, "127.0.0.1:0", |_| {}).await);
+    let counter = raw.key("counter");
+
+    for command in FORBIDDEN {
+        let refusal = json!({ "error": unknown_command(command) });
+
+        let (status, body) = raw.json("/", json!(command)).await;
+        assert_eq!((status, &body), (400, &refusal), "{command:?}");
+
+        // Path style too, which is how a browser would send one.
+        let path = format!("/{}", command.join("/").replace('?', "%3F"));
+        let response = raw.post(&path).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        assert_eq!(response.json::<Value>().await.unwrap(), refusal, "{path}");
+
+        // In a pipeline, that entry is refused and the others run.
+        let (status, body) = raw
+            .json("/pipeline", json!([["INCR", counter], command, ["PING"]]))
+            .await;
+        assert_eq!(status, 200, "{command:?}");
+        assert_eq!(body[1], refusal, "{command:?}");
+        assert_eq!(body[2], json!({"result": "PONG"}), "{command:?}");
+
+        // A transaction holding one is refused whole, and nothing in it runs.
+        let (status, body) = raw
+            .json("/multi-exec", json!([["INCR", counter], command]))
+            .await;
+        assert_eq!((status, &body), (400, &refusal), "{command:?}");
+    }
+
+    // Only the pipelines' INCRs ran.
+    let (_, body) = raw.json("/", json!(["GET", counter])).await;
+    assert_eq!(body, json!({"result": FORBIDDEN.len().to_string()}));
+}
+
+#[tokio::test]
+async fn forbidden_subcommands_and_blocking_reads_are_refused_and_script_kill_answers_notbusy() {
+    let redis = PrivateRedis::start().await;
+    let raw = Raw::over(spawn_with(&redis.url, "127.0.0.1:0", |_| {}).await);
+    let stream = raw.key("stream");
+
+    for (command, error) in [
+        (
+            json!(["SCRIPT", "DEBUG", "YES"]),
+            "ERR unknown subcommand 'DEBUG' of 'SCRIPT'",
+        ),
+        (
+            json!(["MEMORY", "DOCTOR"]),
+            "ERR unknown subcommand 'DOCTOR' of 'MEMORY'",
+        ),
+        (
+            json!(["XREAD", "BLOCK", "10", "STREAMS", stream, "$"]),
+            "ERR XREAD with BLOCK is not supported over REST, as on Upstash",
+        ),
+        (json!(["BLPOP", stream, "1"]), ""),
+        (json!(["WAIT", "0", "10"]), ""),
+    ] {
+        let (status, body) = raw.json("/", command.clone()).await;
+        assert_eq!(status, 400, "{command}");
+        let message = body["error"].as_str().unwrap();
+        if error.is_empty() {
+            assert!(message.starts_with("ERR unknown command"), "{message}");
+        } else {
+            assert_eq!(message, error);
+        }
+    }
+
+    // Upstash has no running script a request could stop, and says so; here
+    // it would stop another request's.
+    let (status, body) = raw.json("/", json!(["SCRIPT", "KILL"])).await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({"error": "NOTBUSY No scripts in execution right now."})
+        )
+    );
+}
+
+#[tokio::test]
+async fn scripts_can_not_call_forbidden_commands_with_or_without_the_key_locking_flag() {
+    let redis = PrivateRedis::start().await;
+    let lenient = Raw::over(spawn_with(&redis.url, "127.0.0.1:0", |_| {}).await);
+    let strict =
+        Raw::over(spawn_with(&redis.url, "127.0.0.1:0", |options| options.strict = true).await);
+    let key = lenient.key("k");
+    let refusal = "ERR This Redis command is not allowed from script";
+
+    // Redis lets a script call these; Upstash's REST API runs none of them.
+    // The rest of FORBIDDEN Redis refuses in scripts itself, with the same line.
+    for call in [
+        "'MIGRATE', '127.0.0.1', '1', KEYS[1], '0', '10'",
+        "'CLUSTER', 'INFO'",
+        "'SWAPDB', '0', '1'",
+        "'MOVE', KEYS[1], '1'",
+        "'SELECT', '1'",
+        "'config', 'get', 'maxmemory'",
+        "'CLIENT', 'LIST'",
+    ] {
+        for (server, first_line) in [
+            (&lenient, "-- no shebang"),
+            (&lenient, "#!lua"),
+            (&strict, "#!lua flags=allow-key-locking"),
+        ] {
+            // pcall can't catch the refusal: the script stops there.
+            for function in ["call", "pcall"] {
+                let source = unique_script(
+                    first_line,
+                    &format!("redis.{function}({call})\nreturn 'went on'"),
+                );
+                let (status, body) = server.json("/", json!(["EVAL", source, 1, key])).await;
+                assert_eq!(status, 400, "{first_line} {function}({call}): {body}");
+                let message = body["error"].as_str().unwrap();
+                assert!(
+                    message.starts_with(refusal) && message.contains(&sha1(&source)),
+                    "{first_line} {function}({call}): {message}"
+                );
+            }
+        }
+    }
+
+    // By EVALSHA, in a pipeline and in a transaction too.
+    let source = unique_script(
+        "#!lua",
+        "return redis.call('MIGRATE', '127.0.0.1', '1', KEYS[1], '0', '10')",
+    );
+    let (_, body) = lenient.json("/", json!(["SCRIPT", "LOAD", source])).await;
+    assert_eq!(body, json!({"result": sha1(&source)}));
+    let evalsha = json!(["EVALSHA", sha1(&source), 1, key]);
+    let (status, body) = lenient.json("/", evalsha.clone()).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().starts_with(refusal),
+        "{body}"
+    );
+    for path in ["/pipeline", "/multi-exec"] {
+        let (status, body) = lenient.json(path, json!([evalsha, ["PING"]])).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(
+            body[0]["error"].as_str().unwrap().starts_with(refusal),
+            "{path}: {body}"
+        );
+        assert_eq!(body[1], json!({"result": "PONG"}), "{path}");
+    }
+
+    // What a script may call, it still calls.
+    let allowed = unique_script(
+        "#!lua",
+        "redis.call('SET', KEYS[1], 'v')\nreturn {redis.call('GET', KEYS[1]), redis.call('TIME')[1] ~= nil, redis.pcall('memory', 'usage', KEYS[1]) ~= nil}",
+    );
+    let (status, body) = lenient.json("/", json!(["EVAL", allowed, 1, key])).await;
+    assert_eq!((status, body), (200, json!({"result": ["v", 1, 1]})));
+}
+
+#[tokio::test]
+async fn the_commands_upstash_runs_pass_and_an_unknown_one_in_their_midst_does_not() {
+    let raw = Raw::new().await;
+    let (s, h, l, z, x, set, geo, hll, copy) = (
+        raw.key("s"),
+        raw.key("h"),
+        raw.key("l"),
+        raw.key("z"),
+        raw.key("x"),
+        raw.key("set"),
+        raw.key("geo"),
+        raw.key("hll"),
+        raw.key("copy"),
+    );
+    let (status, body) = raw
+        .json(
+            "/pipeline",
+            json!([
+                ["SET", s, "v", "EX", 100],
+                ["GETEX", s, "PERSIST"],
+                ["APPEND", s, "w"],
+                ["SETBIT", raw.key("bits"), 7, 1],
+                ["HSET", h, "f", 1],
+                ["HINCRBY", h, "f", 2],
+                ["RPUSH", l, "a", "b"],
+                ["LMOVE", l, l, "LEFT", "RIGHT"],
+                ["ZADD", z, 1, "m"],
+                ["ZRANGE", z, 0, -1, "WITHSCORES"],
+                ["SADD", set, "m"],
+                ["SMISMEMBER", set, "m", "n"],
+                ["XADD", x, "*", "f", "v"],
+                ["XREAD", "COUNT", 1, "STREAMS", x, "0"],
+                ["XGROUP", "CREATE", x, "g", "0"],
+                ["XINFO", "GROUPS", x],
+                ["GEOADD", geo, 13.36, 38.11, "palermo"],
+                ["PFADD", hll, "a"],
+                ["COPY", s, copy],
+                ["EXPIRE", copy, 100],
+                ["TYPE", copy],
+                [
+                    "SCAN",
+                    0,
+                    "MATCH",
+                    format!("{}*", raw.prefix),
+                    "COUNT",
+                    1000
+                ],
+                ["PUBLISH", raw.key("channel"), "hello"],
+                ["ECHO", "hi"],
+                ["DBSIZE"],
+                ["TIME"],
+                // Redis has it; Upstash does not list it, nor do its clients send it.
+                ["OBJECT", "ENCODING", s],
+                [
+                    "UNLINK",
+                    s,
+                    h,
+                    l,
+                    z,
+                    x,
+                    set,
+                    geo,
+                    hll,
+                    copy,
+                    raw.key("bits")
+                ],
+            ]),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let entries = body.as_array().unwrap();
+    let (refused, ran): (Vec<_>, Vec<_>) = entries
+        .iter()
+        .partition(|entry| entry.get("error").is_some());
+    let refusal =
+        format!("ERR unknown command 'OBJECT', with args beginning with: 'ENCODING' '{s}' ");
+    assert_eq!(refused, vec![&json!({ "error": refusal })], "{body}");
+    assert_eq!(ran.len(), entries.len() - 1);
+    assert_eq!(entries[1], json!({"result": "v"}));
+    assert_eq!(entries[5], json!({"result": 3}));
+    assert_eq!(entries[11], json!({"result": [1, 0]}));
+    assert_eq!(entries[20], json!({"result": "string"}));
+    assert_eq!(entries[23], json!({"result": "hi"}));
+}

@@ -28,16 +28,26 @@
 //! carries `allow-key-locking` runs under the locks of its KEYS only, and Upstash
 //! refuses any other key it touches. Stock Redis refuses the flag itself, so such a
 //! script runs here rewritten: the flag taken out, and a check that refuses any key
-//! not in KEYS put in front of its body (see [`rewrite_key_locked`]). Clients still
-//! call it by the SHA-1 of the source they sent. A script without the flag runs as it
-//! is, and is counted as holding Upstash's global lock; [`Options::strict`] refuses it
-//! instead. [`Stats`] counts all of this.
+//! not in KEYS put in front of its body (see [`rewrite`]). A script without the flag
+//! runs otherwise as it is, and is counted as holding Upstash's global lock;
+//! [`Options::strict`] refuses it instead. [`Stats`] counts all of this.
+//!
+//! Commands are allowed by name, not refused by name ([`ALLOWED_COMMANDS`]): the data
+//! commands Upstash's REST API runs, the scripting commands, and a few harmless
+//! server ones. Anything else (CONFIG, DEBUG, SHUTDOWN, CLIENT, REPLICAOF, MODULE,
+//! ACL, MIGRATE, blocking and connection commands...) is a 400 with Redis's own
+//! `ERR unknown command` line, on its own, in `/pipeline` (that entry only) and in
+//! `/multi-exec` (the whole transaction, as Upstash discards one holding an
+//! unsupported command). Every script, flagged or not, runs behind a prelude that
+//! refuses the same commands from `redis.call` and `redis.pcall`, so a script can't
+//! reach them either. Clients never see the rewrite: they call every script by the
+//! SHA-1 of the source they sent.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -521,45 +531,99 @@ fn server_error_message(error: &ServerError) -> String {
 #[derive(Debug, PartialEq)]
 struct Command(Vec<Vec<u8>>);
 
-/// Commands that would change the state of the connection every request shares
-/// (a stray `MULTI` would queue everybody else's commands) or could break its
-/// request/reply pairing.
-const CONNECTION_STATE_COMMANDS: &[&str] = &[
-    "AUTH",
-    "DISCARD",
-    "EXEC",
-    "HELLO",
-    "MONITOR",
-    "MULTI",
-    "PSUBSCRIBE",
-    "PSYNC",
-    "PUNSUBSCRIBE",
-    "QUIT",
-    "RESET",
-    "SELECT",
-    "SSUBSCRIBE",
-    "SUBSCRIBE",
-    "SUNSUBSCRIBE",
-    "SYNC",
-    "UNSUBSCRIBE",
-    "UNWATCH",
-    "WATCH",
+/// Every command the server runs, by name: the data commands of Upstash's REST
+/// API (<https://upstash.com/docs/redis/features/restapi>), which are what
+/// `@upstash/redis` and tollgate send, and a few commands that only read the
+/// server. Anything else gets Redis's `ERR unknown command` line. Left out on
+/// purpose:
+///
+/// - what Upstash's REST API does not run: blocking commands (`BLPOP`,
+///   `XREAD BLOCK`...), connection and transaction commands (`SELECT`, `AUTH`,
+///   `CLIENT`, `MULTI`, `WATCH`...: `/multi-exec` is the transaction),
+///   `SUBSCRIBE` (Upstash serves it as its own endpoint, which this server has
+///   not), cluster commands;
+/// - what would reach past the one database Upstash gives: `CONFIG`, `ACL`,
+///   `DEBUG`, `SHUTDOWN`, `MODULE`, `MONITOR`, `SAVE`, `BGSAVE`,
+///   `BGREWRITEAOF`, `REPLICAOF`, `SLAVEOF`, `SYNC`, `PSYNC`, `FAILOVER`,
+///   `MIGRATE`, `MOVE`, `SWAPDB`...;
+/// - what Upstash runs but this stand-in can't hold to its rules: functions
+///   (`FUNCTION`, `FCALL`: no prelude would check their commands), `DUMP` and
+///   `RESTORE`, and `CONFIG SET notify-keyspace-events`;
+/// - what tollgate and `@upstash/redis` never send and Upstash does not list:
+///   `SORT`, `OBJECT`, `LCS`, `SUBSTR`...
+///
+/// Commands newer than the Redis behind (hash field expiry, `JSON.*` without
+/// the module) pass this list and get Redis's own refusal.
+#[rustfmt::skip]
+pub const ALLOWED_COMMANDS: &[&str] = &[
+    // Strings
+    "APPEND", "DECR", "DECRBY", "DELEX", "DIGEST", "GET", "GETDEL", "GETEX", "GETRANGE",
+    "GETSET", "INCR", "INCRBY", "INCRBYFLOAT", "MGET", "MSET", "MSETEX", "MSETNX", "PSETEX",
+    "SET", "SETEX", "SETNX", "SETRANGE", "STRLEN",
+    // Bitmaps
+    "BITCOUNT", "BITFIELD", "BITFIELD_RO", "BITOP", "BITPOS", "GETBIT", "SETBIT",
+    // Hashes
+    "HDEL", "HEXISTS", "HEXPIRE", "HEXPIREAT", "HEXPIRETIME", "HGET", "HGETALL", "HGETDEL",
+    "HGETEX", "HINCRBY", "HINCRBYFLOAT", "HKEYS", "HLEN", "HMGET", "HMSET", "HPERSIST",
+    "HPEXPIRE", "HPEXPIREAT", "HPEXPIRETIME", "HPTTL", "HRANDFIELD", "HSCAN", "HSET",
+    "HSETEX", "HSETNX", "HSTRLEN", "HTTL", "HVALS",
+    // Lists, blocking ones left out
+    "LINDEX", "LINSERT", "LLEN", "LMOVE", "LMPOP", "LPOP", "LPOS", "LPUSH", "LPUSHX",
+    "LRANGE", "LREM", "LSET", "LTRIM", "RPOP", "RPOPLPUSH", "RPUSH", "RPUSHX",
+    // Sets
+    "SADD", "SCARD", "SDIFF", "SDIFFSTORE", "SINTER", "SINTERCARD", "SINTERSTORE",
+    "SISMEMBER", "SMEMBERS", "SMISMEMBER", "SMOVE", "SPOP", "SRANDMEMBER", "SREM", "SSCAN",
+    "SUNION", "SUNIONSTORE",
+    // Sorted sets, blocking ones left out
+    "ZADD", "ZCARD", "ZCOUNT", "ZDIFF", "ZDIFFSTORE", "ZINCRBY", "ZINTER", "ZINTERCARD",
+    "ZINTERSTORE", "ZLEXCOUNT", "ZMPOP", "ZMSCORE", "ZPOPMAX", "ZPOPMIN", "ZRANDMEMBER",
+    "ZRANGE", "ZRANGEBYLEX", "ZRANGEBYSCORE", "ZRANGESTORE", "ZRANK", "ZREM",
+    "ZREMRANGEBYLEX", "ZREMRANGEBYRANK", "ZREMRANGEBYSCORE", "ZREVRANGE", "ZREVRANGEBYLEX",
+    "ZREVRANGEBYSCORE", "ZREVRANK", "ZSCAN", "ZSCORE", "ZUNION", "ZUNIONSTORE",
+    // Streams; XREAD and XREADGROUP without BLOCK (see `Command::check_allowed`)
+    "XACK", "XACKDEL", "XADD", "XAUTOCLAIM", "XCLAIM", "XDEL", "XDELEX", "XGROUP", "XINFO",
+    "XLEN", "XPENDING", "XRANGE", "XREAD", "XREADGROUP", "XREVRANGE", "XTRIM",
+    // HyperLogLog
+    "PFADD", "PFCOUNT", "PFMERGE",
+    // Geo
+    "GEOADD", "GEODIST", "GEOHASH", "GEOPOS", "GEORADIUS", "GEORADIUS_RO",
+    "GEORADIUSBYMEMBER", "GEORADIUSBYMEMBER_RO", "GEOSEARCH", "GEOSEARCHSTORE",
+    // JSON, answered when the Redis behind has the module
+    "JSON.ARRAPPEND", "JSON.ARRINDEX", "JSON.ARRINSERT", "JSON.ARRLEN", "JSON.ARRPOP",
+    "JSON.ARRTRIM", "JSON.CLEAR", "JSON.DEL", "JSON.FORGET", "JSON.GET", "JSON.MERGE",
+    "JSON.MGET", "JSON.MSET", "JSON.NUMINCRBY", "JSON.NUMMULTBY", "JSON.OBJKEYS",
+    "JSON.OBJLEN", "JSON.RESP", "JSON.SET", "JSON.STRAPPEND", "JSON.STRLEN", "JSON.TOGGLE",
+    "JSON.TYPE",
+    // Keys
+    "COPY", "DEL", "EXISTS", "EXPIRE", "EXPIREAT", "EXPIRETIME", "KEYS", "PERSIST",
+    "PEXPIRE", "PEXPIREAT", "PEXPIRETIME", "PTTL", "RANDOMKEY", "RENAME", "RENAMENX", "SCAN",
+    "TOUCH", "TTL", "TYPE", "UNLINK",
+    // Scripts; SCRIPT is in ALLOWED_SUBCOMMANDS
+    "EVAL", "EVALSHA", "EVALSHA_RO", "EVAL_RO",
+    // Pub/Sub: publishing only, as over Upstash's REST API
+    "PUBLISH",
+    // Connection and server
+    "COMMAND", "DBSIZE", "ECHO", "FLUSHALL", "FLUSHDB", "INFO", "PING", "TIME",
 ];
 
-/// Commands that would hold the shared connection, and so every other request,
-/// until they time out.
-const BLOCKING_COMMANDS: &[&str] = &[
-    "BLMOVE",
-    "BLMPOP",
-    "BLPOP",
-    "BRPOP",
-    "BRPOPLPUSH",
-    "BZMPOP",
-    "BZPOPMAX",
-    "BZPOPMIN",
-    "WAIT",
-    "WAITAOF",
+/// Commands allowed with these subcommands only. `SCRIPT KILL` is answered here
+/// as Upstash answers it, `NOTBUSY`, without asking Redis: Upstash has no
+/// running script a request could stop, and here it would stop another
+/// request's.
+pub const ALLOWED_SUBCOMMANDS: &[(&str, &[&str])] = &[
+    ("MEMORY", &["USAGE"]),
+    ("PUBSUB", &["CHANNELS", "NUMPAT", "NUMSUB"]),
+    ("SCRIPT", &["EXISTS", "FLUSH", "KILL", "LOAD"]),
 ];
+
+static ALLOWED: LazyLock<HashSet<&'static str>> =
+    LazyLock::new(|| ALLOWED_COMMANDS.iter().copied().collect());
+
+/// What Redis answers `SCRIPT KILL` with when no script runs, and Upstash always.
+const NOTBUSY: &str = "NOTBUSY No scripts in execution right now.";
+
+/// What Redis answers `EVALSHA` of a script it does not hold.
+const NOSCRIPT: &str = "NOSCRIPT No matching script. Please use EVAL.";
 
 impl Command {
     fn new(parts: Vec<Vec<u8>>) -> Result<Self, ApiError> {
@@ -640,32 +704,68 @@ impl Command {
         String::from_utf8_lossy(&self.0[0]).to_ascii_uppercase()
     }
 
-    /// Refuses the commands this server can't run on its shared connection, with
-    /// the error message the client will see.
+    /// The subcommand, upper case, if there is an argument.
+    fn subcommand(&self) -> Option<String> {
+        self.0
+            .get(1)
+            .map(|arg| String::from_utf8_lossy(arg).to_ascii_uppercase())
+    }
+
+    /// Refuses a command not in [`ALLOWED_COMMANDS`] or [`ALLOWED_SUBCOMMANDS`],
+    /// with the error line the client will see; logs the refusal.
     fn check_allowed(&self) -> Result<(), String> {
-        let name = self.name();
-        let has_arg = |wanted: &str| {
-            self.0[1..]
-                .iter()
-                .any(|arg| arg.eq_ignore_ascii_case(wanted.as_bytes()))
-        };
-        if CONNECTION_STATE_COMMANDS.contains(&name.as_str())
-            || (name == "CLIENT" && has_arg("REPLY"))
-        {
-            Err(format!(
-                "ERR Command is not available: '{name}'. The local Upstash server shares one \
-                 connection; use POST /multi-exec for transactions"
-            ))
-        } else if BLOCKING_COMMANDS.contains(&name.as_str())
-            || (matches!(name.as_str(), "XREAD" | "XREADGROUP") && has_arg("BLOCK"))
-        {
-            Err(format!(
-                "ERR Command is not available: '{name}'. The local Upstash server does not run \
-                 blocking commands"
-            ))
-        } else {
-            Ok(())
+        let verdict = self.verdict();
+        if let Err(message) = &verdict {
+            tracing::warn!(
+                command = %self.name().chars().take(64).collect::<String>(),
+                message,
+                "local Upstash server refused a command Upstash's REST API does not run"
+            );
         }
+        verdict
+    }
+
+    fn verdict(&self) -> Result<(), String> {
+        let name = self.name();
+        if let Some((_, subcommands)) = ALLOWED_SUBCOMMANDS.iter().find(|(n, _)| *n == name) {
+            return match self.subcommand() {
+                Some(sub) if !subcommands.contains(&sub.as_str()) => Err(format!(
+                    "ERR unknown subcommand '{}' of '{name}'",
+                    shown(&self.0[1], 128)
+                )),
+                // Without one, Redis says what is missing.
+                _ => Ok(()),
+            };
+        }
+        if !ALLOWED.contains(name.as_str()) {
+            return Err(self.unknown_command());
+        }
+        let blocks = self.0[1..]
+            .iter()
+            .any(|arg| arg.eq_ignore_ascii_case(b"BLOCK"));
+        if matches!(name.as_str(), "XREAD" | "XREADGROUP") && blocks {
+            return Err(format!(
+                "ERR {name} with BLOCK is not supported over REST, as on Upstash"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Redis's own refusal of a command it does not have, which is what a
+    /// client of Upstash's REST API gets too: the name and the first arguments,
+    /// each quoted, up to about 128 characters.
+    fn unknown_command(&self) -> String {
+        let mut args = String::new();
+        for arg in &self.0[1..] {
+            if args.len() >= 128 {
+                break;
+            }
+            args.push_str(&format!("'{}' ", shown(arg, 128 - args.len())));
+        }
+        format!(
+            "ERR unknown command '{}', with args beginning with: {args}",
+            shown(&self.0[0], 128)
+        )
     }
 
     fn to_cmd(&self) -> redis::Cmd {
@@ -675,6 +775,16 @@ impl Command {
         }
         cmd
     }
+}
+
+/// Up to `limit` characters of an argument, for an error line: lossy UTF-8,
+/// line breaks as spaces.
+fn shown(arg: &[u8], limit: usize) -> String {
+    String::from_utf8_lossy(arg)
+        .chars()
+        .take(limit)
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect()
 }
 
 /// Decodes `%XX` escapes into bytes. A `%` not followed by two hex digits is kept
@@ -713,10 +823,10 @@ fn percent_decode(segment: &str) -> Vec<u8> {
 const KEY_LOCKING_FLAG: &str = "allow-key-locking";
 
 /// The hash where every server in front of a Redis records the source of each
-/// flagged script under the SHA-1 its clients know, so that any of them, or one
-/// started later, can answer `EVALSHA` by that SHA-1. Field: the client's SHA-1;
-/// value: the source as the client sent it. No TTL: it holds one entry per script
-/// text ever sent.
+/// script under the SHA-1 its clients know, so that any of them, or one started
+/// later, can answer `EVALSHA` by that SHA-1. Field: the client's SHA-1; value:
+/// the source as the client sent it. No TTL: it holds one entry per script text
+/// ever sent.
 pub const SCRIPTS_KEY: &str = "__upstash_local:scripts";
 
 /// Upstash's refusal of a key that a flagged script did not declare, as its
@@ -724,53 +834,150 @@ pub const SCRIPTS_KEY: &str = "__upstash_local:scripts";
 const UNDECLARED_KEY_ERROR: &str =
     "ERR Dynamic keys are not allowed in Lua scripts when 'allow-key-locking' flag is set. Key was: ";
 
-/// Put at the start of the first line after the shebang of a flagged script, on
-/// that same line so that Lua's line numbers in errors stay those of the client's
-/// source. It shadows `redis` with a table whose `call` and `pcall` first ask
-/// Redis (`COMMAND GETKEYS`, itself refused for commands that take no key) which
-/// keys the command touches, and raise Upstash's error for one not in KEYS. It
-/// also refuses what Upstash calls database-wide writes. Both raise even from
-/// `pcall`, so the script stops where Upstash would refuse the command.
-const KEY_CHECK_PRELUDE: &str = concat!(
-    "local redis = (function(real) ",
-    "local declared = {} ",
-    "for _, key in ipairs(KEYS) do declared[key] = true end ",
-    "local function check(...) ",
-    "local name = string.upper(tostring((...))) ",
-    "if name == 'FLUSHDB' or name == 'FLUSHALL' then ",
-    "error({err = 'ERR ' .. name .. ' is not allowed in Lua scripts when ",
-    "\\'allow-key-locking\\' flag is set'}) ",
-    "end ",
-    "local keys = real.pcall('COMMAND', 'GETKEYS', ...) ",
-    "if type(keys) == 'table' and keys.err == nil then ",
-    "for _, key in ipairs(keys) do ",
-    "if not declared[key] then ",
-    "error({err = \"ERR Dynamic keys are not allowed in Lua scripts when ",
-    "'allow-key-locking' flag is set. Key was: \" .. key}) ",
-    "end ",
-    "end ",
-    "end ",
-    "end ",
-    "return setmetatable({",
-    "call = function(...) check(...) return real.call(...) end, ",
-    "pcall = function(...) check(...) return real.pcall(...) end",
-    "}, {__index = real}) ",
-    "end)(redis); ",
-);
+/// The commands a script may call, for the prelude's plain-text search: each
+/// name of [`ALLOWED_COMMANDS`], and `NAME|SUBCOMMAND` for
+/// [`ALLOWED_SUBCOMMANDS`], between spaces.
+fn allowed_in_scripts() -> String {
+    let mut allowed = String::from(" ");
+    for name in ALLOWED_COMMANDS {
+        allowed.push_str(name);
+        allowed.push(' ');
+    }
+    for (name, subcommands) in ALLOWED_SUBCOMMANDS {
+        for sub in *subcommands {
+            allowed.push_str(&format!("{name}|{sub} "));
+        }
+    }
+    allowed
+}
 
-/// The source Redis runs for a script whose shebang carries `allow-key-locking`:
-/// the flag taken out of the shebang (other flags kept; `#!lua` alone when none is
-/// left), and [`KEY_CHECK_PRELUDE`] put in front of the first line of the body.
-/// `None` for a script without the flag, which runs as it is.
-fn rewrite_key_locked(source: &[u8]) -> Option<Vec<u8>> {
+/// Put in front of every script, on the line the script's body starts on, so
+/// that Lua's line numbers in errors stay those of the client's source. It
+/// shadows `redis` with a table whose `call` and `pcall` first refuse a command
+/// not allowed over REST, with the error Redis gives for a command scripts
+/// may not call. For a flagged script (`key_locked`) they then ask Redis
+/// (`COMMAND GETKEYS`, itself refused for commands that take no key) which keys
+/// the command touches, and raise Upstash's error for one not in KEYS; they
+/// also refuse what Upstash calls database-wide writes. All of these raise even
+/// from `pcall`, so the script stops where it would be refused.
+fn prelude(key_locked: bool) -> String {
+    let key_check = if key_locked {
+        concat!(
+            "if name == 'FLUSHDB' or name == 'FLUSHALL' then ",
+            "error({err = 'ERR ' .. name .. ' is not allowed in Lua scripts when ",
+            "\\'allow-key-locking\\' flag is set'}) ",
+            "end ",
+            "local keys = real.pcall('COMMAND', 'GETKEYS', ...) ",
+            "if type(keys) == 'table' and keys.err == nil then ",
+            "for _, key in ipairs(keys) do ",
+            "if not declared[key] then ",
+            "error({err = \"ERR Dynamic keys are not allowed in Lua scripts when ",
+            "'allow-key-locking' flag is set. Key was: \" .. key}) ",
+            "end ",
+            "end ",
+            "end ",
+        )
+    } else {
+        ""
+    };
+    format!(
+        concat!(
+            "local redis = (function(real) ",
+            "local allowed = '{allowed}' ",
+            "{declare}",
+            "local function check(...) ",
+            // Without a command, Redis's own error is the right one.
+            "if select('#', ...) == 0 then return end ",
+            "local name = string.upper(tostring((...))) ",
+            "local sub = string.upper(tostring((select(2, ...)) or '')) ",
+            // Names hold letters, digits, `_`, `.` and `-`; anything else could
+            // match across two entries of `allowed`.
+            "local plain = '[^%w_%.%-]' ",
+            "if string.find(name, plain) or not (",
+            "string.find(allowed, ' ' .. name .. ' ', 1, true) or ",
+            "(not string.find(sub, plain) and ",
+            "string.find(allowed, ' ' .. name .. '|' .. sub .. ' ', 1, true))) then ",
+            "error({{err = '{refusal}'}}) ",
+            "end ",
+            "{key_check}",
+            "end ",
+            "return setmetatable({{",
+            "call = function(...) check(...) return real.call(...) end, ",
+            "pcall = function(...) check(...) return real.pcall(...) end",
+            "}}, {{__index = real}}) ",
+            "end)(redis); ",
+        ),
+        allowed = allowed_in_scripts(),
+        refusal = COMMAND_NOT_ALLOWED_FROM_SCRIPT,
+        declare = if key_locked {
+            "local declared = {} for _, key in ipairs(KEYS) do declared[key] = true end "
+        } else {
+            ""
+        },
+        key_check = key_check,
+    )
+}
+
+/// Redis's refusal of a command scripts may not call, raised by the prelude for
+/// every command not allowed over REST.
+const COMMAND_NOT_ALLOWED_FROM_SCRIPT: &str = "ERR This Redis command is not allowed from script";
+
+/// The prelude of a script without `allow-key-locking`.
+static COMMAND_CHECK_PRELUDE: LazyLock<String> = LazyLock::new(|| prelude(false));
+
+/// The prelude of a script with `allow-key-locking`.
+static KEY_CHECK_PRELUDE: LazyLock<String> = LazyLock::new(|| prelude(true));
+
+/// A script as Redis runs it here.
+#[derive(Debug, PartialEq)]
+struct Rewritten {
+    source: Vec<u8>,
+    /// The shebang carried `allow-key-locking`.
+    key_locked: bool,
+}
+
+/// The source Redis runs for a client's script: its prelude in front of the
+/// first line of the body. For a script whose shebang carries
+/// `allow-key-locking`, the flag is taken out of the shebang (other flags kept;
+/// `#!lua` alone when none is left), since stock Redis refuses it, and the
+/// prelude checks keys too. Any other shebang stays as it was sent.
+fn rewrite(source: &[u8]) -> Rewritten {
     if !source.starts_with(b"#!") {
-        return None;
+        let mut rewritten = COMMAND_CHECK_PRELUDE.as_bytes().to_vec();
+        rewritten.extend_from_slice(source);
+        return Rewritten {
+            source: rewritten,
+            key_locked: false,
+        };
     }
     let line_end = source
         .iter()
         .position(|&byte| byte == b'\n')
         .unwrap_or(source.len());
-    let shebang = std::str::from_utf8(&source[..line_end]).ok()?;
+    let body = source.get(line_end + 1..).unwrap_or_default();
+    let (shebang, key_locked) = match without_key_locking(&source[..line_end]) {
+        Some(shebang) => (shebang, true),
+        None => (source[..line_end].to_vec(), false),
+    };
+    let mut rewritten = shebang;
+    rewritten.push(b'\n');
+    let prelude = if key_locked {
+        &KEY_CHECK_PRELUDE
+    } else {
+        &COMMAND_CHECK_PRELUDE
+    };
+    rewritten.extend_from_slice(prelude.as_bytes());
+    rewritten.extend_from_slice(body);
+    Rewritten {
+        source: rewritten,
+        key_locked,
+    }
+}
+
+/// A shebang line without its `allow-key-locking` flag; `None` when it has
+/// none.
+fn without_key_locking(shebang: &[u8]) -> Option<Vec<u8>> {
+    let shebang = std::str::from_utf8(shebang).ok()?;
     let mut flagged = false;
     let mut parts = Vec::new();
     // Redis splits the shebang on whitespace: `#!lua`, then `flags=a,b`.
@@ -792,16 +999,7 @@ fn rewrite_key_locked(source: &[u8]) -> Option<Vec<u8>> {
             None => parts.push(part.to_owned()),
         }
     }
-    if !flagged {
-        return None;
-    }
-    let mut rewritten = parts.join(" ").into_bytes();
-    rewritten.push(b'\n');
-    rewritten.extend_from_slice(KEY_CHECK_PRELUDE.as_bytes());
-    if let Some(body) = source.get(line_end + 1..) {
-        rewritten.extend_from_slice(body);
-    }
-    Some(rewritten)
+    flagged.then(|| parts.join(" ").into_bytes())
 }
 
 /// Where a command runs, which decides the lock Upstash takes for a script.
@@ -837,8 +1035,8 @@ impl Prepared {
 struct ScriptCall {
     /// The SHA-1 the client knows the script by.
     sha: String,
-    /// Redis's SHA-1 of what it runs, when that is a rewritten source.
-    rewritten_sha: Option<String>,
+    /// Redis's SHA-1 of what it runs, the rewritten source.
+    rewritten_sha: String,
     /// `SCRIPT LOAD`: the reply is the client's SHA-1, and nothing ran.
     loads: bool,
     /// Whether Upstash would lock only the script's KEYS.
@@ -847,11 +1045,20 @@ struct ScriptCall {
 
 /// What the server has learnt about a script, by the SHA-1 its clients use.
 #[derive(Clone, Debug)]
-enum Known {
-    /// Flagged; Redis knows the rewritten source by this SHA-1.
-    KeyLocked { rewritten_sha: String },
-    /// Redis ran it as sent: it has no `allow-key-locking` flag.
-    Unflagged,
+struct Known {
+    /// Redis knows the rewritten source by this SHA-1.
+    rewritten_sha: String,
+    /// The shebang carries `allow-key-locking`.
+    key_locked: bool,
+}
+
+impl Known {
+    fn of(rewritten: &Rewritten) -> Self {
+        Self {
+            rewritten_sha: sha1_hex(&rewritten.source),
+            key_locked: rewritten.key_locked,
+        }
+    }
 }
 
 /// Counters of the scripts the server ran and refused, shared with whoever
@@ -930,7 +1137,8 @@ impl Scripts {
 
     /// What Redis should run for a client's command. `EVAL`, `EVALSHA`, their
     /// `_RO` forms and `SCRIPT LOAD|EXISTS` are translated to the rewritten
-    /// scripts; every other command goes as it is.
+    /// scripts, and `SCRIPT KILL` is answered here; every other command goes as
+    /// it is.
     async fn prepare(
         &self,
         redis: &mut ConnectionManager,
@@ -944,9 +1152,10 @@ impl Scripts {
             "EVALSHA" | "EVALSHA_RO" if command.0.len() > 1 => {
                 self.prepare_evalsha(redis, command, context).await
             }
-            "SCRIPT" if command.0.len() > 2 => match command.0[1].to_ascii_uppercase().as_slice() {
-                b"LOAD" => self.prepare_load(redis, command).await,
-                b"EXISTS" => self.prepare_exists(redis, command).await,
+            "SCRIPT" => match command.subcommand().as_deref() {
+                Some("LOAD") if command.0.len() > 2 => self.prepare_load(redis, command).await,
+                Some("EXISTS") if command.0.len() > 2 => self.prepare_exists(redis, command).await,
+                Some("KILL") if command.0.len() == 2 => Ok(Prepared::Refuse(NOTBUSY.to_owned())),
                 _ => Ok(Prepared::plain(command)),
             },
             _ => Ok(Prepared::plain(command)),
@@ -960,25 +1169,15 @@ impl Scripts {
         context: Context,
     ) -> Result<Prepared, ApiError> {
         let sha = sha1_hex(&command.0[1]);
-        let call = match rewrite_key_locked(&command.0[1]) {
-            Some(rewritten) => {
-                let rewritten_sha = sha1_hex(&rewritten);
-                self.remember(redis, &sha, &command.0[1], &rewritten_sha)
-                    .await?;
-                command.0[1] = rewritten;
-                ScriptCall {
-                    sha,
-                    rewritten_sha: Some(rewritten_sha),
-                    loads: false,
-                    key_locked: context == Context::Direct,
-                }
-            }
-            None => ScriptCall {
-                sha,
-                rewritten_sha: None,
-                loads: false,
-                key_locked: false,
-            },
+        let rewritten = rewrite(&command.0[1]);
+        let known = Known::of(&rewritten);
+        self.remember(redis, &sha, &command.0[1], &known).await?;
+        command.0[1] = rewritten.source;
+        let call = ScriptCall {
+            sha,
+            rewritten_sha: known.rewritten_sha,
+            loads: false,
+            key_locked: known.key_locked && context == Context::Direct,
         };
         if !call.key_locked && self.refuses_global_lock(&call.sha) {
             return Ok(Prepared::Refuse(self.strict_refusal(&call.sha, context)));
@@ -997,74 +1196,63 @@ impl Scripts {
     ) -> Result<Prepared, ApiError> {
         // Redis reads the SHA-1 in either case.
         let sha = String::from_utf8_lossy(&command.0[1]).to_ascii_lowercase();
-        let known = self.lookup(redis, &sha).await?;
-        if let Some(Known::KeyLocked { rewritten_sha }) = known {
-            if context == Context::Transaction && self.refuses_global_lock(&sha) {
-                return Ok(Prepared::Refuse(self.strict_refusal(&sha, context)));
+        let Some(known) = self.lookup(redis, &sha).await? else {
+            // No client sent this script through a server in front of this
+            // Redis. Redis may still hold it, loaded past this server and so
+            // without the prelude; that is no script to run either.
+            if script_exists(redis, &sha).await? {
+                return Ok(Prepared::Refuse(NOSCRIPT.to_owned()));
             }
-            command.0[1] = rewritten_sha.clone().into_bytes();
-            return Ok(Prepared::Send {
-                command,
-                script: Some(ScriptCall {
-                    sha,
-                    rewritten_sha: Some(rewritten_sha),
-                    loads: false,
-                    key_locked: context == Context::Direct,
-                }),
-            });
+            // Redis answers NOSCRIPT (inside a transaction too, for that
+            // command only), and the client sends EVAL.
+            return Ok(Prepared::plain(command));
+        };
+        let key_locked = known.key_locked && context == Context::Direct;
+        // Strict mode refuses only a script that Redis would run; one it has
+        // lost gets NOSCRIPT, and the client's EVAL is refused then.
+        if !key_locked
+            && self.refuses_global_lock(&sha)
+            && script_exists(redis, &known.rewritten_sha).await?
+        {
+            return Ok(Prepared::Refuse(self.strict_refusal(&sha, context)));
         }
-        // Unflagged, or not cached at all, in which case Redis answers NOSCRIPT
-        // and the client sends EVAL, which is checked then. So strict mode refuses
-        // only a script that Redis would run.
-        if self.refuses_global_lock(&sha) {
-            let cached = match known {
-                Some(Known::Unflagged) => true,
-                _ => script_exists(redis, &sha).await?,
-            };
-            if cached {
-                return Ok(Prepared::Refuse(self.strict_refusal(&sha, context)));
-            }
-        }
+        command.0[1] = known.rewritten_sha.clone().into_bytes();
         Ok(Prepared::Send {
             command,
             script: Some(ScriptCall {
                 sha,
-                rewritten_sha: None,
+                rewritten_sha: known.rewritten_sha,
                 loads: false,
-                key_locked: false,
+                key_locked,
             }),
         })
     }
 
-    /// `SCRIPT LOAD` of a flagged script loads the rewritten source and answers
-    /// the SHA-1 of the client's. Loading runs nothing, so strict mode lets any
-    /// script load.
+    /// `SCRIPT LOAD` loads the rewritten source and answers the SHA-1 of the
+    /// client's. Loading runs nothing, so strict mode lets any script load.
     async fn prepare_load(
         &self,
         redis: &mut ConnectionManager,
         mut command: Command,
     ) -> Result<Prepared, ApiError> {
-        let Some(rewritten) = rewrite_key_locked(&command.0[2]) else {
-            return Ok(Prepared::plain(command));
-        };
         let sha = sha1_hex(&command.0[2]);
-        let rewritten_sha = sha1_hex(&rewritten);
-        self.remember(redis, &sha, &command.0[2], &rewritten_sha)
-            .await?;
-        command.0[2] = rewritten;
+        let rewritten = rewrite(&command.0[2]);
+        let known = Known::of(&rewritten);
+        self.remember(redis, &sha, &command.0[2], &known).await?;
+        command.0[2] = rewritten.source;
         Ok(Prepared::Send {
             command,
             script: Some(ScriptCall {
                 sha,
-                rewritten_sha: Some(rewritten_sha),
+                rewritten_sha: known.rewritten_sha,
                 loads: true,
-                key_locked: true,
+                key_locked: known.key_locked,
             }),
         })
     }
 
-    /// `SCRIPT EXISTS` asks Redis about the rewritten source of each flagged
-    /// script, so it answers 1 exactly when `EVALSHA` by that SHA-1 would run.
+    /// `SCRIPT EXISTS` asks Redis about the rewritten source of each script it
+    /// knows, so it answers 1 exactly when `EVALSHA` by that SHA-1 would run.
     async fn prepare_exists(
         &self,
         redis: &mut ConnectionManager,
@@ -1072,8 +1260,8 @@ impl Scripts {
     ) -> Result<Prepared, ApiError> {
         for position in 2..command.0.len() {
             let sha = String::from_utf8_lossy(&command.0[position]).to_ascii_lowercase();
-            if let Some(Known::KeyLocked { rewritten_sha }) = self.lookup(redis, &sha).await? {
-                command.0[position] = rewritten_sha.into_bytes();
+            if let Some(known) = self.lookup(redis, &sha).await? {
+                command.0[position] = known.rewritten_sha.into_bytes();
             }
         }
         Ok(Prepared::plain(command))
@@ -1106,13 +1294,17 @@ impl Scripts {
                     self.count_undeclared_key(&call.sha, key);
                     return Err(format!("{UNDECLARED_KEY_ERROR}{key} script: {}", call.sha));
                 }
+                if message.starts_with(COMMAND_NOT_ALLOWED_FROM_SCRIPT) {
+                    tracing::warn!(
+                        script = call.sha,
+                        "local Upstash server refused a command a script called: \
+                         Upstash's REST API does not run it"
+                    );
+                }
                 if !call.loads {
                     self.count_run(call);
                 }
-                Err(match &call.rewritten_sha {
-                    Some(rewritten_sha) => message.replace(rewritten_sha.as_str(), &call.sha),
-                    None => message,
-                })
+                Err(message.replace(call.rewritten_sha.as_str(), &call.sha))
             }
         }
     }
@@ -1122,10 +1314,6 @@ impl Scripts {
             self.stats.key_locked.fetch_add(1, Ordering::Relaxed);
         } else {
             self.stats.global_lock.fetch_add(1, Ordering::Relaxed);
-        }
-        if call.rewritten_sha.is_none() && self.known(&call.sha).is_none() {
-            self.write_known()
-                .insert(call.sha.clone(), Known::Unflagged);
         }
     }
 
@@ -1188,7 +1376,7 @@ impl Scripts {
     }
 
     /// What is known of a SHA-1: from memory, else from [`SCRIPTS_KEY`], where
-    /// another server, or this one before a restart, recorded a flagged script.
+    /// another server, or this one before a restart, recorded the script.
     async fn lookup(
         &self,
         redis: &mut ConnectionManager,
@@ -1204,27 +1392,24 @@ impl Scripts {
             .await
             .map_err(redis_failure)?;
         // A source whose SHA-1 does not match was not recorded by this server.
-        let rewritten = source
+        Ok(source
             .filter(|source| sha1_hex(source) == sha)
-            .and_then(|source| rewrite_key_locked(&source));
-        Ok(rewritten.map(|rewritten| {
-            let known = Known::KeyLocked {
-                rewritten_sha: sha1_hex(&rewritten),
-            };
-            self.write_known().insert(sha.to_owned(), known.clone());
-            known
-        }))
+            .map(|source| {
+                let known = Known::of(&rewrite(&source));
+                self.write_known().insert(sha.to_owned(), known.clone());
+                known
+            }))
     }
 
-    /// Records a flagged script, in memory and in [`SCRIPTS_KEY`].
+    /// Records a script, in memory and in [`SCRIPTS_KEY`].
     async fn remember(
         &self,
         redis: &mut ConnectionManager,
         sha: &str,
         source: &[u8],
-        rewritten_sha: &str,
+        known: &Known,
     ) -> Result<(), ApiError> {
-        if matches!(self.known(sha), Some(Known::KeyLocked { .. })) {
+        if self.known(sha).is_some() {
             return Ok(());
         }
         let _: i64 = redis::cmd("HSET")
@@ -1234,12 +1419,7 @@ impl Scripts {
             .query_async(redis)
             .await
             .map_err(redis_failure)?;
-        self.write_known().insert(
-            sha.to_owned(),
-            Known::KeyLocked {
-                rewritten_sha: rewritten_sha.to_owned(),
-            },
-        );
+        self.write_known().insert(sha.to_owned(), known.clone());
         Ok(())
     }
 }
@@ -1636,25 +1816,70 @@ mod tests {
     }
 
     #[test]
-    fn commands_that_would_disturb_the_shared_connection_are_refused() {
+    fn only_commands_on_the_allow_list_run() {
         for refused in [
             &["multi"][..],
             &["EXEC"],
             &["select", "1"],
             &["subscribe", "c"],
             &["blpop", "l", "0"],
-            &["client", "reply", "off"],
+            &["client", "id"],
+            &["client", "kill", "id", "7"],
+            &["CONFIG", "SET", "appendonly", "yes"],
+            &["debug", "sleep", "0"],
+            &["shutdown", "nosave"],
+            &["replicaof", "127.0.0.1", "1"],
+            &["migrate", "127.0.0.1", "1", "k", "0", "10"],
+            &["function", "flush"],
             &["xread", "block", "0", "streams", "s", "$"],
+            &["script", "debug", "yes"],
+            &["memory", "doctor"],
+            &["nosuchcommand"],
         ] {
             assert!(command(refused).check_allowed().is_err(), "{refused:?}");
         }
         for allowed in [
             &["get", "k"][..],
             &["xread", "streams", "s", "0"],
-            &["client", "id"],
+            &["Script", "load", "return 1"],
+            &["script", "kill"],
+            &["SCRIPT"],
+            &["memory", "usage", "k"],
+            &["json.set", "k", "$", "1"],
+            &["flushdb"],
         ] {
             assert!(command(allowed).check_allowed().is_ok(), "{allowed:?}");
         }
+    }
+
+    #[test]
+    fn a_refused_command_gets_redis_s_own_unknown_command_line() {
+        assert_eq!(
+            command(&["Config", "get", "*"]).check_allowed(),
+            Err("ERR unknown command 'Config', with args beginning with: 'get' '*' ".to_owned())
+        );
+        assert_eq!(
+            command(&["SHUTDOWN"]).check_allowed(),
+            Err("ERR unknown command 'SHUTDOWN', with args beginning with: ".to_owned())
+        );
+        assert_eq!(
+            command(&["script", "debug", "yes"]).check_allowed(),
+            Err("ERR unknown subcommand 'debug' of 'SCRIPT'".to_owned())
+        );
+        // Long or multi-line arguments are cut short and kept on one line.
+        let long = "x".repeat(300);
+        let message = command(&["debug", "a\r\nb", long.as_str(), "never shown"])
+            .check_allowed()
+            .unwrap_err();
+        assert!(
+            message
+                .starts_with("ERR unknown command 'debug', with args beginning with: 'a  b' 'xxx"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("never shown") && message.len() < 200,
+            "{message}"
+        );
     }
 
     #[test]
@@ -1693,55 +1918,104 @@ mod tests {
         );
     }
 
-    fn rewritten(source: &str) -> Option<String> {
-        rewrite_key_locked(source.as_bytes()).map(|bytes| String::from_utf8(bytes).unwrap())
+    fn rewritten(source: &str) -> (String, bool) {
+        let rewritten = rewrite(source.as_bytes());
+        (
+            String::from_utf8(rewritten.source).unwrap(),
+            rewritten.key_locked,
+        )
     }
 
     #[test]
     fn the_key_locking_flag_is_taken_out_of_the_shebang_and_other_flags_stay() {
         let body = "redis.call('INCR', KEYS[1])\nreturn 1";
+        let prelude = KEY_CHECK_PRELUDE.as_str();
         assert_eq!(
-            rewritten(&format!("#!lua flags=allow-key-locking\n{body}")).unwrap(),
-            format!("#!lua\n{KEY_CHECK_PRELUDE}{body}")
+            rewritten(&format!("#!lua flags=allow-key-locking\n{body}")),
+            (format!("#!lua\n{prelude}{body}"), true)
         );
         assert_eq!(
-            rewritten(&format!("#!lua flags=no-writes,allow-key-locking\n{body}")).unwrap(),
-            format!("#!lua flags=no-writes\n{KEY_CHECK_PRELUDE}{body}")
+            rewritten(&format!("#!lua flags=no-writes,allow-key-locking\n{body}")),
+            (format!("#!lua flags=no-writes\n{prelude}{body}"), true)
         );
         assert_eq!(
             rewritten(&format!(
                 "#!lua flags=allow-key-locking,no-writes\r\n{body}"
-            ))
-            .unwrap(),
-            format!("#!lua flags=no-writes\n{KEY_CHECK_PRELUDE}{body}")
+            )),
+            (format!("#!lua flags=no-writes\n{prelude}{body}"), true)
         );
         assert_eq!(
-            rewritten("#!lua flags=allow-key-locking").unwrap(),
-            format!("#!lua\n{KEY_CHECK_PRELUDE}")
+            rewritten("#!lua flags=allow-key-locking"),
+            (format!("#!lua\n{prelude}"), true)
         );
     }
 
     #[test]
-    fn scripts_without_the_flag_are_not_rewritten() {
-        for source in [
-            "return 1",
-            "#!lua\nreturn 1",
-            "#!lua flags=no-writes\nreturn 1",
-            "-- #!lua flags=allow-key-locking\nreturn 1",
-            "#!lua flags=allow-key-locking-later\nreturn 1",
+    fn scripts_without_the_flag_keep_their_first_line_and_get_the_command_check_only() {
+        let prelude = COMMAND_CHECK_PRELUDE.as_str();
+        assert_eq!(rewritten("return 1"), (format!("{prelude}return 1"), false));
+        for (shebang, body) in [
+            ("#!lua", "return 1"),
+            ("#!lua flags=no-writes", "return 1"),
+            ("#!lua flags=allow-key-locking-later", "return 1"),
+            ("#!lua  flags=no-writes\r", "return 1"),
         ] {
-            assert_eq!(rewritten(source), None, "{source}");
+            assert_eq!(
+                rewritten(&format!("{shebang}\n{body}")),
+                (format!("{shebang}\n{prelude}{body}"), false),
+                "{shebang}"
+            );
         }
+        assert_eq!(
+            rewritten("-- #!lua flags=allow-key-locking\nreturn 1"),
+            (
+                format!("{prelude}-- #!lua flags=allow-key-locking\nreturn 1"),
+                false
+            )
+        );
     }
 
     #[test]
-    fn the_prelude_keeps_line_numbers_and_raises_upstashs_error() {
-        assert!(!KEY_CHECK_PRELUDE.contains('\n'));
-        // The error the prelude raises is the one `settle` recognizes.
+    fn the_preludes_keep_line_numbers_and_raise_the_errors_settle_recognizes() {
+        for prelude in [KEY_CHECK_PRELUDE.as_str(), COMMAND_CHECK_PRELUDE.as_str()] {
+            assert!(!prelude.contains('\n'));
+            assert!(
+                prelude.contains(&format!(
+                    "error({{err = '{COMMAND_NOT_ALLOWED_FROM_SCRIPT}'}})"
+                )),
+                "{prelude}"
+            );
+        }
         assert!(
             KEY_CHECK_PRELUDE.contains(&format!("\"{UNDECLARED_KEY_ERROR}\" .. key")),
-            "{KEY_CHECK_PRELUDE}"
+            "{}",
+            *KEY_CHECK_PRELUDE
         );
+        assert!(!COMMAND_CHECK_PRELUDE.contains("GETKEYS"));
+    }
+
+    #[test]
+    fn scripts_may_call_exactly_the_commands_allowed_over_rest() {
+        let allowed = allowed_in_scripts();
+        for entry in [
+            "GET",
+            "HINCRBY",
+            "XAUTOCLAIM",
+            "TIME",
+            "MEMORY|USAGE",
+            "SCRIPT|LOAD",
+        ] {
+            assert!(allowed.contains(&format!(" {entry} ")), "{entry}");
+        }
+        for entry in [
+            "CONFIG", "MIGRATE", "CLUSTER", "SWAPDB", "MOVE", "MEMORY", "SELECT",
+        ] {
+            assert!(!allowed.contains(&format!(" {entry} ")), "{entry}");
+        }
+        // Nothing that would end the Lua string it sits in.
+        assert!(allowed
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " _.|-".contains(c)));
     }
 
     #[test]
