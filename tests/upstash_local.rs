@@ -1,10 +1,17 @@
 //! The local Upstash REST server, spoken to over plain HTTP, and driven by
 //! the official `@upstash/redis` npm client.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
 use tollgate::{
     config::UpstashConfig,
     secret::Secret,
@@ -14,7 +21,8 @@ use tollgate_cli::upstash_local::{self, ScriptCounts, UndeclaredKey, SCRIPTS_KEY
 use uuid::Uuid;
 
 use crate::helpers::{
-    run_node_test_files, spawn_upstash_local, spawn_upstash_local_with, LocalUpstash, PrivateRedis,
+    run_node_test_files, servers, spawn_upstash_local, spawn_upstash_local_with, LocalUpstash,
+    PrivateRedis,
 };
 
 struct Raw {
@@ -985,4 +993,230 @@ async fn the_commands_upstash_runs_pass_and_an_unknown_one_in_their_midst_does_n
     assert_eq!(entries[11], json!({"result": [1, 0]}));
     assert_eq!(entries[20], json!({"result": "string"}));
     assert_eq!(entries[23], json!({"result": "hi"}));
+}
+
+/// Sends `request` as it is on a new connection and reads until the server
+/// closes it: the raw response.
+async fn send_raw(url: &str, request: &str) -> String {
+    let address = url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("the server answered and closed the connection")
+        .unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// A `POST /` of PING with `host` as the `Host` header (none when `None`) and
+/// `target` as the request target.
+async fn ping_as(local: &LocalUpstash, target: &str, host: Option<&str>) -> String {
+    let host = host
+        .map(|host| format!("Host: {host}\r\n"))
+        .unwrap_or_default();
+    let body = r#"["PING"]"#;
+    send_raw(
+        &local.url,
+        &format!(
+            "POST {target} HTTP/1.1\r\n{host}Authorization: Bearer {}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            local.token,
+            body.len()
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_request_for_a_host_that_is_not_this_machine_is_refused() {
+    let local = spawn_upstash_local().await;
+    let port = local.url.rsplit(':').next().unwrap().to_owned();
+
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "localhost".to_owned(),
+        format!("[::1]:{port}"),
+    ] {
+        let response = ping_as(&local, "/", Some(&host)).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{host}: {response}");
+        assert!(
+            response.contains(r#"{"result":"PONG"}"#),
+            "{host}: {response}"
+        );
+    }
+
+    // What a page that pointed its own name at 127.0.0.1 sends (DNS rebinding).
+    for host in [
+        format!("evil.example:{port}"),
+        format!("localhost.evil.example:{port}"),
+        format!("192.168.1.5:{port}"),
+    ] {
+        let response = ping_as(&local, "/", Some(&host)).await;
+        assert!(response.starts_with("HTTP/1.1 403"), "{host}: {response}");
+        assert!(response.contains("DNS rebinding"), "{host}: {response}");
+        assert!(!response.contains("PONG"), "{host}: {response}");
+    }
+    // An absolute request target stands in for Host.
+    let response = ping_as(
+        &local,
+        &format!("http://evil.example:{port}/"),
+        Some(&format!("127.0.0.1:{port}")),
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    let response = ping_as(&local, "/", None).await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.contains("no Host header"), "{response}");
+}
+
+#[tokio::test]
+async fn a_server_told_its_names_answers_to_them_as_well() {
+    let servers = servers().await;
+    let local = spawn_with(&servers.redis_url, "127.0.0.1:0", |options| {
+        options.allowed_hosts = vec!["upstash.tollgate.test".to_owned()];
+    })
+    .await;
+
+    let response = ping_as(&local, "/", Some("upstash.tollgate.test:8079")).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let response = ping_as(&local, "/", Some("other.tollgate.test:8079")).await;
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+}
+
+#[tokio::test]
+async fn upstash_local_listens_on_loopback_unless_told_otherwise() {
+    let args =
+        upstash_local::Args::try_parse_from(["upstash-local", "--token", "t", "--port", "0"])
+            .unwrap();
+    assert_eq!(args.bind, "127.0.0.1".parse::<IpAddr>().unwrap());
+    assert_eq!(args.read_timeout, upstash_local::DEFAULT_READ_TIMEOUT);
+    let listener = args.listen().await.unwrap();
+    assert_eq!(
+        listener.local_addr().unwrap().ip(),
+        "127.0.0.1".parse::<IpAddr>().unwrap()
+    );
+
+    let args = upstash_local::Args::try_parse_from([
+        "upstash-local",
+        "--token",
+        "t",
+        "--port",
+        "0",
+        "--bind",
+        "0.0.0.0",
+        "--allow-host",
+        "host.docker.internal",
+        "--read-timeout",
+        "2s",
+    ])
+    .unwrap();
+    let listener = args.listen().await.unwrap();
+    assert!(listener.local_addr().unwrap().ip().is_unspecified());
+    let options = args.into_options();
+    assert_eq!(options.allowed_hosts, vec!["host.docker.internal"]);
+    assert_eq!(options.read_timeout, Duration::from_secs(2));
+}
+
+/// A server that gives clients `READ_TIMEOUT` for headers and for bodies.
+async fn spawn_impatient() -> LocalUpstash {
+    let servers = servers().await;
+    spawn_with(&servers.redis_url, "127.0.0.1:0", |options| {
+        options.read_timeout = READ_TIMEOUT;
+    })
+    .await
+}
+
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Writes `head`, then `drip` every 100 ms, until the server closes the
+/// connection; how long that took, or `None` after 10 s. What the server
+/// sent is in `answer`.
+async fn drip_until_cut_off(
+    url: &str,
+    head: &str,
+    drip: &str,
+    answer: &mut Vec<u8>,
+) -> Option<Duration> {
+    let mut stream = TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = stream.split();
+    let mut buffer = [0; 1024];
+    while started.elapsed() < Duration::from_secs(10) {
+        tokio::select! {
+            read = reader.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => return Some(started.elapsed()),
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            },
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                if writer.write_all(drip.as_bytes()).await.is_err() {
+                    return Some(started.elapsed());
+                }
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_headers_a_byte_at_a_time_is_cut_off() {
+    let local = spawn_impatient().await;
+    let mut answer = Vec::new();
+
+    let cut_after = drip_until_cut_off(
+        &local.url,
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        "X",
+        &mut answer,
+    )
+    .await
+    .expect("the server was still reading headers after 10 s");
+
+    // The clock starts when the server first reads, a moment after ours.
+    assert!(
+        cut_after >= READ_TIMEOUT / 2 && cut_after < READ_TIMEOUT * 4,
+        "cut off after {cut_after:?}"
+    );
+
+    // A prompt client is left alone, on a keep-alive connection used again
+    // within the timeout too.
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        let response = http
+            .post(&local.url)
+            .bearer_auth(&local.token)
+            .json(&json!(["PING"]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        tokio::time::sleep(READ_TIMEOUT / 3).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_body_a_byte_at_a_time_gets_408_and_is_cut_off() {
+    let local = spawn_impatient().await;
+    let mut answer = Vec::new();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 1000\r\n\r\n[",
+        local.token
+    );
+
+    let cut_after = drip_until_cut_off(&local.url, &head, " ", &mut answer)
+        .await
+        .expect("the server was still reading the body after 10 s");
+
+    assert!(
+        cut_after >= READ_TIMEOUT && cut_after < READ_TIMEOUT * 4,
+        "cut off after {cut_after:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within"), "{answer}");
 }

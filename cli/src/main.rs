@@ -51,27 +51,7 @@ enum Command {
         no_crons: bool,
     },
     /// Serve the Upstash REST protocol in front of a Redis server.
-    UpstashLocal {
-        #[arg(long, default_value_t = 8079)]
-        port: u16,
-        /// The bearer token clients must send.
-        #[arg(long, env = "UPSTASH_REDIS_REST_TOKEN", hide_env_values = true)]
-        token: String,
-        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-        redis_url: String,
-        /// Refuse every script Upstash would run under its global lock: one
-        /// without the `allow-key-locking` shebang flag, or one inside /multi-exec.
-        #[arg(long)]
-        strict: bool,
-        /// With --strict, still let the script with this SHA-1 run under the
-        /// global lock (repeatable): a library script that scans the keyspace.
-        #[arg(long = "allow-global-lock", value_name = "SHA1", requires = "strict")]
-        allow_global_lock: Vec<String>,
-        /// Delay each direction of every request by this much (`1ms`, `5ms`),
-        /// as a network would: for measuring what round trips cost.
-        #[arg(long, value_parser = tollgate::config::parse_duration)]
-        latency: Option<std::time::Duration>,
-    },
+    UpstashLocal(upstash_local::Args),
     /// Apply pending migrations to DATABASE_URL.
     Migrate {
         /// Use the direct (unpooled) URL: migrations hold a session lock.
@@ -260,32 +240,11 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
-        Command::UpstashLocal {
-            port,
-            token,
-            redis_url,
-            strict,
-            allow_global_lock,
-            latency,
-        } => {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .with_context(|| format!("binding port {port}"))?;
-            println!(
-                "Upstash REST server on http://{} in front of {redis_url}{}",
-                listener.local_addr()?,
-                if strict { " (strict)" } else { "" }
-            );
+        Command::UpstashLocal(args) => {
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
-            let options = upstash_local::Options {
-                strict,
-                allow_global_lock,
-                latency: latency.unwrap_or_default(),
-                ..upstash_local::Options::new(token, redis_url)
-            };
-            upstash_local::serve(listener, options, shutdown).await
+            upstash_local::run(args, shutdown).await
         }
         Command::Migrate { database_url } => {
             let db = Db::connect_lazy(&DatabaseConfig {

@@ -42,29 +42,43 @@
 //! refuses the same commands from `redis.call` and `redis.pcall`, so a script can't
 //! reach them either. Clients never see the rewrite: they call every script by the
 //! SHA-1 of the source they sent.
+//!
+//! The server is a local stand-in, so it also guards itself: it answers only a
+//! `Host` that is a loopback name, the address it is bound to, or one it was told
+//! ([`Options::allowed_hosts`]), so that no web page can reach it by DNS
+//! rebinding; and a client gets [`Options::read_timeout`] for a request's headers
+//! and as long again for its body, so that none can hold a connection by sending
+//! them a byte at a time.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine as _;
 use bytes::Bytes;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, RedisResult, ServerError, Value};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
+use tokio::net::TcpListener;
 
 /// Requests above this size are refused with a 413, like Upstash's own limit.
 const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
@@ -72,6 +86,20 @@ const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 /// Long enough for a slow Lua script or a large pipeline; redis-rs's default of
 /// 500 ms would fail those.
 const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a client may take to send a request's headers, and then as long
+/// again for its body, unless [`Options::read_timeout`] says otherwise. Ample
+/// for any real client on a local machine; a client this slow is holding the
+/// connection, not sending a request. It also closes a keep-alive connection
+/// left idle this long, as Node.js's own server does after 5 s.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a stopping server waits for the requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Where `tollgate upstash-local` listens unless `--bind` says otherwise: this
+/// machine only.
+pub const DEFAULT_BIND: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Options for the local Upstash REST server.
 #[derive(Clone)]
@@ -94,6 +122,16 @@ pub struct Options {
     /// leaves: a network's delay each way, for measuring what round trips
     /// cost (`--latency 1ms`). Zero by default.
     pub latency: Duration,
+    /// Host names clients may use besides `localhost`, a loopback address and
+    /// the address the server is bound to (`--allow-host`), for a server bound
+    /// beyond loopback and reached by name, such as `host.docker.internal`.
+    /// Any other `Host` is refused with a 403: a web page can point a name of
+    /// its own at this machine (DNS rebinding), but its requests still carry
+    /// that name.
+    pub allowed_hosts: Vec<String>,
+    /// How long a client may take to send a request's headers, and then its
+    /// body, before the connection is cut ([`DEFAULT_READ_TIMEOUT`]).
+    pub read_timeout: Duration,
 }
 
 impl Options {
@@ -106,8 +144,102 @@ impl Options {
             allow_global_lock: Vec::new(),
             stats: Arc::default(),
             latency: Duration::ZERO,
+            allowed_hosts: Vec::new(),
+            read_timeout: DEFAULT_READ_TIMEOUT,
         }
     }
+}
+
+/// The arguments of `tollgate upstash-local`. Not `Debug`: it holds the token.
+#[derive(clap::Parser)]
+#[command(name = "upstash-local")]
+pub struct Args {
+    /// The port to listen on.
+    #[arg(long, default_value_t = 8079)]
+    pub port: u16,
+    /// The address to listen on. Anything but loopback lets other machines
+    /// reach the server; they still need the token.
+    #[arg(long, default_value_t = DEFAULT_BIND)]
+    pub bind: IpAddr,
+    /// A host name clients may reach the server by, besides `localhost`, a
+    /// loopback address and the --bind address (repeatable); any other
+    /// `Host` is refused (DNS rebinding).
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_host: Vec<String>,
+    /// The bearer token clients must send.
+    #[arg(long, env = "UPSTASH_REDIS_REST_TOKEN", hide_env_values = true)]
+    pub token: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Refuse every script Upstash would run under its global lock: one
+    /// without the `allow-key-locking` shebang flag, or one inside /multi-exec.
+    #[arg(long)]
+    pub strict: bool,
+    /// With --strict, still let the script with this SHA-1 run under the
+    /// global lock (repeatable): a library script that scans the keyspace.
+    #[arg(long = "allow-global-lock", value_name = "SHA1", requires = "strict")]
+    pub allow_global_lock: Vec<String>,
+    /// Delay each direction of every request by this much (`1ms`, `5ms`),
+    /// as a network would: for measuring what round trips cost.
+    #[arg(long, value_parser = tollgate::config::parse_duration)]
+    pub latency: Option<Duration>,
+    /// Cut off a client that takes longer than this to send a request's
+    /// headers, or then its body (`5s`).
+    #[arg(long, default_value = "5s", value_parser = tollgate::config::parse_duration)]
+    pub read_timeout: Duration,
+}
+
+impl Args {
+    /// Parses `upstash-local` and its arguments, as clap would from the command
+    /// line; the first item is the program's name.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        <Self as clap::Parser>::try_parse_from(args)
+    }
+
+    /// Binds the listening socket: `--bind` (loopback by default) and `--port`.
+    pub async fn listen(&self) -> anyhow::Result<TcpListener> {
+        TcpListener::bind((self.bind, self.port))
+            .await
+            .with_context(|| format!("binding {}", SocketAddr::new(self.bind, self.port)))
+    }
+
+    /// The server's options.
+    pub fn into_options(self) -> Options {
+        Options {
+            strict: self.strict,
+            allow_global_lock: self.allow_global_lock,
+            latency: self.latency.unwrap_or_default(),
+            allowed_hosts: self.allow_host,
+            read_timeout: self.read_timeout,
+            ..Options::new(self.token, self.redis_url)
+        }
+    }
+}
+
+/// `tollgate upstash-local`: binds, says where, and serves until `shutdown`.
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = args.listen().await?;
+    let address = listener.local_addr()?;
+    println!(
+        "Upstash REST server on http://{address} in front of {}{}",
+        redacted_url(&args.redis_url),
+        if args.strict { " (strict)" } else { "" }
+    );
+    if !address.ip().is_loopback() {
+        println!(
+            "warning: listening on {}, so other machines can reach this server; \
+             anyone with the token can run commands on the Redis behind it",
+            address.ip()
+        );
+    }
+    serve(listener, args.into_options(), shutdown).await
 }
 
 impl fmt::Debug for Options {
@@ -117,6 +249,8 @@ impl fmt::Debug for Options {
             .field("redis_url", &redacted_url(&self.redis_url))
             .field("strict", &self.strict)
             .field("allow_global_lock", &self.allow_global_lock)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("read_timeout", &self.read_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -134,11 +268,16 @@ fn redacted_url(raw: &str) -> String {
     }
 }
 
-/// Builds the axum Router (state included) for the server; connects to Redis.
-pub async fn router(options: Options) -> anyhow::Result<Router> {
+/// Builds the axum Router (state included) for a server bound to `bound`;
+/// connects to Redis.
+async fn router(options: Options, bound: IpAddr) -> anyhow::Result<Router> {
     anyhow::ensure!(
         !options.token.is_empty(),
         "the local Upstash server needs a non-empty token"
+    );
+    anyhow::ensure!(
+        !options.read_timeout.is_zero(),
+        "the local Upstash server needs a read timeout above zero"
     );
     let client = redis::Client::open(options.redis_url.as_str())
         .with_context(|| format!("parsing the Redis URL {}", redacted_url(&options.redis_url)))?;
@@ -162,6 +301,8 @@ pub async fn router(options: Options) -> anyhow::Result<Router> {
         token: Arc::new(ExpectedToken::new(&options.token)),
         sync_token: Arc::new(AtomicU64::new(0)),
         scripts: Arc::new(Scripts::new(&options)),
+        hosts: Arc::new(AllowedHosts::new(bound, &options.allowed_hosts)),
+        read_timeout: options.read_timeout,
     };
     Ok(Router::new()
         .route("/", post(json_command).fallback(path_command))
@@ -169,10 +310,21 @@ pub async fn router(options: Options) -> anyhow::Result<Router> {
         .route("/multi-exec", post(multi_exec).fallback(method_not_allowed))
         .fallback(path_command)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        // Auth runs before any handler reads the body, so a stranger can't make us
-        // buffer 10 MB.
+        // The body is read only once the token checks out, so a stranger can't
+        // make us buffer 10 MB, and within the read timeout, so nobody can hold
+        // a connection by sending it a byte at a time.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            read_body_in_time,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        // Outermost, so that 401s and 413s carry the header too.
+        // Before the token: a page that rebinds its name to this machine learns
+        // nothing, not even whether its guess at the token was right.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_known_host,
+        ))
+        // Outermost, so that 401s, 403s and 413s carry the header too.
         .layer(middleware::map_response_with_state(
             state.clone(),
             stamp_sync_token,
@@ -184,22 +336,64 @@ pub async fn router(options: Options) -> anyhow::Result<Router> {
         .with_state(state))
 }
 
-/// Serves on an already-bound listener until `shutdown` resolves.
+/// Serves on an already-bound listener until `shutdown` resolves, then lets the
+/// requests in flight finish (for up to 10 s).
+///
+/// Each connection is HTTP/1.1 under hyper's header read timeout, which
+/// `axum::serve` leaves off: [`Options::read_timeout`] for a request's headers
+/// (and for an idle keep-alive connection's next request), then as long again
+/// for its body.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let address = listener
+        .local_addr()
+        .context("reading the address the local Upstash server is bound to")?;
     let stats = Arc::clone(&options.stats);
     let strict = options.strict;
-    let app = router(options).await?;
-    if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, strict, "local Upstash REST server listening");
+    let read_timeout = options.read_timeout;
+    let app = router(options, address.ip()).await?;
+    tracing::info!(%address, strict, "local Upstash REST server listening");
+
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, most likely: wait for some to close.
+                    tracing::warn!(error = %error, "local Upstash server: accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Answers are small and written whole; don't let Nagle hold them back.
+        let _ = stream.set_nodelay(true);
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(read_timeout)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // Read timeouts and clients that go away end here; nothing to do.
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "local Upstash server: a connection ended with an error");
+            }
+        });
     }
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
-        .context("serving the local Upstash REST server");
+        .is_err()
+    {
+        tracing::warn!("local Upstash server: requests still in flight after {SHUTDOWN_GRACE:?}; stopping anyway");
+    }
+
     let counts = stats.counts();
     tracing::info!(
         key_locked = counts.key_locked,
@@ -208,7 +402,7 @@ pub async fn serve(
         refused_strict = counts.refused_strict,
         "local Upstash REST server stopped; scripts run and refused"
     );
-    served
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -218,10 +412,13 @@ struct AppState {
     /// Bumped on every response; see [`stamp_sync_token`].
     sync_token: Arc<AtomicU64>,
     scripts: Arc<Scripts>,
+    hosts: Arc<AllowedHosts>,
+    /// See [`Options::read_timeout`]; the body's share of it.
+    read_timeout: Duration,
 }
 
 // ---------------------------------------------------------------------------
-// Auth and response headers
+// Host, auth, body and response headers
 // ---------------------------------------------------------------------------
 
 /// The token clients must present. Only its SHA-256 is kept: comparing digests in
@@ -275,6 +472,118 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         next.run(request).await
     } else {
         ApiError::Unauthorized.into_response()
+    }
+}
+
+/// The names a request may reach this server by, in its `Host` (or in an
+/// absolute request target, which takes the place of `Host`). The port is not
+/// looked at.
+#[derive(Debug)]
+struct AllowedHosts {
+    /// `--allow-host` names, lower case, without a trailing dot.
+    names: HashSet<String>,
+    /// The address the server is bound to, when it is a specific one.
+    bound: Option<IpAddr>,
+    /// Bound to every interface (`0.0.0.0`, `::`): any IP literal names this
+    /// machine. A literal can't be rebound: a page reads answers only from the
+    /// address it was itself loaded from.
+    any_address: bool,
+}
+
+impl AllowedHosts {
+    fn new(bound: IpAddr, names: &[String]) -> Self {
+        Self {
+            names: names.iter().filter_map(|name| host_name(name)).collect(),
+            bound: (!bound.is_unspecified()).then_some(bound),
+            any_address: bound.is_unspecified(),
+        }
+    }
+
+    fn allows(&self, host: &str) -> bool {
+        let Some(name) = host_name(host) else {
+            return false;
+        };
+        match name.parse::<IpAddr>() {
+            Ok(address) => address.is_loopback() || self.any_address || self.bound == Some(address),
+            Err(_) => name == "localhost" || self.names.contains(&name),
+        }
+    }
+}
+
+/// The host of a `Host` value (`name`, `name:port`, `[v6]:port`), lower case,
+/// without brackets or a trailing dot; `None` when it is not one.
+fn host_name(value: &str) -> Option<String> {
+    let authority: axum::http::uri::Authority = value.trim().parse().ok()?;
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(host);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// Refuses a request whose `Host` is not one of [`AllowedHosts`]: 403, or 400
+/// without one.
+async fn require_known_host(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let named = match request.uri().authority() {
+        Some(authority) => Some(authority.as_str().to_owned()),
+        None => request
+            .headers()
+            .get(header::HOST)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned()),
+    };
+    match named {
+        Some(host) if state.hosts.allows(&host) => next.run(request).await,
+        Some(host) => {
+            let shown: String = host.chars().take(100).collect();
+            tracing::warn!(
+                host = shown,
+                "local Upstash server refused a request for another host"
+            );
+            ApiError::UnknownHost(shown).into_response()
+        }
+        None => {
+            ApiError::BadRequest("ERR the request has no Host header".to_owned()).into_response()
+        }
+    }
+}
+
+/// Reads the whole body, up to [`MAX_BODY_BYTES`], within the read timeout,
+/// before the handler runs: 413 past the limit, 408 past the time.
+async fn read_body_in_time(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = Limited::new(body, MAX_BODY_BYTES).collect();
+    match tokio::time::timeout(state.read_timeout, read).await {
+        Ok(Ok(collected)) => {
+            next.run(Request::from_parts(parts, Body::from(collected.to_bytes())))
+                .await
+        }
+        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            ApiError::PayloadTooLarge.into_response()
+        }
+        Ok(Err(error)) => {
+            ApiError::BadRequest(format!("ERR failed to read the request body: {error}"))
+                .into_response()
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout = ?state.read_timeout,
+                "local Upstash server cut off a client that sent its body too slowly"
+            );
+            ApiError::RequestTimeout(state.read_timeout).into_response()
+        }
     }
 }
 
@@ -1548,6 +1857,11 @@ enum ApiError {
     BadRequest(String),
     /// 405: a method the endpoint does not take (commands: HEAD, GET, POST, PUT).
     MethodNotAllowed,
+    /// 403: the `Host` is not one the server answers to; see [`AllowedHosts`].
+    UnknownHost(String),
+    /// 408: the body did not arrive within the read timeout. The connection
+    /// is closed.
+    RequestTimeout(Duration),
     /// 413: the body is over [`MAX_BODY_BYTES`].
     PayloadTooLarge,
     /// 503: Redis can't be reached or did not answer in time. The cause is logged.
@@ -1568,6 +1882,26 @@ impl IntoResponse for ApiError {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "ERR method not allowed".to_owned(),
             ),
+            Self::UnknownHost(host) => (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "ERR this server answers to localhost, loopback addresses, the address it \
+                     is bound to and --allow-host names, not to Host '{host}' (a page on \
+                     another site may have pointed its name here: DNS rebinding)"
+                ),
+            ),
+            Self::RequestTimeout(timeout) => {
+                let message = format!("ERR the request body did not arrive within {timeout:?}");
+                let mut response = (
+                    StatusCode::REQUEST_TIMEOUT,
+                    Json(json!({ "error": message })),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
+            }
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("ERR request body is larger than {MAX_BODY_BYTES} bytes"),
@@ -1880,6 +2214,51 @@ mod tests {
             !message.contains("never shown") && message.len() < 200,
             "{message}"
         );
+    }
+
+    #[test]
+    fn only_loopback_names_are_allowed_hosts_of_a_loopback_server() {
+        let hosts = AllowedHosts::new(DEFAULT_BIND, &[]);
+        for allowed in [
+            "localhost",
+            "localhost:8079",
+            "LOCALHOST.",
+            "127.0.0.1:8079",
+            "127.0.0.2",
+            "[::1]:8079",
+            "[::1]",
+        ] {
+            assert!(hosts.allows(allowed), "{allowed}");
+        }
+        for refused in [
+            "evil.example",
+            "evil.example:8079",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "192.168.1.5:8079",
+            "user@localhost",
+            "",
+            "local host",
+        ] {
+            assert!(!hosts.allows(refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_server_bound_elsewhere_also_answers_to_its_address_and_the_names_it_was_given() {
+        let bound: IpAddr = "192.168.1.5".parse().unwrap();
+        let hosts = AllowedHosts::new(bound, &["Tollgate.Test".to_owned()]);
+        for allowed in ["192.168.1.5:8079", "tollgate.test:8079", "localhost"] {
+            assert!(hosts.allows(allowed), "{allowed}");
+        }
+        for refused in ["192.168.1.6", "evil.example"] {
+            assert!(!hosts.allows(refused), "{refused}");
+        }
+        // Bound to every interface: any address, but still no other name.
+        let everywhere = AllowedHosts::new("0.0.0.0".parse().unwrap(), &[]);
+        assert!(everywhere.allows("192.168.1.6:8079"));
+        assert!(everywhere.allows("[fe80::1]:8079"));
+        assert!(!everywhere.allows("evil.example:8079"));
     }
 
     #[test]
