@@ -16,6 +16,7 @@ mod dev_server;
 mod drain;
 mod health;
 mod helpers;
+mod hostile;
 mod input;
 mod openapi;
 mod s3;

@@ -92,6 +92,15 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
 impl UploadRequest {
     /// Parses and checks the JSON body.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        // serde also reads a struct from an array of its fields in order
+        // (`["a.png","image/png",10,null,null]`); only an object is a request.
+        let first = body.iter().find(|b| !b" \t\n\r".contains(b));
+        if first != Some(&b'{') {
+            return Err(bad(
+                "invalid_json",
+                "the body is not a JSON object; send {\"filename\": …, \"content_type\": …, \"size\": …}",
+            ));
+        }
         let raw: RawRequest = serde_json::from_slice(body).map_err(|e| {
             bad(
                 "invalid_json",
@@ -144,7 +153,10 @@ impl UploadRequest {
                 Some(Provider::parse(&name).ok_or_else(|| {
                     bad(
                         "unknown_provider",
-                        format!("`provider` must be `s3` or `blob`, not `{name}`"),
+                        format!(
+                            "`provider` must be `s3` or `blob`, not `{}`",
+                            name.chars().take(40).collect::<String>()
+                        ),
                     )
                 })?)
             }
@@ -232,6 +244,35 @@ mod tests {
         assert_eq!(request.filename, "Résumé 履歴書.pdf");
         assert_eq!(request.content_type, "application/pdf");
         assert_eq!(request.provider, None);
+    }
+
+    #[test]
+    fn only_an_object_is_a_request() {
+        for body in [r#"["a.png","image/png",10,null,null]"#, "null", "", " 7"] {
+            let err = UploadRequest::parse(body.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), "invalid_json", "{body}");
+        }
+        let duplicate = r#"{"filename":"a.png","content_type":"image/png","size":1,"size":2}"#;
+        assert_eq!(
+            UploadRequest::parse(duplicate.as_bytes())
+                .unwrap_err()
+                .code(),
+            "invalid_json"
+        );
+        assert!(UploadRequest::parse(
+            b" \n{\"filename\":\"a.png\",\"content_type\":\"image/png\",\"size\":1}"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn an_unknown_provider_is_named_in_part() {
+        let err = parse(serde_json::json!({
+            "filename": "a.png", "content_type": "image/png", "size": 1, "provider": "x".repeat(10_000)
+        }))
+        .unwrap_err();
+        assert_eq!(err.code(), "unknown_provider");
+        assert!(err.to_string().len() < 200, "{err}");
     }
 
     #[test]

@@ -79,11 +79,26 @@ impl Query {
     /// `start` and `end` are `YYYY-MM-DD` and inclusive; `end` defaults to
     /// the key's today and `start` to `limit` days (or 30) back from `end`.
     /// `limit` (1 to 90, default 90) keeps only the most recent days of a
-    /// daily or providers series.
+    /// daily or providers series. Each parameter may be given once.
     pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let mut view = None;
         let (mut start, mut end, mut limit) = (None, None, None);
         for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            // A repeated parameter is refused rather than read first or
+            // last: a proxy in front may have read the other one.
+            let given = match name.as_ref() {
+                "view" => view.is_some(),
+                "start" => start.is_some(),
+                "end" => end.is_some(),
+                "limit" => limit.is_some(),
+                _ => false,
+            };
+            if given {
+                return Err(bad(
+                    "invalid_parameter",
+                    format!("`{name}` is given more than once; give each parameter once"),
+                ));
+            }
             match name.as_ref() {
                 "view" => {
                     view = Some(View::parse(&value).ok_or_else(|| {
@@ -358,6 +373,13 @@ mod tests {
             ),
             ("view=file-types&limit=3", "invalid_parameter", "`limit`"),
             ("view=daily&key=sk_x", "unknown_parameter", "`key`"),
+            ("view=daily&view=overview", "invalid_parameter", "`view`"),
+            ("view=daily&limit=7&limit=7", "invalid_parameter", "`limit`"),
+            (
+                "view=daily&end=2026-11-01&end=2026-11-02",
+                "invalid_parameter",
+                "`end`",
+            ),
         ];
         for (query, code, names) in cases {
             let error = range(query).expect_err(query);
