@@ -44,7 +44,7 @@ async fn an_s3_upload_is_signed_inside_the_keys_own_prefix() {
         "{url}"
     );
     assert!(
-        url.contains("X-Amz-SignedHeaders=content-type%3Bhost"),
+        url.contains("X-Amz-SignedHeaders=content-length%3Bcontent-type%3Bhost"),
         "{url}"
     );
     assert!(url.contains("X-Amz-Expires=900"), "{url}");
