@@ -46,11 +46,23 @@ pub struct Agent {
 /// category (`crawler`, `appliance`, `misc`); woothee can't tell tablets,
 /// so iPads and Android agents without `Mobile` are taken as tablets.
 pub fn classify_agent(user_agent: Option<&str>) -> Agent {
+    classify(user_agent, true)
+}
+
+/// The browser, OS and device of a user agent without the bot decision: for
+/// traffic that is never dropped as a bot (servers' and apps' events, sent
+/// with the secret key) and so never pays for loading the list. An agent
+/// woothee takes for a crawler has no fields.
+pub fn describe_agent(user_agent: Option<&str>) -> AgentFields {
+    classify(user_agent, false).fields
+}
+
+fn classify(user_agent: Option<&str>, detect_bots: bool) -> Agent {
     let Some(ua) = user_agent.map(str::trim).filter(|ua| !ua.is_empty()) else {
         return Agent::default();
     };
     let parsed = woothee::parser::Parser::new().parse(ua);
-    let is_bot = parsed.as_ref().is_some_and(is_named_crawler) || is_bot(ua);
+    let is_bot = detect_bots && (parsed.as_ref().is_some_and(is_named_crawler) || is_bot(ua));
     let Some(result) = parsed else {
         return Agent {
             is_bot,

@@ -150,7 +150,7 @@ mod tests {
     fn parsed(body: serde_json::Value, user_agent: &str) -> Vec<Event> {
         let context = Context {
             now: "2031-03-01T12:00:00.123Z".parse().unwrap(),
-            agent: parse::classify_agent(Some(user_agent)).fields,
+            agent: crate::events::agent::describe_agent(Some(user_agent)),
             geo: GeoFields {
                 country: Some("DE".into()),
                 city: Some("Berlin".into()),

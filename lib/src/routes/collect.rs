@@ -22,7 +22,10 @@ use crate::{
     auth::{self, Accepts, KeyRejection},
     error::ApiError,
     events::{
-        parse::{self, BodyError, Context, EventError, Limits},
+        agent,
+        body::{self, BodyError, Limits},
+        geo,
+        parse::{self, Context, EventError},
         store::{self, StoredEvent},
         Event,
     },
@@ -130,16 +133,29 @@ async fn accept(
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    let body = parse::decode_body(request.body(), encoding, &limits).map_err(body_error)?;
+    let body = body::decode_body(request.body(), encoding, &limits).map_err(body_error)?;
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
-    let agent = parse::classify_agent(user_agent);
+    // Bots are dropped from browser traffic only (publishable keys): a
+    // server's events are its own, whatever HTTP client sends them. A
+    // beacon's key is in its body, and beacons come from browsers.
+    let browser = header_key
+        .as_ref()
+        .is_none_or(|key| key.kind() == KeyKind::Pk);
+    let agent = if browser {
+        agent::classify_agent(user_agent)
+    } else {
+        agent::Agent {
+            is_bot: false,
+            fields: agent::describe_agent(user_agent),
+        }
+    };
     let now = state.clock.now();
     let context = Context {
         now,
         agent: agent.fields.clone(),
-        geo: parse::geo_from_headers(headers),
+        geo: geo::geo_from_headers(headers),
     };
     let batch =
         parse::parse_batch(&body, &context, &limits, &mut Uuid::now_v7).map_err(body_error)?;
@@ -168,7 +184,7 @@ async fn accept(
             ),
         });
     }
-    let dropped_as_bot = if agent.is_bot {
+    let dropped_as_bot = if agent.is_bot && key.kind() == KeyKind::Pk {
         std::mem::take(&mut events).len()
     } else {
         0
@@ -205,6 +221,7 @@ async fn accept(
         origin,
         ip: submission.ip,
         valid: true,
+        metered: true,
         success_status: 202,
         invalid_status: 400,
         events: Some(payload),
@@ -260,7 +277,10 @@ async fn accept(
 
 fn body_error(error: BodyError) -> ApiError {
     if error.is_too_large() {
-        ApiError::PayloadTooLarge(error.to_string())
+        ApiError::TooLarge {
+            code: error.code(),
+            message: error.to_string(),
+        }
     } else {
         ApiError::BadRequest {
             code: error.code(),
