@@ -387,3 +387,198 @@ async fn an_event_id_another_tenant_used_first_is_still_stored() {
     expected.sort();
     assert_eq!(owners, expected);
 }
+
+#[tokio::test]
+async fn analytics_reads_are_rate_limited_refused_while_banned_and_logged_but_spend_no_quota() {
+    let app = spawn_app().await;
+    let key = app.create_key().await;
+    // Two requests a minute, one a day: reads must not spend the day.
+    app.set_limits(&key, Some(2), Some(1), None).await;
+    app.state.freeze_redis_time();
+    let read = || async {
+        let response = app
+            .http
+            .get(format!("{}/api/analytics?view=overview", app.address))
+            .bearer_auth(key.secret.expose())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let limit = response
+            .headers()
+            .get("x-ratelimit-limit")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, limit, response.json::<Value>().await.unwrap())
+    };
+    let (status, limit, _) = read().await;
+    assert_eq!((status, limit.as_deref()), (200, Some("2")));
+    assert_eq!(read().await.0, 200);
+    let (status, _, answer) = read().await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+
+    // The daily quota of one is still there for the metered route.
+    app.state
+        .advance_redis_time(std::time::Duration::from_secs(60));
+    let event = json!({"type": "server", "name": "signup"});
+    assert_eq!(app.collect(key.secret.expose(), &event).await.status(), 202);
+
+    // A banned key reads nothing.
+    let change = admin::add_ban(
+        &app.state.db,
+        &app.state.keys,
+        admin::NewBan {
+            subject: admin::BanSubject::Key(key.id),
+            reason: "abuse".into(),
+            duration: None,
+        },
+    )
+    .await
+    .unwrap();
+    change.redis.apply(&app.state.upstash).await.unwrap();
+    let (status, _, answer) = read().await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("banned"))
+    );
+
+    // The reads were logged (three admitted or refused by the limiter as
+    // rows and counters), and none of them is usage.
+    app.sync_metrics().await;
+    app.drain().await;
+    let logged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_requests_log WHERE api_key_id = $1 AND route = 'analytics'",
+    )
+    .bind(key.id)
+    .fetch_one(app.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(logged, 2, "the two admitted reads");
+    let refused: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT route, code, refusals FROM api_refusals_minutely WHERE api_key_id = $1
+          ORDER BY code",
+    )
+    .bind(key.id)
+    .fetch_all(app.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        refused,
+        vec![
+            ("analytics".into(), "banned".into(), 1),
+            ("analytics".into(), "rate_limited".into(), 1)
+        ]
+    );
+    let usage: (i64, i64) =
+        sqlx::query_as("SELECT total_requests, successful_requests FROM api_keys WHERE id = $1")
+            .bind(key.id)
+            .fetch_one(app.state.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(usage, (1, 1), "only the collect request is usage");
+}
+
+#[tokio::test]
+async fn a_refused_flood_costs_counters_not_rows() {
+    let app = spawn_app().await;
+    let key = app.create_key().await;
+    app.set_limits(&key, Some(5), None, None).await;
+    app.state.freeze_redis_time();
+    let event = json!({"type": "server", "name": "ping"});
+    let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+    for _ in 0..50 {
+        *statuses
+            .entry(
+                app.collect(key.secret.expose(), &event)
+                    .await
+                    .status()
+                    .as_u16(),
+            )
+            .or_default() += 1;
+    }
+    assert_eq!(statuses, [(202, 5), (429, 45)].into());
+    // The admitted requests' entries (their events and their log lines),
+    // and nothing for the 45 refused.
+    let mut queued = 0;
+    for queue in app.state.keys.event_queues() {
+        queued += app
+            .redis::<i64>(tollgate::upstash::Command::new("XLEN").arg(queue))
+            .await;
+    }
+    assert_eq!(queued, 5 * 2);
+    app.drain().await;
+    app.sync_metrics().await;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM api_requests_log WHERE api_key_id = $1")
+            .bind(key.id)
+            .fetch_one(app.state.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows, 5);
+    let refused: i64 = sqlx::query_scalar(
+        "SELECT sum(refusals)::bigint FROM api_refusals_minutely
+          WHERE api_key_id = $1 AND route = 'collect' AND code = 'rate_limited'",
+    )
+    .bind(key.id)
+    .fetch_one(app.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(refused, 45);
+    let failed: i64 = sqlx::query_scalar("SELECT failed_requests FROM api_keys WHERE id = $1")
+        .bind(key.id)
+        .fetch_one(app.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(failed, 45, "refusals still count as failed requests");
+}
+
+#[tokio::test]
+async fn the_drain_deletes_log_rows_past_the_log_retention() {
+    let app = spawn_app_with(TestOptions {
+        env: vec![("TOLLGATE_LOG_RETENTION", "30d".into())],
+        ..TestOptions::default()
+    })
+    .await;
+    let key = app.create_key().await;
+    let db = app.state.db.pool();
+    for days_ago in [45, 31, 29, 1] {
+        sqlx::query(
+            "INSERT INTO api_requests_log (id, api_key_id, route, outcome, status, latency_ms, created_at)
+             VALUES (gen_random_uuid(), $1, 'collect', 'admitted', 202, 1, now() - make_interval(days => $2))",
+        )
+        .bind(key.id)
+        .bind(days_ago)
+        .execute(db)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO uploads_log (id, api_key_id, provider, object_key, filename, content_type,
+                                      size_bytes, created_at)
+             VALUES (gen_random_uuid(), $1, 's3', 'k', 'f', 'image/png', 1, now() - make_interval(days => $2))",
+        )
+        .bind(key.id)
+        .bind(days_ago)
+        .execute(db)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO api_refusals_minutely (api_key_id, minute, route, code, refusals)
+             VALUES ($1, date_trunc('minute', now()) - make_interval(days => $2), 'collect', 'banned', 3)",
+        )
+        .bind(key.id)
+        .bind(days_ago)
+        .execute(db)
+        .await
+        .unwrap();
+    }
+    app.drain().await;
+    for table in ["api_requests_log", "uploads_log", "api_refusals_minutely"] {
+        let left: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(db)
+            .await
+            .unwrap();
+        assert_eq!(left, 2, "{table} keeps the rows of the last 30 days");
+    }
+}

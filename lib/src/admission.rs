@@ -52,6 +52,9 @@ pub struct Request<'a> {
     /// Whether the request passed the route's validation. Invalid requests
     /// are rate limited and counted as failed, but use no quota.
     pub valid: bool,
+    /// Whether the request is usage: counted in the usage metrics and the
+    /// quotas. Analytics reads are not; they are limited and logged only.
+    pub metered: bool,
     pub success_status: u16,
     pub invalid_status: u16,
     pub events: Option<EventsPayload<'a>>,
@@ -124,6 +127,7 @@ struct ScriptRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     now_ms: Option<i64>,
     valid: bool,
+    metered: bool,
     success_status: u16,
     invalid_status: u16,
     request_id: Uuid,
@@ -271,6 +275,7 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
         offset_ms: state.redis_time_offset_ms(),
         now_ms: state.redis_time_frozen_ms(),
         valid: request.valid,
+        metered: request.metered,
         success_status: request.success_status,
         invalid_status: request.invalid_status,
         request_id: Uuid::now_v7(),

@@ -292,6 +292,10 @@ pub struct CachedKey {
     /// past days take the offset they had then, not today's.
     #[serde(default = "utc_name")]
     pub timezone: String,
+    /// When the key was created, in Unix milliseconds: analytics clamps a
+    /// range to the key's lifetime. Absent for an unknown key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ms: Option<i64>,
 }
 
 fn utc_name() -> String {
@@ -336,7 +340,7 @@ pub async fn lookup(
     use sqlx::Row;
     const COLUMNS: &str = "id, status, allowed_origins, tier, rate_limit_per_minute, daily_quota,
                            monthly_quota, timezone, allowed_content_types, max_upload_bytes,
-                           default_provider";
+                           default_provider, created_at";
     let row = match key.kind {
         KeyKind::Sk => {
             db.query(&format!(
@@ -365,6 +369,7 @@ pub async fn lookup(
             upload: None,
             tz_offset: 0,
             timezone: utc_name(),
+            created_ms: None,
         });
     };
     let active = row.try_get::<String, _>("status")? == "active";
@@ -409,6 +414,10 @@ pub async fn lookup(
         }),
         tz_offset: utc_offset(&row.try_get::<String, _>("timezone")?, now),
         timezone: row.try_get("timezone")?,
+        created_ms: Some(
+            row.try_get::<chrono::DateTime<chrono::Utc>, _>("created_at")?
+                .timestamp_millis(),
+        ),
     })
 }
 

@@ -76,6 +76,9 @@ pub struct PipelineConfig {
     /// Monthly partitions of events that ended longer ago than this are
     /// dropped by the drain; `None` (the default) keeps everything.
     pub event_retention: Option<Duration>,
+    /// Rows of the request log, the upload log and the refusal counts older
+    /// than this are deleted by the drain; `None` (the default) keeps them.
+    pub log_retention: Option<Duration>,
     /// How long one drain run may keep claiming batches.
     pub drain_budget: Duration,
     /// How long a claimed batch stays with its drain before another run may
@@ -150,6 +153,7 @@ pub const VARIABLES: &[&str] = &[
     "TOLLGATE_REDIS_SHARDS",
     "TOLLGATE_EVENT_MAX_AGE",
     "TOLLGATE_EVENT_RETENTION",
+    "TOLLGATE_LOG_RETENTION",
     "TOLLGATE_DRAIN_BUDGET",
     "TOLLGATE_DRAIN_VISIBILITY",
     "TOLLGATE_QUEUE_WARNING_DEPTH",
@@ -218,6 +222,7 @@ impl Config {
                 Duration::from_secs(7 * 86_400),
             ),
             event_retention: vars.optional("TOLLGATE_EVENT_RETENTION", parse_retention, None),
+            log_retention: vars.optional("TOLLGATE_LOG_RETENTION", parse_log_retention, None),
             // Crons get 60 s (vercel.json maxDuration); stop claiming well before.
             drain_budget: vars.optional(
                 "TOLLGATE_DRAIN_BUDGET",
@@ -413,6 +418,20 @@ fn parse_retention(value: &str) -> Result<Option<Duration>, String> {
     if duration < Duration::from_secs(31 * 86_400) {
         return Err(format!(
             "`{value}` is under 31 days; write e.g. `400d`, or `off`"
+        ));
+    }
+    Ok(Some(duration))
+}
+
+/// `off`, or how long logs are kept: at least a day.
+fn parse_log_retention(value: &str) -> Result<Option<Duration>, String> {
+    if value == "off" {
+        return Ok(None);
+    }
+    let duration = parse_duration(value)?;
+    if duration < Duration::from_secs(86_400) {
+        return Err(format!(
+            "`{value}` is under a day; write e.g. `90d`, or `off`"
         ));
     }
     Ok(Some(duration))

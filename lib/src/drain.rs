@@ -140,6 +140,13 @@ async fn drain_batches(
             tracing::info!(?dropped, %cutoff, "dropped event partitions past retention");
         }
     }
+    if let Some(retention) = config.log_retention {
+        let cutoff = now - chrono::Duration::from_std(retention)?;
+        let deleted = crate::logs::delete_before(db, cutoff).await?;
+        if deleted > 0 {
+            tracing::info!(deleted, %cutoff, "deleted log rows past retention");
+        }
+    }
 
     let mut target = FIRST_BATCH;
     loop {

@@ -100,3 +100,38 @@ pub async fn insert_uploads(db: &Db, rows: &[(Uuid, UploadLog)]) -> Result<u64, 
         .await?;
     Ok(result.rows_affected())
 }
+
+/// Rows deleted per table and drain run, past the log retention: a backlog
+/// (retention just turned on) is worked off over several runs rather than
+/// in one long statement.
+pub const RETENTION_BATCH: i64 = 10_000;
+
+/// Deletes up to [`RETENTION_BATCH`] rows older than `cutoff` from each of
+/// the request log, the upload log and the refusal counts. Returns the rows
+/// deleted.
+pub async fn delete_before(
+    db: &crate::db::Db,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    let mut deleted = 0;
+    for (table, column, key) in [
+        ("api_requests_log", "created_at", "id"),
+        ("uploads_log", "created_at", "id"),
+        ("api_refusals_minutely", "minute", "ctid"),
+    ] {
+        let sql = format!(
+            "DELETE FROM {table} WHERE {key} IN
+               (SELECT {key} FROM {table} WHERE {column} < $1 LIMIT $2)"
+        );
+        deleted += db
+            .query(&sql)
+            .bind(cutoff)
+            .bind(RETENTION_BATCH)
+            .execute(db.pool())
+            .await
+            .with_context(|| format!("deleting {table} rows past retention"))?
+            .rows_affected();
+    }
+    Ok(deleted)
+}

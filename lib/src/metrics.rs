@@ -63,6 +63,16 @@ pub(crate) struct KeyDay {
     pub(crate) providers: BTreeMap<String, (i64, i64, i64)>,
     /// Uploads per content type.
     pub(crate) file_types: BTreeMap<String, i64>,
+    /// Refused requests, by the minute (Unix minutes), route and code, kept
+    /// in aggregate so that a refused flood costs counters, not rows.
+    pub(crate) refusals: BTreeMap<(i64, String, String), i64>,
+}
+
+impl KeyDay {
+    /// Whether the day has usage to record, beyond refusals.
+    fn has_usage(&self) -> bool {
+        self.requests != 0 || self.files != 0 || !self.providers.is_empty()
+    }
 }
 
 /// Syncs batches until nothing is dirty or the time budget is spent.
@@ -270,7 +280,21 @@ pub(crate) fn parse_batch(fields: &[Reply]) -> anyhow::Result<BTreeMap<(Uuid, Na
             "bytes" => entry.bytes += value,
             "last" => entry.last_ms = entry.last_ms.max(value),
             other => {
-                if let Some(content_type) = other.strip_prefix("ft:") {
+                if let Some(refusal) = other.strip_prefix("rf:") {
+                    let mut parts = refusal.splitn(3, ':');
+                    let (Some(minute), Some(route), Some(code)) =
+                        (parts.next(), parts.next(), parts.next())
+                    else {
+                        anyhow::bail!("a malformed refusal counter `{other}`");
+                    };
+                    let minute: i64 = minute
+                        .parse()
+                        .with_context(|| format!("the minute of `{other}`"))?;
+                    *entry
+                        .refusals
+                        .entry((minute, route.to_owned(), code.to_owned()))
+                        .or_default() += value;
+                } else if let Some(content_type) = other.strip_prefix("ft:") {
                     *entry.file_types.entry(content_type.to_owned()).or_default() += value;
                 } else if let Some(rest) = other.strip_prefix("p:") {
                     let (provider, field) = rest.rsplit_once(':').context("a provider counter")?;
@@ -337,7 +361,7 @@ async fn apply(
         vec![],
         vec![],
     );
-    for ((key, day), c) in key_days {
+    for ((key, day), c) in key_days.iter().filter(|(_, c)| c.has_usage()) {
         keys.push(*key);
         days.push(*day);
         reqs.push(c.requests);
@@ -377,7 +401,7 @@ async fn apply(
 
     // Totals per key, with the file-type counts merged into the JSON object.
     let mut totals: BTreeMap<Uuid, KeyDay> = BTreeMap::new();
-    for ((key, _), c) in key_days {
+    for ((key, _), c) in key_days.iter().filter(|(_, c)| c.has_usage()) {
         let t = totals.entry(*key).or_default();
         t.requests += c.requests;
         t.successful += c.successful;
@@ -495,6 +519,38 @@ async fn apply(
         .execute(&mut *tx)
         .await
         .context("upserting provider usage")?;
+    }
+    // Refusals, in aggregate per key, minute, route and code.
+    let (mut r_keys, mut r_minutes, mut r_routes, mut r_codes, mut r_counts) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for ((key, _), c) in key_days {
+        for ((minute, route, code), n) in &c.refusals {
+            r_keys.push(*key);
+            r_minutes.push(DateTime::from_timestamp(minute * 60, 0));
+            r_routes.push(route.as_str());
+            r_codes.push(code.as_str());
+            r_counts.push(*n);
+        }
+    }
+    if !r_keys.is_empty() {
+        db.query(
+            "INSERT INTO api_refusals_minutely AS r (api_key_id, minute, route, code, refusals)
+             SELECT api_key_id, minute, route, code, sum(n)
+             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[])
+                  AS t(api_key_id, minute, route, code, n)
+             WHERE EXISTS (SELECT 1 FROM api_keys k WHERE k.id = t.api_key_id)
+             GROUP BY api_key_id, minute, route, code
+             ON CONFLICT (api_key_id, minute, route, code) DO UPDATE SET
+                refusals = r.refusals + EXCLUDED.refusals",
+        )
+        .bind(&r_keys)
+        .bind(&r_minutes)
+        .bind(&r_routes)
+        .bind(&r_codes)
+        .bind(&r_counts)
+        .execute(&mut *tx)
+        .await
+        .context("adding up refusals")?;
     }
     tx.commit().await.context("committing the sync batch")?;
     Ok(true)

@@ -47,6 +47,9 @@ pub static STORE: Script = Script::new(
     include_str!("../scripts/analytics_store.lua"),
 );
 
+/// The longest a view's statement may run.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a computed view is served from the cache.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
 
@@ -96,6 +99,8 @@ struct Miss {
     version: String,
     /// The key's time zone, by which days are counted.
     timezone: String,
+    /// When the key was created, to clamp ranges to its lifetime.
+    created_ms: Option<i64>,
     /// The key's live counters, in the sync batch format.
     live: Vec<Reply>,
     /// Pending sync batches: id and this key's fields in it.
@@ -236,13 +241,14 @@ async fn lookup(
                 .context("the key id of analytics.lua")?,
         ),
         ("hit", [_, _, _, Reply::Bulk(body)]) => Lookup::Hit(body.clone()),
-        ("miss", [_, id, version, zone, Reply::Array(live), Reply::Array(pending)]) => {
+        ("miss", [_, id, version, zone, Reply::Array(live), Reply::Array(pending), created]) => {
             let text = |reply: &Reply| reply.as_str().unwrap_or_default().to_owned();
             let key_id = Uuid::parse_str(&text(id)).context("the key id of analytics.lua")?;
             Lookup::Miss(Miss {
                 key_id,
                 version: text(version),
                 timezone: zone.as_str().unwrap_or("UTC").to_owned(),
+                created_ms: created.as_str().and_then(|ms| ms.parse().ok()),
                 live: batch_fields(key_id, live),
                 pending: pending_batches(key_id, pending)?,
             })
@@ -286,9 +292,11 @@ fn pending_batches(key_id: Uuid, fields: &[Reply]) -> anyhow::Result<Vec<(String
 
 /// Computes a view: its Postgres statement plus the unsynced counters.
 async fn compute(state: &AppState, query: &Query, miss: &Miss) -> Result<Bytes, ApiError> {
-    let today = apikeys::key_day(state.clock.now(), apikeys::zone(&miss.timezone));
+    let zone = apikeys::zone(&miss.timezone);
+    let today = apikeys::key_day(state.clock.now(), zone);
     let range = query.range(today)?;
-    let params = params(miss.key_id, range, today, &miss.timezone, &miss.pending);
+    let scanned = lifetime(range, miss.created_ms, today, zone);
+    let params = params(miss.key_id, scanned, today, &miss.timezone, &miss.pending);
     let mut document = run(state, query.view(), &params).await?;
     let applied: Vec<String> = document
         .get_mut("applied")
@@ -321,9 +329,11 @@ async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<A
         .await
         .map_err(unavailable)?;
     let key_id = auth::require_active(&cached)?;
-    let today = apikeys::key_day(state.clock.now(), apikeys::zone(&cached.timezone));
+    let zone = apikeys::zone(&cached.timezone);
+    let today = apikeys::key_day(state.clock.now(), zone);
     let range = query.range(today)?;
-    let params = params(key_id, range, today, &cached.timezone, &[]);
+    let scanned = lifetime(range, cached.created_ms, today, zone);
+    let params = params(key_id, scanned, today, &cached.timezone, &[]);
     let document = run(state, query.view(), &params).await?;
     let body = body(
         state,
@@ -338,6 +348,26 @@ async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<A
         body,
         cache: CacheStatus::Bypass,
     })
+}
+
+/// The part of a range Postgres reads: the range clamped to the key's
+/// lifetime, from the day it was created to today (in its time zone), so no
+/// read scans days the key cannot have data for. A range wholly before the
+/// key's first day shrinks to its last day. The answer still covers the
+/// range asked for, its days outside the lifetime zero.
+fn lifetime(
+    range: Option<(NaiveDate, NaiveDate)>,
+    created_ms: Option<i64>,
+    today: NaiveDate,
+    zone: chrono_tz::Tz,
+) -> Option<(NaiveDate, NaiveDate)> {
+    let (start, end) = range?;
+    let first = created_ms
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|created| apikeys::key_day(created, zone));
+    let end = end.min(today);
+    let start = first.map_or(start, |first| start.max(first)).min(end);
+    Some((start, end))
 }
 
 fn params(
@@ -364,16 +394,38 @@ fn params(
 /// Runs a view's statement.
 async fn run(state: &AppState, view: View, params: &Params) -> Result<Value, ApiError> {
     let sql = views::sql(view);
-    let row = bind(state.db.query(&sql), params)
-        .fetch_one(state.db.pool())
+    // Under a statement timeout, in a read-only transaction (a pooler in
+    // transaction mode keeps `SET LOCAL` to it): no view, however large the
+    // key, holds a connection longer than that.
+    let failed = |error: sqlx::Error| {
+        tracing::error!(error = ?error, view = view.as_str(), "an analytics query failed");
+        let timed_out = error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == "57014");
+        ApiError::Unavailable {
+            message: if timed_out {
+                format!("the view took over {STATEMENT_TIMEOUT:?} to compute; retry with a shorter range")
+            } else {
+                "Postgres is unreachable, so analytics cannot be read".into()
+            },
+            retry_after: Duration::from_secs(10),
+        }
+    };
+    let mut transaction = state
+        .db
+        .pool()
+        .begin_with(format!(
+            "BEGIN READ ONLY; SET LOCAL statement_timeout = {}",
+            STATEMENT_TIMEOUT.as_millis()
+        ))
         .await
-        .map_err(|error| {
-            tracing::error!(error = ?error, view = view.as_str(), "an analytics query failed");
-            ApiError::Unavailable {
-                message: "Postgres is unreachable, so analytics cannot be read".into(),
-                retry_after: Duration::from_secs(10),
-            }
-        })?;
+        .map_err(failed)?;
+    let row = bind(state.db.query(&sql), params)
+        .fetch_one(&mut *transaction)
+        .await
+        .map_err(failed)?;
+    transaction.commit().await.map_err(failed)?;
     Ok(row
         .try_get::<sqlx::types::Json<Value>, _>(0)
         .context("reading an analytics document")?

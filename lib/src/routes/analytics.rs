@@ -1,10 +1,17 @@
 //! `GET /api/analytics?view=…`: usage and event analytics of the secret key
 //! presented, and of no other key (see [`crate::analytics`]).
+//!
+//! A read goes through admission first, as every metered route does: it is
+//! refused while the key or client is banned, limited by the key's
+//! per-minute rate, and logged. It is not usage, so it spends no quota and
+//! moves no usage counter.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use tokio::time::Instant;
 
 use crate::{
+    admission::{self, Decision, RateLimit},
     analytics::{self, Answer, Query},
     auth::{self, Accepts},
     error::ApiError,
@@ -13,7 +20,8 @@ use crate::{
 
 /// Handles `GET /api/analytics`.
 pub async fn handle(state: &AppState, request: Request<Bytes>) -> Response<Bytes> {
-    match answer(state, &request).await {
+    let mut rate = RateLimit::default();
+    let mut response = match answer(state, &request, &mut rate).await {
         Ok(Answer { body, cache }) => {
             let mut response = Response::new(body);
             let headers = response.headers_mut();
@@ -30,19 +38,60 @@ pub async fn handle(state: &AppState, request: Request<Bytes>) -> Response<Bytes
             response
         }
         Err(error) => error.into_response(),
-    }
+    };
+    rate.write_headers(response.headers_mut());
+    response
 }
 
-async fn answer(state: &AppState, request: &Request<Bytes>) -> Result<Answer, ApiError> {
+async fn answer(
+    state: &AppState,
+    request: &Request<Bytes>,
+    rate: &mut RateLimit,
+) -> Result<Answer, ApiError> {
+    let started = Instant::now();
     if request.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed { allow: "GET" });
     }
     let key = auth::authenticate(request, Accepts::SecretOnly)?;
-    let query = Query::parse(request.uri().query())?;
+    // A bad query is limited and logged too, then refused with its error.
+    let query = Query::parse(request.uri().query());
     let client_ip = state
         .config
         .admission
         .client_ip
         .client_ip(request.headers());
+    let admission = admission::Request {
+        route: "analytics",
+        key: &key,
+        origin: "",
+        ip: client_ip.as_deref().unwrap_or(""),
+        valid: query.is_ok(),
+        metered: false,
+        success_status: 200,
+        invalid_status: 400,
+        events: None,
+        upload: None,
+        latency: started.elapsed(),
+    };
+    match admission::admit(state, &admission).await {
+        Ok(Decision::Admitted { rate: limits, .. }) => *rate = limits,
+        Ok(Decision::Refused {
+            error,
+            rate: limits,
+        }) => {
+            *rate = limits;
+            return Err(error);
+        }
+        Ok(Decision::QueueFull) => {
+            return Err(anyhow::anyhow!("admission answered queue_full for a read").into())
+        }
+        // Upstash is down or slow: the read goes on, and answers from
+        // Postgres alone if Upstash stays unreachable (`X-Cache: bypass`).
+        // Reading one's own numbers spends nothing a limit protects.
+        Err(error) => {
+            tracing::warn!(error = ?error.error, "admission failed; reading analytics unlimited");
+        }
+    }
+    let query = query?;
     analytics::read(state, &key, client_ip.as_deref(), &query).await
 }

@@ -104,6 +104,7 @@ async fn sign(
         origin: "",
         ip: client_ip.as_deref().unwrap_or(""),
         valid: parsed.is_ok(),
+        metered: true,
         success_status: 200,
         invalid_status: 400,
         events: None,
@@ -181,7 +182,8 @@ async fn sign(
     match provider.as_deref().and_then(Provider::parse) {
         Some(Provider::S3) => {
             let config = providers.s3.as_ref().ok_or_else(unconfigured)?;
-            let presigned = s3::presign_put(
+            // The declared size is signed: a PUT of any other length fails.
+            let presigned = s3::presign_sized_put(
                 config,
                 &s3::PresignRequest {
                     object_key: &object_key,
@@ -189,6 +191,7 @@ async fn sign(
                     expires_in: upload.expires_in,
                     now,
                 },
+                upload.size,
             )
             .map_err(|e| ApiError::Unexpected(anyhow::Error::new(e).context("presigning")))?;
             Ok(Signed {

@@ -140,9 +140,15 @@ local y, m, d = civil(now + offset)
 local day_id = string.format('%04d-%02d-%02d', y, m, d)
 local month_id = string.format('%04d-%02d', y, m)
 
+-- Reads of the key's own analytics are limited, banned and logged like
+-- any request, but they are not usage: they spend no quota and move no
+-- usage counter (`metered` false).
+local metered = req.metered ~= false
+
 -- Write-behind metrics: one hash per key, its fields per day, found by the
 -- sync through the shard's dirty set, never by scanning.
 local function count(ok, provider)
+  if not metered then return end
   local f = day_id .. '|'
   redis.call('HINCRBY', metrics_key, f .. 'req', 1)
   redis.call('HINCRBY', metrics_key, f .. (ok and 'ok' or 'fail'), 1)
@@ -167,9 +173,14 @@ local function log(outcome, status)
   redis.call('XADD', queue_key, '*', 't', 'req', 'k', id, 'n', 0, 'e', entry)
 end
 
+-- A refusal (a ban, a limit, a quota) is counted in aggregate, per minute,
+-- route and code (`rf:<unix minute>:<route>:<code>`), not logged one entry
+-- each: a refused flood costs a counter, not a queue entry and a row.
 local function refuse(verdict, limit, remaining, reset, retry, detail, status)
   count(false)
-  log(verdict, status)
+  local field = day_id .. '|rf:' .. math.floor(now / 60000) .. ':' .. req.route .. ':' .. verdict
+  redis.call('HINCRBY', metrics_key, field, 1)
+  redis.call('SADD', dirty_key, id)
   return counted({verdict, id, limit, remaining, reset, retry, detail})
 end
 
@@ -178,8 +189,8 @@ end
 -- reseeds it from Postgres and calls again, and the script adds the
 -- unsynced counters. Decided before any write, so that asking again
 -- leaves nothing behind.
-local day_limit = tonumber(key.limits and key.limits.day)
-local month_limit = tonumber(key.limits and key.limits.month)
+local day_limit = metered and tonumber(key.limits and key.limits.day) or nil
+local month_limit = metered and tonumber(key.limits and key.limits.month) or nil
 local quota_ttl = 32 * 86400000
 local quota = redis.call('HMGET', quota_key, 'd', 'du', 'm', 'mu')
 local used_day, used_month = tonumber(quota[2]), tonumber(quota[4])
@@ -333,7 +344,7 @@ if req.upload then
   if not allowed then
     upload_error = {'content_type_not_allowed', ''}
   elseif u.size > max then
-    upload_error = {'file_too_large', tostring(max)}
+    upload_error = {'file_too_large', tostring(max), 413}
   elseif not provider or u.configured[provider] ~= true then
     upload_error = {'provider_not_configured', provider or ''}
   end
@@ -360,7 +371,7 @@ end
 
 count(valid, provider)
 log(valid and 'admitted' or (upload_error and upload_error[1] or 'invalid'),
-  valid and req.success_status or req.invalid_status)
+  valid and req.success_status or (upload_error and upload_error[3]) or req.invalid_status)
 if upload_error then
   return counted({upload_error[1], id, limit, remaining, reset, 0, upload_error[2]})
 end

@@ -23,7 +23,7 @@
 --   {"invalid_key"} | {"revoked_key"} | {"wrong_kind"}
 --   {"rekey", key_id}                  the entry is another key id's
 --   {"hit", key_id, version, body}
---   {"miss", key_id, version, time_zone, live, pending}
+--   {"miss", key_id, version, time_zone, live, pending, created_ms}
 -- where live is HGETALL of mx:<key id> (`<day>|<counter>`, value) and
 -- pending HGETALL of mx:pend:<key id> (`<batch id>|<day>|<counter>`, value).
 
@@ -45,4 +45,4 @@ if ARGV[2] == '1' then
   live = redis.call('HGETALL', KEYS[4])
   pending = redis.call('HGETALL', KEYS[5])
 end
-return {'miss', id, version, key.timezone or 'UTC', live, pending}
+return {'miss', id, version, key.timezone or 'UTC', live, pending, tostring(key.created_ms or '')}
