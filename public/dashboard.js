@@ -1,6 +1,7 @@
-// The tollgate dashboard: reads /api/analytics and /api/cron/queue-status
-// with a secret key and draws the numbers as plain SVG, with no library and
-// nothing fetched from elsewhere, so it works offline.
+// The tollgate dashboard: reads /api/analytics with a secret key and draws
+// the numbers as plain SVG, with no library and nothing fetched from
+// elsewhere, so it works offline. (The deployment's queue status is for
+// operators, behind the cron secret: `tollgate` and /api/cron/queue-status.)
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -114,17 +115,14 @@ async function load(key, days) {
     view("view=overview"), view(`view=daily&limit=${days}`), view(`view=providers&limit=${days}`),
     view("view=file-types"),
   ]);
-  const [events, queue] = await Promise.all([
-    view(`view=events&start=${daily.start}&end=${daily.end}`),
-    get("/api/cron/queue-status", key).catch((error) => ({ error: error.message })),
-  ]);
-  return { overview, daily, providers, fileTypes, events, queue };
+  const events = await view(`view=events&start=${daily.start}&end=${daily.end}`);
+  return { overview, daily, providers, fileTypes, events };
 }
 
 // ---- Rendering ---------------------------------------------------------------
 
 function render(data) {
-  const { overview, daily, providers, fileTypes, events, queue } = data;
+  const { overview, daily, providers, fileTypes, events } = data;
   const totals = overview.totals;
   const cards = [
     ["Requests", number(totals.requests)], ["Successful", number(totals.successful)],
@@ -155,39 +153,11 @@ function render(data) {
   ranking($("chart-pages"), "pages", events.top_paths.map((p) => ({ label: p.value, value: p.events })));
   ranking($("chart-referrers"), "referrers",
     events.top_referrers.map((r) => ({ label: r.value, value: r.events })));
-  renderQueue(queue);
 
   const empty = totals.requests === 0 && events.events === 0;
   message(empty
     ? "No data yet for this key. Send an event to /api/collect or request a signed URL; numbers appear here at once, events after the next drain (every minute)."
     : `Updated ${new Date(overview.generated_at).toLocaleTimeString()}.`);
-}
-
-function renderQueue(queue) {
-  const box = $("queue");
-  box.replaceChildren();
-  if (queue.error) {
-    box.append(element("div", { class: "empty" }, `Queue status unavailable: ${queue.error}`));
-    return;
-  }
-  const status = element("p", { "data-queue-status": queue.status },
-    "Status: ");
-  status.append(element("strong", { class: `status-${queue.status}` }, queue.status));
-  const rows = [
-    ["Queued events", number(queue.queue.events)],
-    ["Oldest queued entry", queue.queue.oldest_age_seconds == null ? "–" : `${Math.round(queue.queue.oldest_age_seconds)} s`],
-    ["In flight", number(queue.in_flight.requests)],
-    ["Dead letters", number(queue.dead_letters)],
-    ["Last drain", queue.last_drain ? `${when(queue.last_drain.at)} (${number(queue.last_drain.events)} events)` : "none yet"],
-  ];
-  const table = element("table");
-  for (const [label, value] of rows) {
-    const tr = element("tr");
-    tr.append(element("td", {}, label), element("td", {}, value));
-    table.append(tr);
-  }
-  box.append(status, table);
-  for (const reason of queue.reasons || []) box.append(element("p", { class: "legend" }, reason));
 }
 
 function message(text, error = false) {
