@@ -294,3 +294,33 @@ async fn a_demo_key_file_others_could_read_is_made_private_and_kept() {
     let served: Value = app.demo_key("localhost").await.json().await.unwrap();
     assert_eq!(served["secret"], old["secret"], "the same key as before");
 }
+
+#[tokio::test]
+async fn the_client_ip_is_the_peers_whatever_the_client_claims() {
+    let dev = spawn_dev().await;
+    // Unknown keys, each from a different claimed address: the dev server,
+    // like Vercel's edge, overwrites the claim with the peer's address, so
+    // all of them count against 127.0.0.1's failed authentications.
+    let mut statuses = Vec::new();
+    for i in 0..31 {
+        let key = format!("sk_{}{:016x}", Uuid::new_v4().simple(), i);
+        let status = dev
+            .http
+            .post(format!("http://127.0.0.1:{}/api/collect", dev.port))
+            .bearer_auth(key)
+            .header("x-real-ip", format!("203.0.113.{i}"))
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .body(r#"{"type":"server","name":"x"}"#)
+            .send()
+            .await
+            .expect("request to the dev server")
+            .status()
+            .as_u16();
+        statuses.push(status);
+    }
+    assert_eq!(statuses[..30], [401; 30]);
+    assert_eq!(
+        statuses[30], 429,
+        "the 31st failure from one peer is cut off"
+    );
+}

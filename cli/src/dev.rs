@@ -290,6 +290,36 @@ impl DevServer {
     }
 }
 
+/// The app, for one connection, with the client IP headers Vercel's edge
+/// sets: `X-Real-IP` and `X-Forwarded-For` are overwritten with the peer's
+/// address, so that whatever a client sends in them, the limiter, the
+/// failed-authentication count and the bans see the real one, as they do
+/// on Vercel (`TOLLGATE_CLIENT_IP_HEADER=vercel`).
+fn with_client_ip(
+    app: &axum::Router,
+    peer: std::net::SocketAddr,
+) -> TowerToHyperService<
+    impl tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future = impl Future + Send,
+        > + Clone,
+> {
+    let address = HeaderValue::from_str(&peer.ip().to_canonical().to_string())
+        .expect("an IP address is a header value");
+    let app = app.clone();
+    TowerToHyperService::new(tower::service_fn(
+        move |mut request: http::Request<hyper::body::Incoming>| {
+            let headers = request.headers_mut();
+            headers.insert("x-real-ip", address.clone());
+            headers.insert("x-forwarded-for", address.clone());
+            let mut app = app.clone();
+            async move { tower::Service::call(&mut app, request).await }
+        },
+    ))
+}
+
 /// Accepts connections until `shutdown`, each served by hyper with a
 /// header read timeout ([`HEADER_READ_TIMEOUT`]); `axum::serve` sets no
 /// timer, which leaves that timeout off. Then waits up to
@@ -302,9 +332,9 @@ async fn serve(
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors, most likely: wait for some to close.
                     tracing::warn!(error = %error, "accepting a connection failed");
@@ -317,7 +347,7 @@ async fn serve(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+            .serve_connection(TokioIo::new(stream), with_client_ip(&app, peer));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             // Timeouts and clients that go away end up here; nothing to do.
