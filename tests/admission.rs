@@ -322,7 +322,7 @@ async fn publishable_keys_are_also_limited_per_client_ip() {
 }
 
 #[tokio::test]
-async fn every_metered_request_is_logged_through_the_queue() {
+async fn admitted_requests_are_logged_through_the_queue_and_refusals_counted() {
     let app = spawn_app().await;
     let key = app.create_key().await;
     app.set_limits(&key, Some(1), None, None).await;
@@ -330,18 +330,22 @@ async fn every_metered_request_is_logged_through_the_queue() {
     call(&app, key.secret.expose()).await;
 
     app.drain().await;
+    app.sync_metrics().await;
 
     let rows: Vec<(String, i32)> =
         sqlx::query_as("SELECT outcome, status FROM api_requests_log ORDER BY created_at, status")
             .fetch_all(app.state.db.pool())
             .await
             .unwrap();
+    assert_eq!(rows, vec![("admitted".to_owned(), 202)]);
+    let refusals: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT route, code, refusals FROM api_refusals_minutely")
+            .fetch_all(app.state.db.pool())
+            .await
+            .unwrap();
     assert_eq!(
-        rows,
-        vec![
-            ("admitted".to_owned(), 202),
-            ("rate_limited".to_owned(), 429)
-        ]
+        refusals,
+        vec![("collect".to_owned(), "rate_limited".to_owned(), 1)]
     );
 }
 

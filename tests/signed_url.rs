@@ -143,9 +143,11 @@ async fn bad_requests_get_their_exact_status_and_code() {
 #[tokio::test]
 async fn usage_metrics_are_exact_after_a_thousand_concurrent_mixed_requests_and_a_sync() {
     // A thousand requests at once queue up on two cores; the admission
-    // timeout (500 ms by default) is not what this test is about.
+    // timeout (500 ms by default) and the Upstash call timeout (2 s in
+    // tests) are not what this test is about.
     let mut env = providers(true);
     env.push(("TOLLGATE_ADMISSION_TIMEOUT", "30s".to_owned()));
+    env.push(("TOLLGATE_UPSTASH_TIMEOUT", "30s".to_owned()));
     let app = Arc::new(
         spawn_app_with(TestOptions {
             env,

@@ -347,8 +347,6 @@ pub enum Resolved {
     Refused(ApiError),
 }
 
-pub static RESOLVE: Script = Script::new("resolve", include_str!("scripts/resolve.lua"));
-
 /// The id of the presented key, by which its Redis state is named: from
 /// this instance's memory, or else from the key cache (one extra round
 /// trip), or else from Postgres (which fills the cache). A presented key's
@@ -356,8 +354,9 @@ pub static RESOLVE: Script = Script::new("resolve", include_str!("scripts/resolv
 /// whether the key is still active is the script's to check, every time.
 ///
 /// Unknown keys are remembered too, briefly, so that a client repeating one
-/// costs nothing; a client IP that presents too many in a minute is
-/// refused before any lookup (`resolve.lua`).
+/// costs nothing; a client IP that presented too many unknown or revoked
+/// keys in the last minute (counted by `fill_key.lua`) is refused before
+/// any lookup.
 pub async fn resolve(
     state: &AppState,
     key: &PresentedKey,
@@ -370,38 +369,55 @@ pub async fn resolve(
     if state.key_ids.is_unknown(&cache_id) {
         return Ok(Resolved::Refused(KeyRejection::Unknown.into()));
     }
+    // One round trip of plain reads, no script: the entry, whether the bans
+    // are loaded and the entry's generation (for a refill), and the client
+    // IP's failed authentications this minute.
     let keys = &state.keys;
-    let mut names = vec![
-        keys.key_cache(&cache_id),
-        keys.bans_loaded(),
-        keys.key_generation(&cache_id),
+    let mut reads = vec![
+        Command::new("GET").arg(keys.key_cache(&cache_id)),
+        Command::new("EXISTS").arg(keys.bans_loaded()),
+        Command::new("GET").arg(keys.key_generation(&cache_id)),
     ];
-    names.extend(client_ip.map(|ip| keys.auth_failures(ip)));
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let reply: Vec<Reply> = state
+    if let Some(ip) = client_ip {
+        reads.push(Command::new("GET").arg(keys.auth_failures(ip)));
+        reads.push(Command::new("PTTL").arg(keys.auth_failures(ip)));
+    }
+    let mut replies = state
         .upstash
-        .eval(
-            &RESOLVE,
-            &names,
-            &[state.config.admission.failed_auth_limit.to_string()],
-        )
+        .pipeline(&reads)
         .await
-        .context("reading the key cache")?;
-    let cached = match reply.as_slice() {
-        [code, Reply::Int(pttl)] if code.as_str() == Some("too_many_failures") => {
-            let retry_after = Duration::from_millis((*pttl).max(1_000) as u64);
+        .context("reading the key cache")?
+        .into_iter();
+    let mut next = || {
+        replies
+            .next()
+            .context("the pipeline answered too few replies")?
+            .context("reading the key cache")
+    };
+    let (cached, loaded, generation) = (next()?, next()?, next()?);
+    if client_ip.is_some() {
+        let (failures, pttl) = (next()?, next()?);
+        let failures: u64 = failures.as_str().and_then(|n| n.parse().ok()).unwrap_or(0);
+        if failures >= u64::from(state.config.admission.failed_auth_limit) {
+            let pttl = match pttl {
+                Reply::Int(ms) => ms.max(1_000) as u64,
+                _ => 60_000,
+            };
             return Ok(Resolved::Refused(
-                KeyRejection::TooManyFailures { retry_after }.into(),
+                KeyRejection::TooManyFailures {
+                    retry_after: Duration::from_millis(pttl),
+                }
+                .into(),
             ));
         }
-        [code, entry] if code.as_str() == Some("cached") => entry
-            .as_str()
-            .and_then(|json| serde_json::from_str::<apikeys::CachedKey>(json).ok()),
-        [code, Reply::Int(loaded), generation] if code.as_str() == Some("miss") => {
-            let generation = generation.as_str().map(str::to_owned);
-            Some(refill(state, key, *loaded == 1, generation, client_ip).await?)
+    }
+    let cached = match cached.as_str() {
+        Some(json) => serde_json::from_str::<apikeys::CachedKey>(json).ok(),
+        None => {
+            let generation = generation.as_str().map(str::to_owned).unwrap_or_default();
+            let loaded = matches!(loaded, Reply::Int(1));
+            Some(refill(state, key, loaded, Some(generation), client_ip).await?)
         }
-        _ => anyhow::bail!("resolve.lua answered {reply:?}"),
     };
     let cached = match cached {
         Some(cached) => cached,

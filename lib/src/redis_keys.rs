@@ -13,7 +13,7 @@
 //! |---|---|---|---|---|
 //! | `key:<sha256 hex>` | string (JSON) | refills (`apikeys.rs`), the CLI | 5 min, 1 min if unknown | API key cache, by the hash of the presented key |
 //! | `keygen:<sha256 hex>` | string (integer) | the CLI and the keys API (`admin.rs`) | 1 day | the generation of a key cache entry, bumped by every change to the key; a refill writes only under the generation it read before its lookup (`fill_key.lua`) |
-//! | `authfail:ip:<ip>` | string (integer) | resolve.lua, fill_key.lua | 1 min from the first failure | failed authentications (unknown or revoked keys) of a client IP; at `TOLLGATE_FAILED_AUTH_LIMIT` its requests are refused before any lookup |
+//! | `authfail:ip:<ip>` | string (integer) | fill_key.lua | 1 min from the first failure | failed authentications (lookups that found no active key) of a client IP; at `TOLLGATE_FAILED_AUTH_LIMIT` its requests for keys the instance does not know are refused before any lookup |
 //! | `adm:<request id>` | string (JSON) | admit.lua | the admission timeout plus `TOLLGATE_ADMISSION_RESOLVE` plus about 7 s | the verdict admit.lua counted, or `late` once a caller asking again settled the request as not run |
 //! | `rl:key:<key id>`, `rl:ip:<ip>` | string | admit.lua | until the limiter is full again | GCRA state: the theoretical arrival time, ms |
 //! | `q:<key id>` | hash | admit.lua | 32 days | quota use: `d` (the key's day), `du` (used that day), `m` (its month), `mu` |

@@ -8,7 +8,8 @@
 -- after the revoke deleted it.
 --
 -- A lookup that found no active key is one failed authentication of the
--- client IP, counted here (see resolve.lua), whether or not the entry lands.
+-- client IP, counted here (admission.rs reads the count before any lookup),
+-- whether or not the entry lands.
 --
 -- KEYS[1]  the key cache entry of the presented key
 -- KEYS[2]  keygen:<hash>  the generation of the entry
