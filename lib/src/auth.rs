@@ -95,9 +95,16 @@ pub fn authenticate<B>(
     request: &Request<B>,
     accepts: Accepts,
 ) -> Result<PresentedKey, KeyRejection> {
-    // An `Authorization` header that is not a readable bearer token is a
-    // wrong credential, not a missing one.
-    if request.headers().contains_key(header::AUTHORIZATION) && bearer(request).is_none() {
+    // An `Authorization` (or, where it is read, `X-API-Key`) header that is
+    // not a readable key is a wrong credential, not a missing one.
+    let headers = request.headers();
+    let unreadable_api_key = accepts == Accepts::Any
+        && headers
+            .get("x-api-key")
+            .is_some_and(|value| value.to_str().is_err());
+    if (headers.contains_key(header::AUTHORIZATION) && bearer(request).is_none())
+        || unreadable_api_key
+    {
         return Err(KeyRejection::Malformed);
     }
     let value = bearer(request).or_else(|| match accepts {

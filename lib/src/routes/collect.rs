@@ -301,7 +301,10 @@ struct Submission<'a> {
 fn origin_not_allowed(origin: &str) -> ApiError {
     ApiError::Forbidden {
         code: "origin_not_allowed",
-        message: format!("origin `{origin}` is not allowed to use this key"),
+        message: format!(
+            "origin `{}` is not allowed to use this key",
+            origin.chars().take(100).collect::<String>()
+        ),
     }
 }
 
