@@ -194,7 +194,7 @@ async fn a_cache_hit_costs_two_round_trips_and_no_statement_and_a_sync_retires_i
     let (status, cache, second) = read(&app, secret, "view=overview").await;
     assert_eq!((status, cache.as_str()), (200, "hit"));
     assert_eq!(second, first);
-    // Admission (the read is limited and logged), then the cache.
+    // Admission (the read is limited and logged) and the cache, side by side.
     assert_eq!(app.state.upstash.round_trips() - trips, 2);
     assert_eq!(app.state.db.statements() - statements, 0);
 

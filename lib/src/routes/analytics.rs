@@ -73,7 +73,17 @@ async fn answer(
         upload: None,
         latency: started.elapsed(),
     };
-    match admission::admit(state, &admission).await {
+    // Where this instance knows the key's id, the cache is read beside
+    // admission, so that a hit waits for one round trip, not two; what it
+    // read is used only if admission lets the request through.
+    let (decision, prefetched) = match &query {
+        Ok(parsed) => tokio::join!(
+            admission::admit(state, &admission),
+            analytics::prefetch(state, &key, parsed)
+        ),
+        Err(_) => (admission::admit(state, &admission).await, None),
+    };
+    match decision {
         Ok(Decision::Admitted { rate: limits, .. }) => *rate = limits,
         Ok(Decision::Refused {
             error,
@@ -93,5 +103,5 @@ async fn answer(
         }
     }
     let query = query?;
-    analytics::read(state, &key, client_ip.as_deref(), &query).await
+    analytics::read(state, &key, client_ip.as_deref(), &query, prefetched).await
 }
