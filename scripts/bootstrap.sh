@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools that `make dev` and `make test` need, when missing.
 #
-#   scripts/bootstrap.sh [redis] [postgres] [node] [chromium] [wrk] [python] [s3]
+#   scripts/bootstrap.sh [redis] [postgres] [node] [chromium] [wrk] [python] [s3] [fuzz]
 #
 # With no arguments, checks all of them. Idempotent, and quick when everything is
 # already there: the package index is only refreshed when something must be
@@ -20,6 +20,10 @@
 # (presigned URLs included: signed headers and expiry), which the upload tests
 # (tests/s3.rs) PUT presigned URLs to. It comes from crates.io, built with the
 # machine's cargo into .tollgate/s3s-fs at a pinned version, on any system.
+# `fuzz` means cargo-fuzz, the cargo subcommand that builds and runs the
+# libFuzzer targets in fuzz/ (bench/run.sh runs them). It too comes from
+# crates.io, built with the machine's cargo at a pinned version, into cargo's
+# own bin directory (where `cargo fuzz` finds it) when it is not there.
 #
 # It only installs packages. The private Redis and PostgreSQL instances that tollgate
 # runs live under .tollgate/ on their own ports (see cli/src/services.rs), so any
@@ -32,17 +36,17 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 . "$root/scripts/env.sh"
 
 usage() {
-  echo "usage: $0 [redis] [postgres] [node] [chromium] [wrk] [python] [s3]" >&2
+  echo "usage: $0 [redis] [postgres] [node] [chromium] [wrk] [python] [s3] [fuzz]" >&2
   exit 2
 }
 
 wanted=("$@")
 if [ ${#wanted[@]} -eq 0 ]; then
-  wanted=(redis postgres node chromium wrk python s3)
+  wanted=(redis postgres node chromium wrk python s3 fuzz)
 fi
 for tool in "${wanted[@]}"; do
   case "$tool" in
-    redis | postgres | node | chromium | wrk | python | s3) ;;
+    redis | postgres | node | chromium | wrk | python | s3 | fuzz) ;;
     *) usage ;;
   esac
 done
@@ -63,6 +67,9 @@ private_node="$root/.tollgate/node"
 # rust-version (1.92) the project's toolchain meets; 0.15 and later need 1.96.
 s3s_fs_version=0.14.1
 s3s_fs_root="$root/.tollgate/s3s-fs"
+
+# cargo-fuzz, pinned: 0.13.2 builds with --locked on the project's toolchain.
+cargo_fuzz_version=0.13.2
 
 # --- Is it already there? ------------------------------------------------------
 
@@ -126,6 +133,9 @@ has_s3() {
   [ "$("$s3s_fs_root/bin/s3s-fs" --version 2>/dev/null)" = "s3s-fs $s3s_fs_version" ]
 }
 
+# Any cargo-fuzz will do: the fuzz targets use none of its newer options.
+has_fuzz() { cargo fuzz --version >/dev/null 2>&1; }
+
 missing=()
 for tool in "${wanted[@]}"; do
   if ! "has_$tool"; then
@@ -179,6 +189,47 @@ if [[ " ${missing[*]} " == *" s3 "* ]]; then
   remaining=()
   for tool in "${missing[@]}"; do
     [ "$tool" = s3 ] || remaining+=("$tool")
+  done
+  [ ${#remaining[@]} -gt 0 ] || exit 0
+  missing=("${remaining[@]}")
+fi
+
+# --- cargo-fuzz -------------------------------------------------------------------
+
+# Builds cargo-fuzz $cargo_fuzz_version from crates.io with the lock file it was
+# published with, into cargo's bin directory. Like s3, it needs no root and no
+# system package.
+install_cargo_fuzz() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "bootstrap: fuzz needs cargo: install Rust with rustup (https://rustup.rs), then rerun." >&2
+    return 1
+  fi
+  mkdir -p "$root/.tollgate"
+  # One build at a time, as for s3.
+  if command -v flock >/dev/null 2>&1; then
+    exec 7>"$root/.tollgate/cargo-fuzz.lock"
+    flock 7
+  fi
+  if ! has_fuzz; then
+    echo "bootstrap: building cargo-fuzz $cargo_fuzz_version from crates.io (a few minutes, once)"
+    cargo install --quiet --locked --version "$cargo_fuzz_version" cargo-fuzz
+  fi
+  if command -v flock >/dev/null 2>&1; then
+    flock -u 7
+    exec 7>&-
+  fi
+}
+
+if [[ " ${missing[*]} " == *" fuzz "* ]]; then
+  install_cargo_fuzz
+  if ! has_fuzz; then
+    echo "bootstrap: installed cargo-fuzz $cargo_fuzz_version but \`cargo fuzz --version\` does not answer" >&2
+    exit 1
+  fi
+  echo "bootstrap: installed fuzz (cargo-fuzz $cargo_fuzz_version from crates.io)"
+  remaining=()
+  for tool in "${missing[@]}"; do
+    [ "$tool" = fuzz ] || remaining+=("$tool")
   done
   [ ${#remaining[@]} -gt 0 ] || exit 0
   missing=("${remaining[@]}")
