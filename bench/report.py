@@ -21,11 +21,99 @@ def machine():
     return f"{cores} cores ({cpu}), {kib / 1024 / 1024:.1f} GiB memory, {platform.system()} {platform.release()}"
 
 
+# The unknown-key figures of the main table: case, figure, target (None: none set).
+KEY_ROWS = [
+    ("unknown_repeated", "collect, one unknown `sk_` key again and again (req/s)", "≥ 1×"),
+    ("random_few_ips", "collect, a fresh unknown `sk_` key per request from 4 IPs past the failed-auth limit (req/s)",
+     "≥ 1×"),
+    ("random_fresh_ips", "collect, a fresh unknown `sk_` key per request, each from an IP of its own (req/s)", None),
+]
+
+KEY_CASES = [
+    ("valid", "a valid key"),
+    ("unknown_repeated", "one unknown key, again and again"),
+    ("random_few_ips", "a fresh unknown key each time, from 4 IPs past the limit"),
+    ("random_fresh_ips", "a fresh unknown key each time, each from an IP of its own"),
+]
+
+
+def unknown_keys_section(keys, unknown):
+    """What a request with an unknown key costs, against one with a valid key."""
+    valid = keys["valid"]["rps"]
+    out = ["## Unknown keys\n"]
+    out.append("The same collect request (one event, a secret key in `Authorization`) with a valid key and with "
+               "well-formed `sk_` keys that no one has, on a dev server of its own that reads the client IP from a "
+               "header wrk sets, as a proxy in front of a deployment would (`TOLLGATE_CLIENT_IP_HEADER`), with the "
+               f"default failed-authentication limit of {unknown['failed_auth_limit']} per IP and minute "
+               "(`TOLLGATE_FAILED_AUTH_LIMIT`). wrk counts the answers and the run fails on any it did not expect. "
+               "Upstash round trips and request bytes (paths and bodies) and Postgres statements are counted by "
+               f"the app's own clients over {unknown['requests']:,} requests per case through the collect handler "
+               f"in one process, after each case's warm-up; the body is {unknown['body_bytes']} bytes.\n")
+    out.append("| key | req/s | ratio to valid | answers | Upstash round trips per request | Upstash bytes per request "
+               "| Postgres statements per request |")
+    out.append("|---|---:|---:|---|---:|---:|---:|")
+    for case, label in KEY_CASES:
+        rps, statuses, cost = keys[case]["rps"], keys[case]["statuses"], unknown[case]
+        answers = ", ".join(f"{n:,} × {status}" for status, n in statuses.items() if n and status != "other")
+        out.append(f"| {label} | {rps:,.0f} | {rps / valid:.2f}× | {answers} | {cost['upstash_round_trips']:.2f} | "
+                   f"{cost['upstash_bytes']:,.0f} | {cost['postgres_statements']:.2f} |")
+    out.append("")
+    out.append("- One unknown key again and again is answered from the instance's memory of unknown keys (for a "
+               "minute, as long as Redis's cache entry): no round trip at all. The body is still decoded and its "
+               "events parsed first: collect checks a key's shape before the body, and whether it exists after, "
+               "with admission, so an unknown key's request costs what its body costs to read.")
+    out.append(f"- A fresh key from a client IP past the limit is refused by `resolve.lua` in one round trip, before "
+               f"any lookup, with a 429 until the IP's minute is over. Before that, each IP's first "
+               f"{unknown['failed_auth_limit']} failures were looked up; the 401s above are those, plus what 32 "
+               "connections had in flight while the last of them were counted (the run fails past "
+               "4 × limit + 32).")
+    out.append("- A fresh key from an IP of its own, as a guesser spread over many addresses would send, never meets "
+               "the per-IP limit: each costs the key cache lookup, the Postgres lookup and the write of the "
+               "\"unknown\" cache entry (`fill_key.lua`), which also counts the IP's failure. This is the "
+               "most an unknown key can cost.")
+    out.append("")
+    return out
+
+
+FUZZ_TARGETS = {
+    "decode_body": "`events::body::decode_body`: gzip by header or magic bytes, size and ratio caps",
+    "parse_batch": "`events::parse::parse_batch`, then the queue's form and back (`queued::encode`, `decode`)",
+    "upload_request": "`uploads::UploadRequest::parse`: file name, content type, size, provider, expiry",
+    "analytics_query": "`analytics::Query::parse`, then `Query::range` for three current days",
+}
+
+
+def fuzz_section(fuzz):
+    """The fuzz targets' bounded runs (fuzz/, bench/fuzz.sh)."""
+    out = ["## Fuzzing\n"]
+    if fuzz is None:
+        out.append("Not run in this mode: `bench/run.sh --quick --fuzz` runs every target for 10 s, the full run "
+                   "for 60 s.\n")
+        return out
+    out.append("Each target in `fuzz/` ran for a bounded time under `cargo fuzz` (libFuzzer, coverage-guided, "
+               f"sanitizer: {fuzz['sanitizer']}) on the stable toolchain with `RUSTC_BOOTSTRAP=1`, starting from "
+               "the seeds in `fuzz/corpus/<target>/` and what earlier runs on this machine kept "
+               "(`.tollgate/fuzz/corpus/`). Each asserts that the function never panics and an invariant of what "
+               "it accepts (`fuzz/README.md`). Building the targets took "
+               f"{fuzz['build_seconds']} s in this run.\n")
+    out.append("| target | what it calls | time (s) | executions | executions/s | coverage (edges) | corpus | crashes |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for run in fuzz["runs"]:
+        crashes = f"**{run['crashes']}** (`{run['artifact']}`)" if run["crashes"] else "0"
+        num = lambda v: "–" if v is None else f"{v:,}"
+        out.append(f"| {run['target']} | {FUZZ_TARGETS.get(run['target'], '')} | {num(run['seconds'])} | "
+                   f"{num(run['runs'])} | {num(run['execs_per_sec'])} | {num(run['coverage'])} | "
+                   f"{num(run['corpus'])} | {crashes} |")
+    out.append("")
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser()
     for name in ["mode", "seconds", "lpush", "null", "single", "batch", "drain", "redis", "postgres", "command",
                  "evalsha", "signed", "peer", "sync", "limiter-bytes", "quota-bytes",
-                 "analytics", "hit", "miss", "hit-p50", "miss-p50", "latency", "payload"]:
+                 "analytics", "hit", "miss", "hit-p50", "miss-p50", "latency", "payload",
+                 "keys", "unknown", "fuzz"]:
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--keep-soak-from", default=None)
     args = parser.parse_args()
@@ -36,6 +124,8 @@ def main():
     analytics, hit, miss = json.loads(args.analytics), float(args.hit), float(args.miss)
     latency, payload = json.loads(args.latency), json.loads(args.payload)
     rtt = latency["rtt"]["p50_ms"]
+    keys, unknown, fuzz = json.loads(args.keys), json.loads(args.unknown), json.loads(args.fuzz)
+    valid_rps = keys["valid"]["rps"]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
     rows = [
@@ -63,6 +153,10 @@ def main():
         (f"sync-metrics, {sync['counters']:,} counters of {sync['keys']:,} keys (s)", sync["seconds"], "target (s)", 10,
          sync["seconds"] / 10, "under 10 s", sync["seconds"] < 10),
     ]
+    for case, figure, target in KEY_ROWS:
+        ratio = keys[case]["rps"] / valid_rps
+        rows.append((figure, keys[case]["rps"], "the same request with a valid `sk_` key (req/s)", valid_rps, ratio,
+                     target or "none set (see below)", ratio >= 1 if target else None))
     for route, name in [("collect", "collect"), ("signed", "signed-url")]:
         ours, theirs = latency[route]["p50_ms"], latency[f"peer_{route}"]["p50_ms"]
         rows.append((f"{name} p50 at 1 ms each way (ms)", ours, "one Upstash round trip, p50 of PING (ms) + 1.5 ms",
@@ -104,6 +198,7 @@ def main():
         out.append(f"| {name} | {ours['p50_ms']:.2f} | {ours['p99_ms']:.2f} | {theirs['p50_ms']:.2f} | {theirs['p99_ms']:.2f} |")
     out.append(f"| one Upstash round trip (PING) | {rtt:.2f} | {latency['rtt']['p99_ms']:.2f} | | |")
     out.append("")
+    out.extend(unknown_keys_section(keys, unknown))
     out.append("## Details\n")
     out.append(f"- The drain stored {drain['events']:,} events in {drain['drain_seconds']:.1f} s with "
                f"{drain['drain_batches']} batches and {drain['drain_statements']} Postgres statements "
@@ -175,6 +270,7 @@ def main():
                "HyperLogLog of visitors) maintained by the drain in the same transaction as its insert, so the view "
                "reads at most a few rows per day.")
     out.append("")
+    out.extend(fuzz_section(fuzz))
     # The soak test's summary (bench/soak.sh) is kept from the existing file.
     try:
         old = open(args.keep_soak_from).read() if args.keep_soak_from else ""

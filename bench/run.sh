@@ -5,6 +5,9 @@
 #   bench/run.sh --quick         smaller sizes (about 3 minutes after the build)
 #   bench/run.sh --out FILE      write the report to FILE, not BENCHMARKS.md
 #                                (make test runs --quick --out target/bench/...)
+#   bench/run.sh --fuzz          also fuzz in --quick mode (10 s per target);
+#                                the full run fuzzes 60 s per target anyway
+#   bench/run.sh --no-fuzz       skip the fuzz targets in the full run
 #
 # Every figure is measured against its baseline in the same run, on the same
 # machine, and reported as a ratio: absolute numbers on a shared 2-core box
@@ -15,24 +18,42 @@ cd "$(dirname "$0")/.."
 
 quick=0
 out=BENCHMARKS.md
+fuzz=default
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --out) out=$2; shift ;;
-    *) echo "usage: $0 [--quick] [--out FILE]" >&2; exit 2 ;;
+    --fuzz) fuzz=1 ;;
+    --no-fuzz) fuzz=0 ;;
+    *) echo "usage: $0 [--quick] [--out FILE] [--fuzz | --no-fuzz]" >&2; exit 2 ;;
   esac
   shift
 done
 if [ $quick = 1 ]; then
   seconds=5; latency_requests=200; drain_events=100000; sync_keys=2000; analytics_keys=1000; analytics_events=100000; mode=quick
+  # make test runs --quick: it gets the unknown-key figures in brief, and
+  # no fuzzing unless asked (building the targets alone takes minutes).
+  keys_seconds=2; keys_requests=40; fuzz_seconds=10
+  [ $fuzz != default ] || fuzz=0
 else
   seconds=15; latency_requests=1000; drain_events=1000000; sync_keys=10000; analytics_keys=10000; analytics_events=1000000; mode=full
+  keys_seconds=15; keys_requests=400; fuzz_seconds=60
+  [ $fuzz != default ] || fuzz=1
 fi
+# Failed authentications a client IP may make per minute before it is cut
+# off: the default, set here because the unknown-key figures depend on it.
+failed_auth_limit=30
 
-scripts/bootstrap.sh redis postgres node wrk python
+scripts/bootstrap.sh redis postgres node wrk python $([ $fuzz = 0 ] || echo fuzz)
 # shellcheck source=scripts/env.sh
 . scripts/env.sh
 cargo build --release --locked -p tollgate-cli -p tollgate-bench
+if [ $fuzz = 1 ]; then
+  echo "==> building the fuzz targets (fuzz/, its own target directory)"
+  fuzz_build_started=$(date +%s)
+  bench/fuzz.sh --build
+  fuzz_build_seconds=$(($(date +%s) - fuzz_build_started))
+fi
 tollgate=target/release/tollgate
 
 dir=.tollgate/bench
@@ -142,6 +163,69 @@ limiter_bytes=$(redis-cli -p $redis_port MEMORY USAGE "tg:rl:key:$key_id")
 quota_bytes=$(redis-cli -p $redis_port MEMORY USAGE "tg:q:$key_id")
 echo "    limiter state $limiter_bytes bytes, quota counters $quota_bytes bytes per key"
 
+echo "==> unknown keys against a valid one: collect with sk_ keys (${keys_seconds}s each)"
+# The same request (one event, a secret key in Authorization) with a valid
+# key; with one unknown key over and over (the instance remembers it: no
+# round trip); and with a fresh unknown key every time, from an IP of its
+# own each (no IP reaches the limit, so every key is looked up, in Redis
+# and then Postgres, as a distributed guesser's would be) and from four IPs
+# (cut off at the limit, before any lookup). wrk stands in for a proxy in
+# front of the deployment that names the client in a header of its own
+# (TOLLGATE_CLIENT_IP_HEADER), so that its requests can come from many
+# clients over one loopback address; a dev server of its own takes that
+# header, since the one above takes the peer's address, as Vercel's edge
+# gives it. Each run checks the statuses it got.
+keys_dev_port=13002
+CRON_SECRET="$cron_secret" UPSTASH_REDIS_REST_TOKEN="$token" RUST_LOG=warn \
+  TOLLGATE_QUEUE_MAX_BYTES=16GiB TOLLGATE_CLIENT_IP_HEADER=x-bench-client-ip \
+  TOLLGATE_FAILED_AUTH_LIMIT=$failed_auth_limit \
+  "$tollgate" dev --port $keys_dev_port --upstash-port 18083 --no-crons >"$work/dev-keys.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 200); do
+  curl -sf "http://127.0.0.1:$keys_dev_port/api/health" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -sf "http://127.0.0.1:$keys_dev_port/api/health" >/dev/null || { cat "$work/dev-keys.log"; exit 1; }
+unknown_sk="sk_$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
+# Once, so that the dev server's memory of unknown keys holds it.
+curl -s -o /dev/null -H "Authorization: Bearer $unknown_sk" -H "X-Bench-Client-IP: 203.0.113.1" \
+  -d @"$work/single.json" "http://127.0.0.1:$keys_dev_port/api/collect"
+# Requests per second and answers by status of one run: load_keys CASE KEY IPS TOKEN
+load_keys() {
+  local name=$1 out="$work/keys-$1.wrk"
+  BODY_FILE="$work/single.json" KEY=$2 IPS=$3 TOKEN=$4 wrk -t1 -c32 -d"${keys_seconds}s" -s bench/wrk/keys.lua \
+    "http://127.0.0.1:$keys_dev_port/api/collect" >"$out"
+  python3 - "$name" "$out" "$failed_auth_limit" <<'PY' || { cat "$out" >&2; exit 1; }
+import json, re, sys
+name, text, limit = sys.argv[1], open(sys.argv[2]).read(), int(sys.argv[3])
+get = lambda key: float(re.search(rf"^{key}:\s*([\d.]+)", text, re.M).group(1))
+statuses = {s: int(get(f"status_{s}")) for s in ("202", "401", "429", "other")}
+assert get("socket_errors") == 0, f"{name}: socket errors"
+assert statuses["other"] == 0, f"{name}: {statuses}"
+if name == "valid":
+    assert statuses["401"] == statuses["429"] == 0, f"{name}: {statuses}"
+elif name == "random_few_ips":
+    # Before the cut-off: the limit per IP, plus what 32 connections had in
+    # flight while the last failures were being counted.
+    assert statuses["202"] == 0 and statuses["401"] <= 4 * limit + 32, f"{name}: {statuses}"
+else:
+    assert statuses["202"] == statuses["429"] == 0, f"{name}: {statuses}"
+print(json.dumps({"rps": get("Requests/sec"), "statuses": statuses}))
+PY
+}
+keys_valid=$(load_keys valid fixed few "$sk")
+keys_unknown=$(load_keys unknown_repeated fixed few "$unknown_sk")
+keys_fresh=$(load_keys random_fresh_ips random fresh "")
+keys_few=$(load_keys random_few_ips random few "")
+keys_json="{\"valid\": $keys_valid, \"unknown_repeated\": $keys_unknown, \"random_fresh_ips\": $keys_fresh, \"random_few_ips\": $keys_few}"
+echo "    $keys_json"
+# What each costs the deployment per request, counted by the app's own
+# clients in one process (exact, where wrk's figures are rates).
+unknown_json=$(UPSTASH_REDIS_REST_URL="http://127.0.0.1:$upstash_port" UPSTASH_REDIS_REST_TOKEN="$token" \
+  CRON_SECRET="$cron_secret" target/release/tollgate-bench unknown-keys --requests "$keys_requests" \
+  --failed-auth-limit "$failed_auth_limit" --body "$work/single.json")
+echo "    $unknown_json"
+
 echo "==> analytics: seeding $analytics_keys keys of usage and $analytics_events events"
 analytics_json=$(target/release/tollgate-bench analytics --keys "$analytics_keys" --events "$analytics_events" \
   --key-id "$key_id")
@@ -229,6 +313,14 @@ sync_json=$(UPSTASH_REDIS_REST_URL="http://127.0.0.1:$upstash_port" UPSTASH_REDI
   CRON_SECRET="$cron_secret" target/release/tollgate-bench sync --keys "$sync_keys")
 echo "    $sync_json"
 
+fuzz_json=null
+if [ $fuzz = 1 ]; then
+  echo "==> fuzz: every target for ${fuzz_seconds}s"
+  fuzz_json=$(bench/fuzz.sh "$fuzz_seconds")
+  fuzz_json="{\"build_seconds\": $fuzz_build_seconds, \"sanitizer\": \"${FUZZ_SANITIZER:-address}\", \"runs\": $fuzz_json}"
+  echo "    $fuzz_json"
+fi
+
 redis_version=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
 postgres_version=$(psql "$DATABASE_URL" -Atc 'SHOW server_version' 2>/dev/null || echo unknown)
 python3 bench/report.py \
@@ -237,6 +329,7 @@ python3 bench/report.py \
   --drain "$drain_json" --latency "$latency_json" --payload "$payload_json" \
   --evalsha "$evalsha" --signed "$signed" --peer "$peer" --sync "$sync_json" \
   --limiter-bytes "$limiter_bytes" --quota-bytes "$quota_bytes" \
+  --keys "$keys_json" --unknown "$unknown_json" --fuzz "$fuzz_json" \
   --analytics "$analytics_json" --hit "$hit_rps" --miss "$miss_rps" --hit-p50 "$hit_p50" --miss-p50 "$miss_p50" \
   --redis "$redis_version" --postgres "$postgres_version" \
   --command "bench/run.sh$([ $quick = 1 ] && echo " --quick")" \
@@ -244,3 +337,8 @@ python3 bench/report.py \
 mkdir -p "$(dirname "$out")"
 mv "$work/report.md" "$out"
 echo "==> $out written"
+# A crash a fuzz target found is in the report; the run fails all the same.
+if [ "$fuzz_json" != null ] && ! python3 -c 'import json, sys; sys.exit(any(r["crashes"] for r in json.loads(sys.argv[1])["runs"]))' "$fuzz_json"; then
+  echo "bench: a fuzz target crashed; see the fuzz section of $out and fuzz/artifacts/" >&2
+  exit 1
+fi

@@ -1,8 +1,10 @@
 //! Benchmark drivers that wrk cannot be: filling the event queue directly,
-//! and timing the drain against a plain `COPY` of the same rows into the
-//! same tables. `bench/run.sh` calls them; each prints one JSON line.
+//! timing the drain against a plain `COPY` of the same rows into the same
+//! tables, and counting what requests with unknown keys cost.
+//! `bench/run.sh` calls them; each prints one JSON line.
 
 mod soak;
+mod unknown_keys;
 
 use std::{
     path::PathBuf,
@@ -114,6 +116,22 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         requests: usize,
     },
+    /// Sends collect requests with a valid key and with unknown ones
+    /// through the collect handler, and prints what each costs in Upstash
+    /// round trips and bytes and in Postgres statements (unknown_keys.rs).
+    UnknownKeys {
+        /// Measured requests per case, after each case's warm-up.
+        #[arg(long, default_value_t = 200)]
+        requests: u64,
+        /// The app's `TOLLGATE_FAILED_AUTH_LIMIT`, to reach in the cut-off case.
+        #[arg(long, default_value_t = 30)]
+        failed_auth_limit: u32,
+        /// The request body.
+        #[arg(long)]
+        body: PathBuf,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
     /// Seeds usage rows for many keys and events, a tenth of them the given
     /// key's, into the app's database, then times each analytics view's
     /// statement (p50) for that key and for typical keys.
@@ -164,6 +182,12 @@ async fn main() -> anyhow::Result<()> {
             redis_url,
             database_url,
         } => payload(&redis_url, &database_url).await,
+        Command::UnknownKeys {
+            requests,
+            failed_auth_limit,
+            body,
+            database_url,
+        } => unknown_keys::run(requests, failed_auth_limit, &body, &database_url).await,
         Command::Soak {
             seconds,
             clients,
