@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs tollgate's benchmarks on loopback and rewrites BENCHMARKS.md.
 #
-#   bench/run.sh                 the full run (about 12 minutes on 2 cores)
+#   bench/run.sh                 the full run (about 11 minutes on 2 cores, 5 of
+#                                them unknown keys and fuzzing; the first also
+#                                builds the fuzz targets, about 10 minutes)
 #   bench/run.sh --quick         smaller sizes (about 3 minutes after the build)
 #   bench/run.sh --out FILE      write the report to FILE, not BENCHMARKS.md
 #                                (make test runs --quick --out target/bench/...)
