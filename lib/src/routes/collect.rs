@@ -125,6 +125,13 @@ async fn accept(
         Err(KeyRejection::Missing(_)) => None,
         Err(rejection) => return Err(rejection.into()),
     };
+    // A key this instance found unknown a moment ago costs no body either.
+    if header_key
+        .as_ref()
+        .is_some_and(|key| state.key_ids.is_unknown(&key.cache_id()))
+    {
+        return Err(KeyRejection::Unknown.into());
+    }
     let headers = request.headers();
     let limits = Limits {
         max_age: state.config.pipeline.event_max_age,
