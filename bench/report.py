@@ -59,10 +59,9 @@ def unknown_keys_section(keys, unknown):
                    f"{cost['upstash_bytes']:,.0f} | {cost['postgres_statements']:.2f} |")
     out.append("")
     out.append("- One unknown key again and again is answered from the instance's memory of unknown keys (for a "
-               "minute, as long as Redis's cache entry): no round trip at all. The body is still decoded and its "
-               "events parsed first: collect checks a key's shape before the body, and whether it exists after, "
-               "with admission, so an unknown key's request costs what its body costs to read.")
-    out.append(f"- A fresh key from a client IP past the limit is refused by `resolve.lua` in one round trip, before "
+               "minute, as long as Redis's cache entry): no round trip at all, and (since 0462c30, after this "
+               "figure's run at 016f683) no decoding of its body either.")
+    out.append(f"- A fresh key from a client IP past the limit is refused on admission's first round trip (a pipeline of reads), before "
                f"any lookup, with a 429 until the IP's minute is over. Before that, each IP's first "
                f"{unknown['failed_auth_limit']} failures were looked up; the 401s above are those, plus what 32 "
                "connections had in flight while the last of them were counted (the run fails past "
@@ -147,7 +146,7 @@ def main():
          evalsha, signed / evalsha, "≥ 0.5×", signed / evalsha >= 0.5),
         ("collect through admission (req/s)", single, "bare EVALSHA (req/s)", evalsha, single / evalsha, "≥ 0.5×",
          single / evalsha >= 0.5),
-        ("analytics, cache hit (req/s)", hit, "bare EVALSHA (req/s): a hit is one Upstash round trip", evalsha,
+        ("analytics, cache hit (req/s)", hit, "bare EVALSHA (req/s): a hit is two Upstash calls side by side (admission and the cache)", evalsha,
          hit / evalsha, "none set (two hops, as collect)", None),
         ("analytics, cache miss (req/s)", miss, "analytics, cache hit (req/s)", hit, miss / hit,
          "none set (for scale)", None),
@@ -251,10 +250,12 @@ def main():
                "(wrk → Upstash server → Redis); a metered route is two (wrk → function → Upstash server → Redis), and in "
                "`tollgate dev` both servers run in one process on the same two cores as wrk and Redis, so even a free "
                "handler would land near 0.5×; the null route measures that directly.")
-    out.append("- **Batches of 50 against single events (target ≥ 20×).** The events now travel unescaped and queue in "
-               "a compact form (the byte ratios above), but a batch still carries 50 events through JSON parsing, "
-               "validation and the queued form's encoding, each a copy. Next: encode the queued form straight from "
-               "the parsed values without cloning each event, and parse without the intermediate `serde_json::Value`.")
+    if batch * 50 / single < 20:
+        out.append("- **Batches of 50 against single events (target ≥ 20×).** The events now travel unescaped and queue "
+                   "in a compact form (the byte ratios above), but a batch still carries 50 events through JSON "
+                   "parsing, validation and the queued form's encoding, each a copy. Next: encode the queued form "
+                   "straight from the parsed values without cloning each event, and parse without the intermediate "
+                   "`serde_json::Value`.")
     absolute = "met" if drain["drain_events_per_second"] >= 30000 else \
         f"not met on this host, where COPY itself loads {drain['copy_events_per_second']:,.0f} events/s"
     out.append(f"- **The drain against COPY (target ≥ 0.6×; ≥ 30,000 events/s is {absolute}).** The drain's statement is "
