@@ -419,11 +419,18 @@ async fn analytics_reads_are_rate_limited_refused_while_banned_and_logged_but_sp
         (429, Some("rate_limited"))
     );
 
-    // The daily quota of one is still there for the metered route.
-    app.state
-        .advance_redis_time(std::time::Duration::from_secs(60));
+    // Reads have a limiter of their own: the metered route's minute and
+    // its daily quota of one are untouched.
     let event = json!({"type": "server", "name": "signup"});
     assert_eq!(app.collect(key.secret.expose(), &event).await.status(), 202);
+    // And a dashboard polling far past its limit gets no ban.
+    for _ in 0..20 {
+        assert_eq!(read().await.0, 429);
+    }
+    let bans: Vec<String> = app
+        .redis(tollgate::upstash::Command::new("KEYS").arg(app.key("ban:*")))
+        .await;
+    assert!(bans.is_empty(), "{bans:?}");
 
     // A banned key reads nothing.
     let change = admin::add_ban(
@@ -468,7 +475,7 @@ async fn analytics_reads_are_rate_limited_refused_while_banned_and_logged_but_sp
         refused,
         vec![
             ("analytics".into(), "banned".into(), 1),
-            ("analytics".into(), "rate_limited".into(), 1)
+            ("analytics".into(), "rate_limited".into(), 21)
         ]
     );
     let usage: (i64, i64) =
@@ -581,4 +588,48 @@ async fn the_drain_deletes_log_rows_past_the_log_retention() {
             .unwrap();
         assert_eq!(left, 2, "{table} keeps the rows of the last 30 days");
     }
+}
+
+#[tokio::test]
+async fn a_key_the_cache_holds_is_answered_whatever_its_neighbours_failed() {
+    let app = spawn_app_with(TestOptions {
+        env: vec![("TOLLGATE_FAILED_AUTH_LIMIT", "2".into())],
+        ..TestOptions::default()
+    })
+    .await;
+    let key = app.create_key().await;
+    let body = batch(1);
+    // The key's cache entry is filled, then its IP (a carrier's NAT, say)
+    // reaches the limit with other people's guesses.
+    assert_eq!(
+        collect_from(&app, &key.publishable, "198.51.100.80", &body)
+            .await
+            .0,
+        202
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            collect_from(&app, &unknown_secret(), "198.51.100.80", &body)
+                .await
+                .0,
+            401
+        );
+    }
+    assert_eq!(
+        collect_from(&app, &unknown_secret(), "198.51.100.80", &body)
+            .await
+            .0,
+        429
+    );
+    // A fresh instance, which does not know the key, still admits it: the
+    // limit refuses lookups, not keys the cache holds.
+    let other = tollgate::state::AppState::new((*app.state.config).clone()).unwrap();
+    let presented = apikeys::PresentedKey::parse(&key.publishable).unwrap();
+    let resolved = tollgate::admission::resolve(&other, &presented, Some("198.51.100.80"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(resolved, tollgate::admission::Resolved::Id(id) if id == key.id),
+        "a cached, active key was refused"
+    );
 }

@@ -298,6 +298,7 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
             ip,
             salt_day,
             shard,
+            metered: request.metered,
         }
         .names(&state.keys);
         script.key_id = key_id;
@@ -395,34 +396,39 @@ pub async fn resolve(
             .context("reading the key cache")
     };
     let (cached, loaded, generation) = (next()?, next()?, next()?);
-    if client_ip.is_some() {
-        let (failures, pttl) = (next()?, next()?);
-        let failures: u64 = failures.as_str().and_then(|n| n.parse().ok()).unwrap_or(0);
-        if failures >= u64::from(state.config.admission.failed_auth_limit) {
-            let pttl = match pttl {
-                Reply::Int(ms) => ms.max(1_000) as u64,
-                _ => 60_000,
-            };
-            return Ok(Resolved::Refused(
-                KeyRejection::TooManyFailures {
-                    retry_after: Duration::from_millis(pttl),
-                }
-                .into(),
-            ));
-        }
-    }
-    let cached = match cached.as_str() {
-        Some(json) => serde_json::from_str::<apikeys::CachedKey>(json).ok(),
-        None => {
-            let generation = generation.as_str().map(str::to_owned).unwrap_or_default();
-            let loaded = matches!(loaded, Reply::Int(1));
-            Some(refill(state, key, loaded, Some(generation), client_ip).await?)
-        }
+    let failures = match client_ip {
+        Some(_) => Some((next()?, next()?)),
+        None => None,
     };
+    let cached = cached
+        .as_str()
+        .and_then(|json| serde_json::from_str::<apikeys::CachedKey>(json).ok());
     let cached = match cached {
         Some(cached) => cached,
-        // An entry that does not read is refilled, as a missing one is.
-        None => refill(state, key, false, None, client_ip).await?,
+        // Missing (or unreadable): a Postgres lookup, unless the client IP
+        // has failed too often this minute. Only lookups are refused so: a
+        // key the cache holds is answered whatever its neighbours behind
+        // the same address tried.
+        None => {
+            if let Some((failures, pttl)) = failures {
+                let failures: u64 = failures.as_str().and_then(|n| n.parse().ok()).unwrap_or(0);
+                if failures >= u64::from(state.config.admission.failed_auth_limit) {
+                    let pttl = match pttl {
+                        Reply::Int(ms) => ms.max(1_000) as u64,
+                        _ => 60_000,
+                    };
+                    return Ok(Resolved::Refused(
+                        KeyRejection::TooManyFailures {
+                            retry_after: Duration::from_millis(pttl),
+                        }
+                        .into(),
+                    ));
+                }
+            }
+            let generation = generation.as_str().map(str::to_owned).unwrap_or_default();
+            let loaded = matches!(loaded, Reply::Int(1));
+            refill(state, key, loaded, Some(generation), client_ip).await?
+        }
     };
     Ok(match auth::require_active(&cached) {
         Ok(id) => {
@@ -443,7 +449,7 @@ pub async fn resolve(
 /// admitted past a ban; a refill is where a flush first shows. `bans_loaded`
 /// says whether the caller has just seen them loaded; `generation` is the
 /// entry's generation if the caller has just read it.
-async fn refill(
+pub(crate) async fn refill(
     state: &AppState,
     key: &PresentedKey,
     bans_loaded: bool,
@@ -488,6 +494,9 @@ struct ScriptKeys<'a> {
     salt_day: chrono::NaiveDate,
     /// The queue shard drawn for the request.
     shard: u16,
+    /// Whether the request is usage; analytics reads have a limiter of
+    /// their own.
+    metered: bool,
 }
 
 impl ScriptKeys<'_> {
@@ -497,7 +506,11 @@ impl ScriptKeys<'_> {
         let mut names = vec![
             keys.key_cache(self.cache),
             keys.admission_memo(self.request_id),
-            keys.key_rate(self.key_id),
+            if self.metered {
+                keys.key_rate(self.key_id)
+            } else {
+                keys.key_read_rate(self.key_id)
+            },
             keys.quota(self.key_id),
             keys.metrics(self.key_id),
             keys.ban(&key),

@@ -140,11 +140,14 @@ async fn drain_batches(
             tracing::info!(?dropped, %cutoff, "dropped event partitions past retention");
         }
     }
+    // Best effort: a retention that fails (a lock, a timeout) is tried
+    // again next run and never holds the events back.
     if let Some(retention) = config.log_retention {
         let cutoff = now - chrono::Duration::from_std(retention)?;
-        let deleted = crate::logs::delete_before(db, cutoff).await?;
-        if deleted > 0 {
-            tracing::info!(deleted, %cutoff, "deleted log rows past retention");
+        match crate::logs::delete_before(db, cutoff).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, %cutoff, "deleted log rows past retention"),
+            Err(error) => tracing::warn!(error = ?error, "log retention failed; draining on"),
         }
     }
 

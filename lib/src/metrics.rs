@@ -282,14 +282,15 @@ pub(crate) fn parse_batch(fields: &[Reply]) -> anyhow::Result<BTreeMap<(Uuid, Na
             other => {
                 if let Some(refusal) = other.strip_prefix("rf:") {
                     let mut parts = refusal.splitn(3, ':');
-                    let (Some(minute), Some(route), Some(code)) =
-                        (parts.next(), parts.next(), parts.next())
-                    else {
-                        anyhow::bail!("a malformed refusal counter `{other}`");
+                    let (Some(Ok(minute)), Some(route), Some(code)) = (
+                        parts.next().map(str::parse::<i64>),
+                        parts.next(),
+                        parts.next(),
+                    ) else {
+                        // As an unknown counter: skipped, never blocking the batch.
+                        tracing::warn!(counter = other, "malformed refusal counter; skipped");
+                        continue;
                     };
-                    let minute: i64 = minute
-                        .parse()
-                        .with_context(|| format!("the minute of `{other}`"))?;
                     *entry
                         .refusals
                         .entry((minute, route.to_owned(), code.to_owned()))

@@ -15,7 +15,7 @@
 //! | `keygen:<sha256 hex>` | string (integer) | the CLI and the keys API (`admin.rs`) | 1 day | the generation of a key cache entry, bumped by every change to the key; a refill writes only under the generation it read before its lookup (`fill_key.lua`) |
 //! | `authfail:ip:<ip>` | string (integer) | fill_key.lua | 1 min from the first failure | failed authentications (lookups that found no active key) of a client IP; at `TOLLGATE_FAILED_AUTH_LIMIT` its requests for keys the instance does not know are refused before any lookup |
 //! | `adm:<request id>` | string (JSON) | admit.lua | the admission timeout plus `TOLLGATE_ADMISSION_RESOLVE` plus about 7 s | the verdict admit.lua counted, or `late` once a caller asking again settled the request as not run |
-//! | `rl:key:<key id>`, `rl:ip:<ip>` | string | admit.lua | until the limiter is full again | GCRA state: the theoretical arrival time, ms |
+//! | `rl:key:<key id>`, `rl:read:<key id>`, `rl:ip:<ip>` | string | admit.lua | until the limiter is full again | GCRA state: the theoretical arrival time, ms (`rl:read:` limits a key's analytics reads apart from its metered requests) |
 //! | `q:<key id>` | hash | admit.lua | 32 days | quota use: `d` (the key's day), `du` (used that day), `m` (its month), `mu` |
 //! | `mx:<key id>` | hash | admit.lua | none (moved by the sync) | write-behind usage counters, fields `<yyyy-mm-dd>\|<counter>`: `req`, `ok`, `fail`, `files`, `bytes`, `last`, `p:<provider>:n`, `:b`, `:last`, `ft:<content type>` |
 //! | `mx:pend:<key id>` | hash | snapshot.lua, batch_done.lua | none | counters taken into a sync batch, fields `<batch id>\|<day>\|<counter>`, until the batch's commit is confirmed |
@@ -83,6 +83,13 @@ impl RedisKeys {
     /// The key's per-minute limiter.
     pub fn key_rate(&self, key_id: Uuid) -> String {
         format!("{}rl:key:{key_id}", self.prefix)
+    }
+
+    /// A key's limiter of analytics reads, apart from its metered traffic's,
+    /// so that a dashboard polling its numbers spends none of the budget
+    /// the key's product traffic lives on.
+    pub fn key_read_rate(&self, key_id: Uuid) -> String {
+        format!("{}rl:read:{key_id}", self.prefix)
     }
 
     /// The key's daily and monthly quota use.

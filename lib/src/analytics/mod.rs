@@ -175,7 +175,7 @@ pub async fn read(
             }
             Lookup::KeyNotCached if !refreshed => {
                 refreshed = true;
-                apikeys::refresh_cache(state, key, client_ip)
+                crate::admission::refill(state, key, false, None, client_ip)
                     .await
                     .map_err(unavailable)?;
                 continue;
@@ -321,7 +321,8 @@ async fn compute(state: &AppState, query: &Query, miss: &Miss) -> Result<Bytes, 
     let zone = apikeys::zone(&miss.timezone);
     let today = apikeys::key_day(state.clock.now(), zone);
     let range = query.range(today)?;
-    let scanned = lifetime(range, miss.created_ms, today, zone);
+    let max_age = state.config.pipeline.event_max_age;
+    let scanned = lifetime(range, miss.created_ms, today, zone, max_age);
     let params = params(miss.key_id, scanned, today, &miss.timezone, &miss.pending);
     let mut document = run(state, query.view(), &params).await?;
     let applied: Vec<String> = document
@@ -347,9 +348,20 @@ async fn compute(state: &AppState, query: &Query, miss: &Miss) -> Result<Bytes, 
     body(state, query, &params, document, &unsynced, range, true)
 }
 
+/// A read whose admission could not be decided (Upstash down or slow):
+/// answered from Postgres alone, after the key's checks there (active, not
+/// banned), never from anything read in Redis beside the failed admission.
+pub async fn read_unadmitted(
+    state: &AppState,
+    key: &PresentedKey,
+    query: &Query,
+) -> Result<Answer, ApiError> {
+    bypass(state, key, query).await
+}
+
 /// Redis is down, or the sync kept racing a miss: the key is checked in
-/// Postgres and the view computed from Postgres alone, without the unsynced
-/// counters, and not cached.
+/// Postgres (active, not banned) and the view computed from Postgres alone,
+/// without the unsynced counters, and not cached.
 async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<Answer, ApiError> {
     let cached = apikeys::lookup(&state.db, key, state.clock.now())
         .await
@@ -357,8 +369,16 @@ async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<A
     let key_id = auth::require_active(&cached)?;
     let zone = apikeys::zone(&cached.timezone);
     let today = apikeys::key_day(state.clock.now(), zone);
+    // Redis's bans cannot be asked; Postgres's can.
+    crate::fallback::check_limits_directly(state, key_id, None, today, None)
+        .await
+        .map_err(|refusal| match refusal {
+            crate::fallback::DirectRefusal::Refused(error) => error,
+            crate::fallback::DirectRefusal::Unavailable(error) => unavailable(error),
+        })?;
     let range = query.range(today)?;
-    let scanned = lifetime(range, cached.created_ms, today, zone);
+    let max_age = state.config.pipeline.event_max_age;
+    let scanned = lifetime(range, cached.created_ms, today, zone, max_age);
     let params = params(key_id, scanned, today, &cached.timezone, &[]);
     let document = run(state, query.view(), &params).await?;
     let body = body(
@@ -386,12 +406,17 @@ fn lifetime(
     created_ms: Option<i64>,
     today: NaiveDate,
     zone: chrono_tz::Tz,
+    max_age: Duration,
 ) -> Option<(NaiveDate, NaiveDate)> {
     let (start, end) = range?;
     let first = created_ms
         .and_then(chrono::DateTime::from_timestamp_millis)
         .map(|created| apikeys::key_day(created, zone));
-    let end = end.min(today);
+    // Events may be stamped up to `max_age` before they arrive (an app's
+    // offline queue, a backfill on a new key) and a day ahead of the key's
+    // today (clock skew), and are stored so.
+    let end = end.min(today + chrono::Duration::days(1));
+    let first = first.map(|first| first - chrono::Duration::from_std(max_age).unwrap_or_default());
     let start = first.map_or(start, |first| start.max(first)).min(end);
     Some((start, end))
 }

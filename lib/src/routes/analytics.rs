@@ -95,11 +95,13 @@ async fn answer(
         Ok(Decision::QueueFull) => {
             return Err(anyhow::anyhow!("admission answered queue_full for a read").into())
         }
-        // Upstash is down or slow: the read goes on, and answers from
-        // Postgres alone if Upstash stays unreachable (`X-Cache: bypass`).
-        // Reading one's own numbers spends nothing a limit protects.
+        // Upstash is down or slow: nothing read beside the admission is
+        // used. The view comes from Postgres alone (`X-Cache: bypass`),
+        // after the key's checks there: active, and not banned. Reading
+        // one's own numbers spends nothing a limit protects.
         Err(error) => {
-            tracing::warn!(error = ?error.error, "admission failed; reading analytics unlimited");
+            tracing::warn!(error = ?error.error, "admission failed; reading analytics from Postgres");
+            return analytics::read_unadmitted(state, &key, &query?).await;
         }
     }
     let query = query?;

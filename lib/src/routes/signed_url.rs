@@ -136,7 +136,16 @@ async fn sign(
         // queue-status reports it.
         Err(error) if state.config.admission.fails_open("signed-url") => {
             tracing::error!(error = ?error.error, "admission failed; signing without metering");
-            let key = apikeys::lookup(&state.db, &key, state.clock.now()).await?;
+            let postgres_down = |error: anyhow::Error| {
+                tracing::error!(error = ?error, "Postgres unavailable too; refusing the upload");
+                ApiError::Unavailable {
+                    message: "usage metering is unavailable; retry shortly".into(),
+                    retry_after: std::time::Duration::from_secs(5),
+                }
+            };
+            let key = apikeys::lookup(&state.db, &key, state.clock.now())
+                .await
+                .map_err(postgres_down)?;
             let key_id = auth::require_active(&key)?;
             let upload = parsed.as_ref().map_err(|e| ApiError::BadRequest {
                 code: e.code(),
@@ -148,7 +157,7 @@ async fn sign(
                 .await
                 .map_err(|refusal| match refusal {
                     fallback::DirectRefusal::Refused(error) => error,
-                    fallback::DirectRefusal::Unavailable(error) => ApiError::Unexpected(error),
+                    fallback::DirectRefusal::Unavailable(error) => postgres_down(error),
                 })?;
             let provider = fallback::check_upload(&key, upload, &configured, fallback)?;
             count_fail_open(state).await?;

@@ -12,7 +12,8 @@
 --
 -- KEYS[1]   the key cache entry of the presented key (JSON, see apikeys.rs)
 -- KEYS[2]   adm:<request id>        the remembered verdict
--- KEYS[3]   rl:key:<key id>         the key's limiter
+-- KEYS[3]   rl:key:<key id>         the key's limiter (rl:read:<key id>
+--                                   for analytics reads, which are not usage)
 -- KEYS[4]   q:<key id>              the key's quota use
 -- KEYS[5]   mx:<key id>             the key's unsynced counters
 -- KEYS[6]   ban:key:<key id>
@@ -315,7 +316,12 @@ end
 -- the client IP alone: no visitor can get the tenant's key banned.
 if not ok_rate or not ip_ok then
   local detail = ''
-  if key.kind == 'pk' then
+  -- Reads of one's own numbers are refused past the limit but never
+  -- escalate to a ban: a dashboard polling too often must not get its
+  -- tenant's key banned.
+  if not metered then
+    detail = ''
+  elseif key.kind == 'pk' then
     local ip_limit = (not ip_ok) and req.ip_limit or limit
     if violate('ip', ip_limit) ~= '' then detail = 'permanent-ip' end
   else
