@@ -640,9 +640,10 @@ struct Decided {
     provider: Option<String>,
 }
 
-/// Why the script refused a request.
+/// Why the script refused a request; the fallbacks refuse with the same
+/// answers (`fallback.rs`).
 #[derive(Debug, Clone, PartialEq)]
-enum Refusal {
+pub(crate) enum Refusal {
     InvalidKey,
     RevokedKey,
     OriginNotAllowed,
@@ -663,7 +664,7 @@ enum Refusal {
 
 /// Whom a refusal banned permanently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BannedFor {
+pub(crate) enum BannedFor {
     Key,
     Ip,
 }
@@ -771,6 +772,11 @@ impl Decided {
 }
 
 impl Refusal {
+    /// The refusal as the route answers it, for one with no limit to name.
+    pub(crate) fn into_error(self) -> ApiError {
+        self.into_error_with(0, Duration::ZERO)
+    }
+
     fn into_error_with(self, limit: u64, retry_after: Duration) -> ApiError {
         match self {
             Self::ContentTypeNotAllowed => ApiError::BadRequest {

@@ -10,30 +10,25 @@ use anyhow::Context as _;
 use uuid::Uuid;
 
 use crate::{
+    admission::Refusal,
     apikeys::{self, CachedKey},
     error::ApiError,
     state::AppState,
     uploads::{UploadRequest, DEFAULT_CONTENT_TYPES, DEFAULT_MAX_BYTES},
 };
 
-/// Why a direct check refused.
-pub enum DirectRefusal {
-    /// The request is refused, with this answer.
-    Refused(ApiError),
-    /// Postgres could not answer.
-    Unavailable(anyhow::Error),
-}
-
 /// The bans and quotas Postgres knows: a ban in force
 /// on the key or (for publishable keys) the client IP, and the key's use of
-/// its daily and monthly quotas as far as it is synced.
+/// its daily and monthly quotas as far as it is synced. `unavailable` turns
+/// Postgres's own failure into the route's answer.
 pub async fn check_limits_directly(
     state: &AppState,
     key_id: Uuid,
     ip: Option<&str>,
     day: chrono::NaiveDate,
     limits: Option<&apikeys::CachedLimits>,
-) -> Result<(), DirectRefusal> {
+    unavailable: impl FnOnce(anyhow::Error) -> ApiError,
+) -> Result<(), ApiError> {
     use sqlx::Row;
     let month_start = chrono::Datelike::with_day(&day, 1).unwrap_or(day);
     let row = state
@@ -55,21 +50,19 @@ pub async fn check_limits_directly(
         .fetch_one(state.db.pool())
         .await
         .context("checking the key's bans and quotas in Postgres")
-        .map_err(DirectRefusal::Unavailable)?;
+        .map_err(unavailable)?;
     let int = |name: &str| row.try_get::<i64, _>(name).unwrap_or(0).max(0) as u64;
     if row.try_get::<bool, _>("banned").unwrap_or(false) {
-        return Err(DirectRefusal::Refused(ApiError::Forbidden {
+        return Err(ApiError::Forbidden {
             code: "banned",
             message: "this key or client is banned".into(),
-        }));
+        });
     }
     let over = |limit: Option<u64>, used: u64| limit.is_some_and(|limit| used >= limit);
-    let quota = |code: &'static str, what: &str| {
-        DirectRefusal::Refused(ApiError::TooManyRequests {
-            code,
-            message: format!("the {what} quota of this key is used up"),
-            retry_after: Duration::from_secs(3_600),
-        })
+    let quota = |code: &'static str, what: &str| ApiError::TooManyRequests {
+        code,
+        message: format!("the {what} quota of this key is used up"),
+        retry_after: Duration::from_secs(3_600),
     };
     if over(limits.and_then(|l| l.day), int("day_used")) {
         return Err(quota("daily_quota_exceeded", "daily"));
@@ -96,16 +89,11 @@ pub fn check_upload(
         None => DEFAULT_CONTENT_TYPES.contains(&upload.content_type.as_str()),
     };
     if !allowed {
-        return Err(ApiError::BadRequest {
-            code: "content_type_not_allowed",
-            message: "`content_type` is not in this key's list of allowed types".into(),
-        });
+        return Err(Refusal::ContentTypeNotAllowed.into_error());
     }
     let max = policy.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
     if upload.size > max {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "`size` is over this key's limit of {max} bytes"
-        )));
+        return Err(Refusal::FileTooLarge(max.to_string()).into_error());
     }
     let provider = upload
         .provider
@@ -114,14 +102,6 @@ pub fn check_upload(
         .or(fallback.map(str::to_owned));
     match provider {
         Some(provider) if configured.get(provider.as_str()) == Some(&true) => Ok(provider),
-        provider => Err(ApiError::BadRequest {
-            code: "provider_not_configured",
-            message: match provider {
-                Some(provider) => {
-                    format!("`provider` `{provider}` is not configured on this deployment")
-                }
-                None => "no storage provider is configured (S3_* or BLOB_READ_WRITE_TOKEN)".into(),
-            },
-        }),
+        provider => Err(Refusal::ProviderNotConfigured(provider.unwrap_or_default()).into_error()),
     }
 }

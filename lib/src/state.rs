@@ -37,6 +37,12 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The client's IP, in canonical form, from the header the deployment
+    /// trusts (`TOLLGATE_CLIENT_IP_HEADER`, see `auth.rs`).
+    pub fn client_ip(&self, headers: &http::HeaderMap) -> Option<String> {
+        self.config.admission.client_ip.client_ip(headers)
+    }
+
     /// Builds the state from a validated configuration; connects lazily.
     pub fn new(config: Config) -> anyhow::Result<Self> {
         let upstash = Upstash::new(&config.upstash).context("building the Upstash client")?;

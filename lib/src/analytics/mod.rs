@@ -370,12 +370,7 @@ async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<A
     let zone = apikeys::zone(&cached.timezone);
     let today = apikeys::key_day(state.clock.now(), zone);
     // Redis's bans cannot be asked; Postgres's can.
-    crate::fallback::check_limits_directly(state, key_id, None, today, None)
-        .await
-        .map_err(|refusal| match refusal {
-            crate::fallback::DirectRefusal::Refused(error) => error,
-            crate::fallback::DirectRefusal::Unavailable(error) => unavailable(error),
-        })?;
+    crate::fallback::check_limits_directly(state, key_id, None, today, None, unavailable).await?;
     let range = query.range(today)?;
     let max_age = state.config.pipeline.event_max_age;
     let scanned = lifetime(range, cached.created_ms, today, zone, max_age);

@@ -55,11 +55,7 @@ async fn answer(
     let key = auth::authenticate(request, Accepts::SecretOnly)?;
     // A bad query is limited and logged too, then refused with its error.
     let query = Query::parse(request.uri().query());
-    let client_ip = state
-        .config
-        .admission
-        .client_ip
-        .client_ip(request.headers());
+    let client_ip = state.client_ip(request.headers());
     let admission = admission::Request {
         route: "analytics",
         key: &key,

@@ -202,7 +202,7 @@ async fn accept(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     // Hashed into the visitor id and limited for publishable keys; never stored.
-    let client_ip = state.config.admission.client_ip.client_ip(headers);
+    let client_ip = state.client_ip(headers);
     let submission = Submission {
         key: &key,
         origin,
@@ -351,12 +351,8 @@ async fn write_direct(
     // use of the quotas can: a banned key or client, or a key whose quota
     // Postgres already shows used up, gets no free pass from an outage.
     let ip = (key.kind == KeyKind::Pk).then_some(submission.ip);
-    fallback::check_limits_directly(state, api_key_id, ip, day, key.limits.as_ref())
-        .await
-        .map_err(|refusal| match refusal {
-            fallback::DirectRefusal::Refused(error) => error,
-            fallback::DirectRefusal::Unavailable(error) => unavailable(error),
-        })?;
+    fallback::check_limits_directly(state, api_key_id, ip, day, key.limits.as_ref(), unavailable)
+        .await?;
     let rows: Vec<StoredEvent> = submission
         .events
         .iter()

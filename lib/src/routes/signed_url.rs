@@ -93,11 +93,7 @@ async fn sign(
         }),
         _ => None,
     };
-    let client_ip = state
-        .config
-        .admission
-        .client_ip
-        .client_ip(request.headers());
+    let client_ip = state.client_ip(request.headers());
     let admission = admission::Request {
         route: "signed-url",
         key: &key,
@@ -153,12 +149,9 @@ async fn sign(
             })?;
             // The key's own bans, quotas and upload policy, from Postgres.
             let day = apikeys::key_day(now, apikeys::zone(&key.timezone));
-            fallback::check_limits_directly(state, key_id, None, day, key.limits.as_ref())
-                .await
-                .map_err(|refusal| match refusal {
-                    fallback::DirectRefusal::Refused(error) => error,
-                    fallback::DirectRefusal::Unavailable(error) => postgres_down(error),
-                })?;
+            let limits = key.limits.as_ref();
+            fallback::check_limits_directly(state, key_id, None, day, limits, postgres_down)
+                .await?;
             let provider = fallback::check_upload(&key, upload, &configured, fallback)?;
             count_fail_open(state).await?;
             (key_id, Some(provider))
@@ -253,10 +246,7 @@ async fn count_fail_open(state: &AppState) -> anyhow::Result<()> {
 }
 
 fn unconfigured() -> ApiError {
-    ApiError::BadRequest {
-        code: "provider_not_configured",
-        message: "no storage provider is configured (S3_* or BLOB_READ_WRITE_TOKEN)".into(),
-    }
+    admission::Refusal::ProviderNotConfigured(String::new()).into_error()
 }
 
 /// Counts a refused request of an active key in Postgres, as admit.lua
