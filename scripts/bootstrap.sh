@@ -147,6 +147,17 @@ if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 
+# Marks TOOL as installed: takes it off the missing list, and ends the
+# bootstrap when nothing else is missing (the system packages come last).
+installed() {
+  local remaining=() tool
+  for tool in "${missing[@]}"; do
+    [ "$tool" = "$1" ] || remaining+=("$tool")
+  done
+  [ ${#remaining[@]} -gt 0 ] || exit 0
+  missing=("${remaining[@]}")
+}
+
 # --- The S3 server ----------------------------------------------------------------
 
 # Builds s3s-fs $s3s_fs_version from crates.io into .tollgate/s3s-fs with the
@@ -186,12 +197,7 @@ if [[ " ${missing[*]} " == *" s3 "* ]]; then
     exit 1
   fi
   echo "bootstrap: installed s3 (s3s-fs $s3s_fs_version from crates.io in .tollgate/s3s-fs)"
-  remaining=()
-  for tool in "${missing[@]}"; do
-    [ "$tool" = s3 ] || remaining+=("$tool")
-  done
-  [ ${#remaining[@]} -gt 0 ] || exit 0
-  missing=("${remaining[@]}")
+  installed s3
 fi
 
 # --- cargo-fuzz -------------------------------------------------------------------
@@ -227,12 +233,7 @@ if [[ " ${missing[*]} " == *" fuzz "* ]]; then
     exit 1
   fi
   echo "bootstrap: installed fuzz (cargo-fuzz $cargo_fuzz_version from crates.io)"
-  remaining=()
-  for tool in "${missing[@]}"; do
-    [ "$tool" = fuzz ] || remaining+=("$tool")
-  done
-  [ ${#remaining[@]} -gt 0 ] || exit 0
-  missing=("${remaining[@]}")
+  installed fuzz
 fi
 
 # --- The private Node.js ---------------------------------------------------------
@@ -410,12 +411,7 @@ if [[ " ${missing[*]} " == *" node "* ]] && has_python; then
     exit 1
   fi
   echo "bootstrap: installed node (Node.js $private_node_version from PyPI in .tollgate/node)"
-  remaining=()
-  for tool in "${missing[@]}"; do
-    [ "$tool" = node ] || remaining+=("$tool")
-  done
-  [ ${#remaining[@]} -gt 0 ] || exit 0
-  missing=("${remaining[@]}")
+  installed node
 fi
 
 {
