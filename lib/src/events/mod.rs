@@ -17,6 +17,7 @@ pub mod body;
 pub mod geo;
 pub mod parse;
 pub mod queued;
+pub mod rollup;
 pub mod store;
 pub mod text;
 

@@ -1,0 +1,65 @@
+-- Per-key rollups of events, so that no analytics view reads raw events.
+--
+-- The drain maintains them in the same transaction as its insert, from the
+-- events that were new (see lib/src/events/rollup.rs); deletion and a change
+-- of a key's time zone rebuild a key's rollups from its remaining events.
+-- Days are the key's calendar days, in its time zone at the time of the
+-- drain (or of the last rebuild).
+--
+-- Unique visitors are HyperLogLog sketches (the `hll` extension, which Neon
+-- supports), at 2^14 registers: a standard error of about 0.8 %, and a
+-- union over any range of days is exact to that error. Visitor ids rotate
+-- daily (a daily salt), so a visitor seen on two days counts twice over
+-- those days, as in Plausible.
+CREATE EXTENSION IF NOT EXISTS hll;
+
+-- One row per key and day.
+CREATE TABLE event_rollup_daily (
+    api_key_id    uuid NOT NULL REFERENCES api_keys (id) ON DELETE CASCADE,
+    day           date NOT NULL,
+    events        bigint NOT NULL DEFAULT 0,
+    -- web events named `pageview`
+    pageviews     bigint NOT NULL DEFAULT 0,
+    visitors      hll NOT NULL DEFAULT hll_empty(14, 5),
+    -- Visits (sessions) counted on the day they started, with their bounces
+    -- (visits of a single event) and their total duration.
+    visits        bigint NOT NULL DEFAULT 0,
+    bounces       bigint NOT NULL DEFAULT 0,
+    visit_seconds bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (api_key_id, day)
+);
+
+-- Events per key, dimension, day and value. Dimensions: name, path,
+-- referrer (the referring site), country, browser, device, utm_source,
+-- utm_medium, utm_campaign; and entry and exit, whose counts are visits
+-- (by the day the visit started) entering or leaving on that path.
+CREATE TABLE event_rollup_values (
+    api_key_id uuid NOT NULL REFERENCES api_keys (id) ON DELETE CASCADE,
+    dimension  text NOT NULL,
+    day        date NOT NULL,
+    value      text NOT NULL,
+    events     bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (api_key_id, dimension, day, value)
+);
+
+-- The sessions the rollups' visits come from, kept so that a session that
+-- continues in a later batch updates its visit instead of counting again.
+-- A session is the tracker's session id (`s:<id>`), or for events without
+-- one, a visitor's run of events with no gap over 30 minutes
+-- (`v:<visitor id>:<first event, unix ms>`).
+CREATE TABLE event_sessions (
+    api_key_id  uuid NOT NULL REFERENCES api_keys (id) ON DELETE CASCADE,
+    session_key text NOT NULL,
+    visitor_id  text,
+    started_at  timestamptz NOT NULL,
+    last_at     timestamptz NOT NULL,
+    -- the day its visit is counted under: started_at in the key's time zone
+    day         date NOT NULL,
+    events      integer NOT NULL,
+    pageviews   integer NOT NULL,
+    entry_path  text,
+    exit_path   text,
+    PRIMARY KEY (api_key_id, session_key)
+);
+CREATE INDEX event_sessions_visitor ON event_sessions (api_key_id, visitor_id, last_at)
+    WHERE visitor_id IS NOT NULL;
