@@ -77,15 +77,39 @@ has_redis() { command -v redis-server >/dev/null 2>&1; }
 
 # Debian keeps initdb out of PATH, under /usr/lib/postgresql/<version>/bin;
 # Homebrew's postgresql@N is keg-only, under <prefix>/opt/postgresql@N/bin.
+# The server counts only with the `hll` extension, which the rollups'
+# visitor sketches need (migrations/20261202000001_event_rollups.sql).
 has_postgres() {
-  command -v initdb >/dev/null 2>&1 && return 0
-  local candidate
-  for candidate in /usr/lib/postgresql/*/bin/initdb \
-    /opt/homebrew/opt/postgresql@*/bin/initdb \
-    /usr/local/opt/postgresql@*/bin/initdb; do
-    [ -x "$candidate" ] && return 0
+  local candidate found=
+  if command -v initdb >/dev/null 2>&1; then
+    found=yes
+  else
+    for candidate in /usr/lib/postgresql/*/bin/initdb \
+      /opt/homebrew/opt/postgresql@*/bin/initdb \
+      /usr/local/opt/postgresql@*/bin/initdb; do
+      [ -x "$candidate" ] && found=yes
+    done
+  fi
+  [ -n "$found" ] || return 1
+  for candidate in /usr/share/postgresql/*/extension/hll.control \
+    /opt/homebrew/share/postgresql@*/extension/hll.control \
+    /usr/local/share/postgresql@*/extension/hll.control; do
+    [ -f "$candidate" ] && return 0
   done
   return 1
+}
+
+# Debian's major version of PostgreSQL: the one installed, or the one apt
+# would install.
+postgres_major() {
+  local candidate
+  for candidate in /usr/lib/postgresql/*/bin/initdb; do
+    if [ -x "$candidate" ]; then
+      basename "$(dirname "$(dirname "$candidate")")"
+      return
+    fi
+  done
+  apt-cache policy postgresql 2>/dev/null | sed -n 's/^ *Candidate: *\([0-9][0-9]*\)+.*/\1/p'
 }
 
 has_wrk() { command -v wrk >/dev/null 2>&1; }
@@ -348,7 +372,7 @@ if [ "$os" = "Linux" ] && command -v apt-get >/dev/null 2>&1; then
   for tool in "${missing[@]}"; do
     case "$tool" in
       redis) tool_packages=(redis-server) ;;
-      postgres) tool_packages=(postgresql) ;;
+      postgres) tool_packages=(postgresql "postgresql-$(postgres_major)-hll") ;;
       chromium) tool_packages=(chromium) ;;
       wrk) tool_packages=(wrk) ;;
       python) tool_packages=(python3 python3-venv) ;;
@@ -420,7 +444,7 @@ fi
   for tool in "${missing[@]}"; do
     case "$tool" in
       redis) echo "  - Redis (redis-server on PATH)" ;;
-      postgres) echo "  - PostgreSQL server (initdb and pg_ctl on PATH)" ;;
+      postgres) echo "  - PostgreSQL server (initdb and pg_ctl on PATH) with the hll extension (Debian: postgresql-<major>-hll; elsewhere build https://github.com/citusdata/postgresql-hll)" ;;
       node) echo "  - Node.js $node_major or newer, with npm" ;;
       chromium) echo "  - Chromium or Google Chrome" ;;
       wrk) echo "  - wrk (the HTTP load generator)" ;;
