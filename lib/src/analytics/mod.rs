@@ -12,7 +12,7 @@
 //! 3. the key's live counters `mx:<key id>`, which no batch has taken yet.
 //!
 //! The cache entry `an:c:<key id>:<view and params>` holds parts 1 and 2
-//! (a [`Cached`]: the document, those pending counters, the range resolved
+//! (a `Cached`: the document, those pending counters, the range resolved
 //! then) under the key's version `an:ver:<key id>`. Every read is one call
 //! of `analytics.lua`, which authenticates the key from the key cache and,
 //! in the same atomic call, reads the version, the entry and part 3. On a
@@ -46,15 +46,15 @@
 //! the sum against a race: a snapshot between the Redis read and the
 //! statement could move live counters into a batch that Postgres then also
 //! shows, so an entry computed under a version that has since moved is
-//! recomputed (up to [`ATTEMPTS`] times, then answered from Postgres alone),
+//! recomputed (up to `ATTEMPTS` times, then answered from Postgres alone),
 //! never served or stored. No list of cache keys is kept or deleted: a sync
 //! retires every cached view of the key by bumping its version.
 //!
 //! # What a hit does not see
 //!
-//! Requests a route counts straight into Postgres (its fallback while
-//! Upstash cannot be reached, see `metrics::count_directly`) bump no
-//! version, so a cached entry shows them only once it expires, at most
+//! Requests a route counts straight into Postgres (its fallback when
+//! admit.lua surely did not count them, see `metrics::count_directly`)
+//! bump no version, so a cached entry shows them only once it expires, at most
 //! [`CACHE_TTL`] later. The events view has no live part: its cached
 //! document shows the events drained by the time it was computed, and its
 //! `generated_at` says when that was.
