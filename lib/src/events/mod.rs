@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod body;
+pub mod erase;
 pub mod geo;
 pub mod parse;
 pub mod queued;
