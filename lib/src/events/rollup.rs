@@ -124,7 +124,7 @@ impl Session {
             self.day = other.day;
         }
         self.last_at = self.last_at.max(other.last_at);
-        self.visitor_id = self.visitor_id.or(other.visitor_id);
+        self.visitor_id = least(self.visitor_id, other.visitor_id);
         self.events += other.events;
         self.pageviews += other.pageviews;
         self.entry = least(self.entry, other.entry);
