@@ -14,11 +14,13 @@
 
 pub mod agent;
 pub mod body;
+pub mod copy;
 pub mod erase;
 pub mod geo;
 pub mod parse;
 pub mod queued;
 pub mod rollup;
+pub mod sink;
 pub mod store;
 pub mod text;
 
