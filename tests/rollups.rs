@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use serde_json::{json, Value};
 use sqlx::Row;
 use tollgate::{
     admin::{self, LimitsChange},
@@ -171,24 +172,14 @@ fn mixed_events(key: Uuid, visitors: u64, seed: u64) -> Vec<StoredEvent> {
     events
 }
 
-/// Stores a batch and applies it to the rollups in one transaction, as the
-/// drain does: the key lock, the insert, then the rollups. Returns the
-/// events inserted.
+/// Stores a batch as the drain does (`store::store`: the key lock, the
+/// insert of the new events and their rollups, in one transaction).
+/// Returns the events inserted.
 async fn store_batch(db: &Db, batch: &[StoredEvent]) -> u64 {
-    let mut transaction = db.pool().begin().await.expect("a transaction");
-    let keys: Vec<Uuid> = batch.iter().map(|e| e.api_key_id).collect();
-    rollup::lock_keys(db, &mut transaction, &keys)
+    store::store(db, batch, 1)
         .await
-        .expect("locking the keys");
-    let inserted = store::store_in(db, &mut transaction, batch)
-        .await
-        .expect("storing the batch");
-    let fresh: Vec<&StoredEvent> = batch.iter().collect();
-    rollup::apply(db, &mut transaction, &fresh)
-        .await
-        .expect("applying the batch to the rollups");
-    transaction.commit().await.expect("committing");
-    inserted
+        .expect("storing the batch")
+        .inserted
 }
 
 /// Shuffles the events and delivers them in `batches` batches, so visits
@@ -426,6 +417,61 @@ async fn rollups_built_in_shuffled_batches_equal_the_counts_of_the_raw_events() 
         visits > 150 && bounces > 0 && bounces < visits,
         "{visits} {bounces}"
     );
+}
+
+#[tokio::test]
+async fn rollups_built_through_collect_and_the_drain_equal_the_counts_of_the_raw_events() {
+    let app = spawn_app().await;
+    let key = app.create_key().await;
+    let mut rng = Rng(31);
+    let now = Utc::now();
+    // Sent in twelve requests and drained after every third, so visits
+    // cross drains and arrive out of order; one client, so one visitor id.
+    for request in 0..12 {
+        let batch: Vec<Value> = (0..20)
+            .map(|_| {
+                let at = now - Duration::seconds(rng.below(50 * 60) as i64);
+                let mut event = json!({
+                    "type": "web",
+                    "name": if rng.chance(4) { "signup" } else { "pageview" },
+                    "timestamp": at.to_rfc3339(),
+                    "url": format!("https://shop.example{}", PATHS[rng.below(6) as usize]),
+                    "referrer": REFERRERS[rng.below(6) as usize],
+                    "utm_source": "newsletter",
+                });
+                if rng.chance(2) {
+                    event["session_id"] = json!(format!("s{}", rng.below(5)));
+                }
+                event
+            })
+            .collect();
+        let response = app.collect(key.secret.expose(), &json!(batch)).await;
+        assert_eq!(response.status(), 202);
+        if request % 3 == 2 {
+            app.drain().await;
+        }
+    }
+    assert_eq!(app.stored_events().await, 240);
+    assert_rollups_match_events(&app.state.db, key.id).await;
+    let visits: i64 = rollups(&app.state.db, key.id)
+        .await
+        .days
+        .values()
+        .map(|d| d[3])
+        .sum();
+    assert!(visits >= 5, "{visits}");
+
+    // Timestamps sent with nanoseconds are kept to the microsecond: the
+    // drain's durations equal a rebuild's from the stored events.
+    let (built, built_sessions) = (
+        rollups(&app.state.db, key.id).await,
+        sessions(&app.state.db, key.id).await,
+    );
+    rollup::rebuild(&app.state.db, key.id)
+        .await
+        .expect("rebuilding");
+    assert_eq!(rollups(&app.state.db, key.id).await, built);
+    assert_eq!(sessions(&app.state.db, key.id).await, built_sessions);
 }
 
 #[tokio::test]

@@ -33,7 +33,7 @@
 
 use std::collections::{hash_map::Entry, HashMap, HashSet};
 
-use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound, TimeDelta, Utc};
 use chrono_tz::Tz;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -98,17 +98,17 @@ impl Session {
     /// The session of one event, before it is merged with the rest.
     fn of(stored: &StoredEvent, session_key: String, zone: Tz) -> Self {
         let event = &stored.event;
-        let seen = event.web.path.clone().map(|path| Seen {
-            at: event.occurred_at,
-            path,
-        });
+        // As Postgres keeps it (microseconds), so that durations computed
+        // here equal those a rebuild computes from the stored events.
+        let at = event.occurred_at.trunc_subsecs(6);
+        let seen = event.web.path.clone().map(|path| Seen { at, path });
         Session {
             key: stored.api_key_id,
             session_key,
             visitor_id: stored.visitor_id.clone(),
-            started_at: event.occurred_at,
-            last_at: event.occurred_at,
-            day: apikeys::key_day(event.occurred_at, zone),
+            started_at: at,
+            last_at: at,
+            day: apikeys::key_day(at, zone),
             events: 1,
             pageviews: is_pageview(event).into(),
             entry: seen.clone(),
