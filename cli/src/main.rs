@@ -785,3 +785,61 @@ fn print_bans(bans: &[Ban]) {
         println!("(no bans)");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once(&"tollgate").chain(args))
+    }
+
+    const KEY: &str = "7d1c2a8e-52c4-4f6f-9b1e-3f4a5b6c7d8e";
+
+    #[test]
+    fn events_delete_takes_exactly_one_criterion() {
+        for (args, problem) in [
+            (vec!["events", "delete", "--key", KEY], "no criterion"),
+            (
+                vec![
+                    "events",
+                    "delete",
+                    "--key",
+                    KEY,
+                    "--user-id",
+                    "u",
+                    "--visitor",
+                    "v",
+                ],
+                "two criteria",
+            ),
+            (
+                vec!["events", "delete", "--key", KEY, "--before", "yesterday"],
+                "a date that is not YYYY-MM-DD",
+            ),
+            (vec!["events", "delete", "--user-id", "u"], "no key"),
+        ] {
+            assert!(parse(&args).is_err(), "accepted {problem}");
+        }
+        let Command::Events {
+            action: EventsAction::Delete { criterion, .. },
+            ..
+        } = parse(&["events", "delete", "--key", KEY, "--before", "2031-03-01"])
+            .unwrap()
+            .command
+        else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(
+            criterion.criterion().unwrap(),
+            Criterion::Before(chrono::NaiveDate::from_ymd_opt(2031, 3, 1).unwrap())
+        );
+    }
+
+    #[test]
+    fn rollups_rebuild_takes_an_optional_key() {
+        assert!(parse(&["rollups", "rebuild"]).is_ok());
+        assert!(parse(&["rollups", "rebuild", "--key", KEY]).is_ok());
+        assert!(parse(&["rollups", "rebuild", "--key", "nope"]).is_err());
+    }
+}
