@@ -92,3 +92,24 @@ CREATE TABLE event_deletions (
     deleted_at     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX event_deletions_key ON event_deletions (api_key_id, deleted_at);
+
+-- Unique visitors from a sketch (a union of days' sketches). The extension's
+-- hll_cardinality switches from linear counting to the raw HyperLogLog
+-- estimate at 2.5 m registers, where the raw estimate still runs high:
+-- +2.8 % to +3.5 % at 40,000 visitors with 2^14 registers, measured here.
+-- Linear counting over the empty registers (m ln(m / empty)) stays well
+-- within 2 % there, so it is used up to 3 m; the extension's estimate
+-- everywhere else (an exact set and sparse sketches included).
+CREATE FUNCTION visitor_count(sketch hll) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN sketch IS NULL THEN 0
+        WHEN filled IS NOT NULL AND filled < registers
+             AND hll_cardinality(sketch) <= 3 * registers
+            THEN round(registers * ln(registers::float8 / (registers - filled)))::bigint
+        ELSE coalesce(round(hll_cardinality(sketch))::bigint, 0)
+    END
+    FROM (SELECT (1 << hll_log2m(sketch))::int AS registers,
+                 -- hll_print of a full sketch begins `COMPRESSED, <n> filled nregs=…`
+                 substring(hll_print(sketch)::text FROM ', (\d+) filled')::int AS filled) r
+$$;
