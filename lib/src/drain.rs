@@ -65,6 +65,21 @@ pub struct DrainReport {
     pub stopped: Stopped,
 }
 
+impl DrainReport {
+    /// Adds the counts and times of a part of the run.
+    fn add(&mut self, part: &DrainReport) {
+        self.drained += part.drained;
+        self.inserted += part.inserted;
+        self.duplicates += part.duplicates;
+        self.dead_lettered += part.dead_lettered;
+        self.reclaimed += part.reclaimed;
+        self.batches += part.batches;
+        self.claim_ms += part.claim_ms;
+        self.store_ms += part.store_ms;
+        self.ack_ms += part.ack_ms;
+    }
+}
+
 /// Why a drain or sync run stopped.
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -128,7 +143,7 @@ async fn drain_batches(
     report: &mut DrainReport,
 ) -> anyhow::Result<()> {
     let config = &state.config.pipeline;
-    let (upstash, keys, db) = (&*state.upstash, &state.keys, &state.db);
+    let db = &state.db;
     let now = state.clock.now();
     store::create_partitions_ahead(db, now, 1)
         .await
@@ -153,68 +168,42 @@ async fn drain_batches(
         }
     }
 
+    // A pipeline of three: while one batch is stored, the batch committed
+    // before it is acknowledged and the next one is claimed, so Postgres
+    // does not wait on Redis. Only committed batches are acknowledged, so
+    // the guarantees hold; a batch claimed ahead and left unstored (the run
+    // failed) is reclaimed by a later run after the visibility timeout.
     let sink = PostgresSink::new(db);
     let mut target = FIRST_BATCH;
+    let mut claimed = claim_batch(state, target, report).await?;
+    let mut committed: Vec<Entry> = Vec::new();
     loop {
-        if started.elapsed() >= config.drain_budget {
-            report.stopped = Stopped::Budget;
-            return Ok(());
-        }
-        let claim_started = Instant::now();
-        let claim = queue::claim(
-            upstash,
-            keys,
-            CONSUMER,
-            config.drain_visibility,
-            queue::ClaimBounds {
-                target_events: target,
-                max_entries: MAX_BATCH,
-                max_bytes: config.drain_batch_bytes,
-            },
-        )
-        .await
-        .context("claiming a batch")?;
-        report.claim_ms += claim_started.elapsed().as_millis() as u64;
-        fault::point("drain:after-claim");
-        if claim.entries.is_empty() {
+        if claimed.is_empty() {
+            acknowledge(state, &committed, report).await?;
             report.stopped = Stopped::Empty;
             return Ok(());
         }
-        report.reclaimed += claim.reclaimed;
-        report.batches += 1;
-
-        let rows = decode(&claim.entries);
-        report.drained += claim.entries.iter().map(|e| e.count).sum::<u64>();
-        let attempts = claim
-            .entries
-            .iter()
-            .map(|e| e.deliveries)
-            .max()
-            .unwrap_or(1);
-        let store_started = Instant::now();
-        let outcome = store_with_retries(&sink, &rows.events, attempts as i32).await?;
-        logs::insert_requests(db, &rows.requests)
-            .await
-            .context("inserting the request log")?;
-        logs::insert_uploads(db, &rows.uploads)
-            .await
-            .context("inserting the upload log")?;
-        let store_time = store_started.elapsed();
-        report.store_ms += store_time.as_millis() as u64;
-        fault::point("drain:after-insert");
-        let dead = store::dead_letter(db, &rows.malformed)
-            .await
-            .context("dead-lettering malformed queue entries")?;
-        report.inserted += outcome.inserted;
-        report.duplicates += outcome.duplicates;
-        report.dead_lettered += outcome.dead_lettered + dead;
-
-        fault::point("drain:before-ack");
-        let ack_started = Instant::now();
-        queue::ack(upstash, keys, &claim.entries)
-            .await
-            .context("acknowledging a committed batch")?;
-        report.ack_ms += ack_started.elapsed().as_millis() as u64;
+        let claim_next = started.elapsed() < config.drain_budget;
+        let mut stored_report = DrainReport::default();
+        let mut acked_report = DrainReport::default();
+        let mut next_report = DrainReport::default();
+        let (stored, acked, next) = tokio::join!(
+            store_batch(state, &sink, &claimed, &mut stored_report),
+            acknowledge(state, &committed, &mut acked_report),
+            async {
+                if claim_next {
+                    Some(claim_batch(state, target, &mut next_report).await)
+                } else {
+                    None
+                }
+            },
+        );
+        for part in [&stored_report, &acked_report, &next_report] {
+            report.add(part);
+        }
+        let store_time = stored?;
+        acked?;
+        committed = claimed;
 
         target = if store_time < FAST {
             (target * 2).min(MAX_BATCH)
@@ -223,7 +212,94 @@ async fn drain_batches(
         } else {
             target
         };
+        claimed = match next {
+            Some(next) => next?,
+            None => {
+                acknowledge(state, &committed, report).await?;
+                report.stopped = Stopped::Budget;
+                return Ok(());
+            }
+        };
     }
+}
+
+/// Claims the next batch of entries, of about `target` events.
+async fn claim_batch(
+    state: &AppState,
+    target: u64,
+    report: &mut DrainReport,
+) -> anyhow::Result<Vec<Entry>> {
+    let config = &state.config.pipeline;
+    let started = Instant::now();
+    let claim = queue::claim(
+        &state.upstash,
+        &state.keys,
+        CONSUMER,
+        config.drain_visibility,
+        queue::ClaimBounds {
+            target_events: target,
+            max_entries: MAX_BATCH,
+            max_bytes: config.drain_batch_bytes,
+        },
+    )
+    .await
+    .context("claiming a batch")?;
+    report.claim_ms += started.elapsed().as_millis() as u64;
+    fault::point("drain:after-claim");
+    report.reclaimed += claim.reclaimed;
+    Ok(claim.entries)
+}
+
+/// Stores a claimed batch: its events through the sink, its request and
+/// upload logs, and its unreadable entries as dead letters. Returns how
+/// long the store took, by which the next batch is sized.
+async fn store_batch(
+    state: &AppState,
+    sink: &impl Sink,
+    entries: &[Entry],
+    report: &mut DrainReport,
+) -> anyhow::Result<Duration> {
+    let db = &state.db;
+    let rows = decode(entries);
+    let attempts = entries.iter().map(|e| e.deliveries).max().unwrap_or(1);
+    let started = Instant::now();
+    let outcome = store_with_retries(sink, &rows.events, attempts as i32).await?;
+    logs::insert_requests(db, &rows.requests)
+        .await
+        .context("inserting the request log")?;
+    logs::insert_uploads(db, &rows.uploads)
+        .await
+        .context("inserting the upload log")?;
+    let store_time = started.elapsed();
+    fault::point("drain:after-insert");
+    let dead = store::dead_letter(db, &rows.malformed)
+        .await
+        .context("dead-lettering malformed queue entries")?;
+    report.batches += 1;
+    report.drained += entries.iter().map(|e| e.count).sum::<u64>();
+    report.store_ms += store_time.as_millis() as u64;
+    report.inserted += outcome.inserted;
+    report.duplicates += outcome.duplicates;
+    report.dead_lettered += outcome.dead_lettered + dead;
+    Ok(store_time)
+}
+
+/// Acknowledges committed entries, if there are any.
+async fn acknowledge(
+    state: &AppState,
+    entries: &[Entry],
+    report: &mut DrainReport,
+) -> anyhow::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    fault::point("drain:before-ack");
+    let started = Instant::now();
+    queue::ack(&state.upstash, &state.keys, entries)
+        .await
+        .context("acknowledging a committed batch")?;
+    report.ack_ms += started.elapsed().as_millis() as u64;
+    Ok(())
 }
 
 /// A claimed batch, turned into rows for each table.
