@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
+use chrono::{NaiveDate, Utc};
 use serde_json::{json, Value};
 use tollgate::{
     analytics::{self, views, View},
@@ -345,6 +345,322 @@ async fn the_events_view_counts_the_keys_collected_events() {
     );
     assert!(view["visitors"].as_i64().unwrap() >= 2, "{view}");
     assert_eq!(view["browsers"][0]["value"], "Firefox");
+}
+
+/// Seeds one day of a key's daily rollup; `visitors` are hashed into the
+/// day's sketch as the drain hashes visitor ids.
+struct RollupDay<'a> {
+    day: NaiveDate,
+    events: i64,
+    pageviews: i64,
+    visitors: &'a [&'a str],
+    visits: i64,
+    bounces: i64,
+    visit_seconds: i64,
+}
+
+async fn seed_rollup_day(app: &TestApp, key_id: Uuid, d: RollupDay<'_>) {
+    sqlx::query(
+        "INSERT INTO event_rollup_daily
+             (api_key_id, day, events, pageviews, visitors, visits, bounces, visit_seconds)
+         SELECT $1, $2, $3, $4,
+                coalesce((SELECT hll_add_agg(hll_hash_text(v), 14, 5) FROM unnest($5::text[]) v),
+                         hll_empty(14, 5)),
+                $6, $7, $8",
+    )
+    .bind(key_id)
+    .bind(d.day)
+    .bind(d.events)
+    .bind(d.pageviews)
+    .bind(d.visitors)
+    .bind(d.visits)
+    .bind(d.bounces)
+    .bind(d.visit_seconds)
+    .execute(app.state.db.pool())
+    .await
+    .unwrap();
+}
+
+/// Seeds value rollups: (dimension, day, value, count).
+async fn seed_rollup_values(app: &TestApp, key_id: Uuid, rows: &[(&str, NaiveDate, &str, i64)]) {
+    let column = |f: fn(&(&str, NaiveDate, &str, i64)) -> String| -> Vec<String> {
+        rows.iter().map(f).collect()
+    };
+    sqlx::query(
+        "INSERT INTO event_rollup_values (api_key_id, dimension, day, value, events)
+         SELECT $1, d, day::date, v, n
+         FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[]) AS t(d, day, v, n)",
+    )
+    .bind(key_id)
+    .bind(column(|r| r.0.to_owned()))
+    .bind(column(|r| r.1.to_string()))
+    .bind(column(|r| r.2.to_owned()))
+    .bind(rows.iter().map(|r| r.3).collect::<Vec<i64>>())
+    .execute(app.state.db.pool())
+    .await
+    .unwrap();
+}
+
+/// An app whose clock is fixed, so "today" cannot turn over mid-test.
+async fn spawn_at_a_fixed_time() -> (TestApp, NaiveDate) {
+    let now = Utc::now();
+    let app = spawn_app_with(TestOptions {
+        env: providers(true),
+        clock: Some(std::sync::Arc::new(tollgate::clock::FixedClock::new(now))),
+        ..TestOptions::default()
+    })
+    .await;
+    (app, now.date_naive())
+}
+
+#[tokio::test]
+async fn the_events_view_gives_each_web_figure_exactly_from_the_rollups() {
+    let (app, today) = spawn_at_a_fixed_time().await;
+    let key = app.create_key().await;
+    let other = app.create_key().await;
+    let day = |back: i64| today - chrono::Duration::days(back);
+    // The range is the last three days; the previous period the three before.
+    let days = [
+        RollupDay {
+            day: day(2),
+            events: 5,
+            pageviews: 4,
+            visitors: &["a", "b"],
+            visits: 2,
+            bounces: 1,
+            visit_seconds: 120,
+        },
+        RollupDay {
+            day: day(1),
+            events: 3,
+            pageviews: 3,
+            visitors: &["a", "c"],
+            visits: 1,
+            bounces: 0,
+            visit_seconds: 300,
+        },
+        // The previous period.
+        RollupDay {
+            day: day(4),
+            events: 4,
+            pageviews: 2,
+            visitors: &["x", "y"],
+            visits: 2,
+            bounces: 2,
+            visit_seconds: 0,
+        },
+        // Outside both periods: before the previous one, and after the range.
+        RollupDay {
+            day: day(6),
+            events: 100,
+            pageviews: 100,
+            visitors: &["z"],
+            visits: 50,
+            bounces: 0,
+            visit_seconds: 1000,
+        },
+        RollupDay {
+            day: day(-1),
+            events: 100,
+            pageviews: 100,
+            visitors: &["z"],
+            visits: 50,
+            bounces: 0,
+            visit_seconds: 1000,
+        },
+    ];
+    for d in days {
+        seed_rollup_day(&app, key.id, d).await;
+    }
+    // Another key's data on the same days counts for it alone.
+    seed_rollup_day(
+        &app,
+        other.id,
+        RollupDay {
+            day: day(1),
+            events: 1000,
+            pageviews: 1000,
+            visitors: &["o"],
+            visits: 1000,
+            bounces: 1000,
+            visit_seconds: 1000,
+        },
+    )
+    .await;
+    seed_rollup_values(&app, other.id, &[("path", day(1), "/other", 1000)]).await;
+    let mut values = vec![
+        ("name", day(2), "pageview", 4),
+        ("name", day(2), "signup", 1),
+        ("name", day(1), "pageview", 3),
+        ("path", day(2), "/", 3),
+        ("path", day(2), "/pricing", 1),
+        ("path", day(1), "/", 2),
+        ("path", day(1), "/docs", 1),
+        ("path", day(6), "/old", 50),
+        ("path", day(4), "/old", 50),
+        ("referrer", day(2), "news.example.com", 2),
+        ("browser", day(2), "Firefox", 5),
+        ("device", day(1), "mobile", 3),
+        ("utm_source", day(2), "newsletter", 2),
+        ("utm_source", day(1), "newsletter", 1),
+        ("utm_source", day(1), "ads", 1),
+        ("utm_medium", day(2), "email", 2),
+        ("utm_campaign", day(1), "winter", 1),
+        ("entry", day(2), "/", 2),
+        ("entry", day(1), "/docs", 1),
+        ("exit", day(2), "/pricing", 1),
+        ("exit", day(2), "/", 1),
+        ("exit", day(1), "/", 1),
+    ];
+    // Twelve countries of one event each: the ranking keeps ten, by name.
+    let countries: Vec<String> = (0..12).map(|i| format!("C{i:02}")).collect();
+    values.extend(countries.iter().map(|c| ("country", day(0), c.as_str(), 1)));
+    seed_rollup_values(&app, key.id, &values).await;
+
+    let query = format!("view=events&start={}&end={}", day(2), day(0));
+    let (status, _, view) = read(&app, key.secret.expose(), &query).await;
+    assert_eq!(status, 200, "{view}");
+    let figures = |v: &Value| {
+        json!({
+            "events": v["events"], "visitors": v["visitors"], "visits": v["visits"],
+            "pageviews": v["pageviews"], "views_per_visit": v["views_per_visit"],
+            "bounce_rate": v["bounce_rate"], "visit_duration": v["visit_duration"],
+        })
+    };
+    assert_eq!(
+        figures(&view),
+        json!({"events": 8, "visitors": 3, "visits": 3, "pageviews": 7,
+               "views_per_visit": 2.33, "bounce_rate": 0.3333, "visit_duration": 140.0}),
+        "{view}"
+    );
+    let previous = &view["previous"];
+    assert_eq!(
+        (previous["start"].as_str(), previous["end"].as_str()),
+        (
+            Some(day(5).to_string().as_str()),
+            Some(day(3).to_string().as_str())
+        )
+    );
+    assert_eq!(
+        figures(previous),
+        json!({"events": 4, "visitors": 2, "visits": 2, "pageviews": 2,
+               "views_per_visit": 1.0, "bounce_rate": 1.0, "visit_duration": 0.0})
+    );
+    assert_eq!(
+        view["change"],
+        json!({"events": 1.0, "visitors": 0.5, "visits": 0.5, "pageviews": 2.5,
+               "views_per_visit": 1.33, "bounce_rate": -0.6667, "visit_duration": null})
+    );
+    assert_eq!(
+        view["days"],
+        json!([
+            {"day": day(2), "events": 5, "visitors": 2, "visits": 2, "pageviews": 4},
+            {"day": day(1), "events": 3, "visitors": 2, "visits": 1, "pageviews": 3},
+            {"day": day(0), "events": 0, "visitors": 0, "visits": 0, "pageviews": 0},
+        ])
+    );
+    assert_eq!(
+        view["names"],
+        json!([{"name": "pageview", "events": 7}, {"name": "signup", "events": 1}])
+    );
+    assert_eq!(
+        view["top_paths"],
+        json!([{"value": "/", "events": 5}, {"value": "/docs", "events": 1},
+               {"value": "/pricing", "events": 1}])
+    );
+    assert_eq!(
+        view["entry_pages"],
+        json!([{"value": "/", "visits": 2}, {"value": "/docs", "visits": 1}])
+    );
+    assert_eq!(
+        view["exit_pages"],
+        json!([{"value": "/", "visits": 2}, {"value": "/pricing", "visits": 1}])
+    );
+    assert_eq!(
+        view["utm_sources"],
+        json!([{"value": "newsletter", "events": 3}, {"value": "ads", "events": 1}])
+    );
+    assert_eq!(
+        view["utm_mediums"],
+        json!([{"value": "email", "events": 2}])
+    );
+    assert_eq!(
+        view["utm_campaigns"],
+        json!([{"value": "winter", "events": 1}])
+    );
+    assert_eq!(
+        view["top_referrers"],
+        json!([{"value": "news.example.com", "events": 2}])
+    );
+    assert_eq!(view["browsers"], json!([{"value": "Firefox", "events": 5}]));
+    assert_eq!(view["devices"], json!([{"value": "mobile", "events": 3}]));
+    let expected: Vec<Value> = countries[..10]
+        .iter()
+        .map(|c| json!({"value": c, "events": 1}))
+        .collect();
+    assert_eq!(view["countries"], json!(expected));
+}
+
+#[tokio::test]
+async fn an_empty_range_answers_zeros_and_null_ratios_and_a_vanished_period_a_full_drop() {
+    let (app, today) = spawn_at_a_fixed_time().await;
+    let key = app.create_key().await;
+    let day = |back: i64| today - chrono::Duration::days(back);
+
+    // Nothing at all: zeros, and no ratio or change divides by zero.
+    let (status, _, view) = read(&app, key.secret.expose(), "view=events").await;
+    assert_eq!(status, 200, "{view}");
+    for field in ["events", "visitors", "visits", "pageviews"] {
+        assert_eq!(view[field], 0, "{field}: {view}");
+        assert_eq!(view["previous"][field], 0, "{field}: {view}");
+    }
+    for field in ["views_per_visit", "bounce_rate", "visit_duration"] {
+        assert_eq!(view[field], Value::Null, "{field}: {view}");
+        assert_eq!(view["previous"][field], Value::Null, "{field}: {view}");
+    }
+    assert!(
+        view["change"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(Value::is_null),
+        "{view}"
+    );
+    assert_eq!(view["days"].as_array().unwrap().len(), 30);
+    for ranking in [
+        "names",
+        "top_paths",
+        "entry_pages",
+        "exit_pages",
+        "utm_sources",
+    ] {
+        assert_eq!(view[ranking], json!([]), "{ranking}");
+    }
+
+    // Data only in the previous period: everything fell by all of it, and
+    // the ratios of a range without visits stay null.
+    seed_rollup_day(
+        &app,
+        key.id,
+        RollupDay {
+            day: day(3),
+            events: 6,
+            pageviews: 4,
+            visitors: &["a"],
+            visits: 2,
+            bounces: 1,
+            visit_seconds: 60,
+        },
+    )
+    .await;
+    let query = format!("view=events&start={}&end={}", day(2), day(0));
+    let (_, _, view) = read(&app, key.secret.expose(), &query).await;
+    assert_eq!(view["previous"]["visit_duration"], 30.0, "{view}");
+    assert_eq!(
+        view["change"],
+        json!({"events": -1.0, "visitors": -1.0, "visits": -1.0, "pageviews": -1.0,
+               "views_per_visit": null, "bounce_rate": null, "visit_duration": null})
+    );
 }
 
 #[tokio::test]

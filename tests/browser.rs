@@ -74,7 +74,7 @@ async fn the_dashboard_draws_the_seeded_numbers_and_explains_bad_keys_and_empty_
         "pages": {"/": 3, "/pricing": 1},
         "referrers": {"news.example.com": 2},
     });
-    let artifacts = repo_root().join("tests").join("artifacts");
+    let artifacts = repo_root().join("target").join("screenshots");
     run_node_test_files(
         "browser",
         "playwright-core",
@@ -95,6 +95,7 @@ async fn the_dashboard_draws_the_seeded_numbers_and_explains_bad_keys_and_empty_
 struct Stored {
     id: Uuid,
     name: String,
+    session_id: Option<String>,
     utm_source: Option<String>,
     properties: Option<Value>,
     url: Option<String>,
@@ -119,11 +120,11 @@ async fn the_tracker_delivers_scrubbed_page_views_and_custom_events_to_postgres_
     .await;
     let sent: Vec<Value> = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     std::fs::remove_file(&out).ok();
-    assert_eq!(sent.len(), 6, "{sent:?}");
+    assert_eq!(sent.len(), 9, "{sent:?}");
 
     app.drain().await;
     let stored: Vec<Stored> = sqlx::query_as(
-        "SELECT id, name, utm_source, properties, url, referrer FROM events
+        "SELECT id, name, session_id, utm_source, properties, url, referrer FROM events
          WHERE api_key_id = $1 ORDER BY occurred_at, name",
     )
     .bind(key.id)
@@ -164,6 +165,11 @@ async fn the_tracker_delivers_scrubbed_page_views_and_custom_events_to_postgres_
         assert_eq!(
             row.referrer.as_deref(),
             event["referrer"].as_str(),
+            "{row:?}"
+        );
+        assert_eq!(
+            row.session_id.as_deref(),
+            event["session_id"].as_str(),
             "{row:?}"
         );
         for text in [&row.url, &row.referrer].into_iter().flatten() {
