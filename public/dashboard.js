@@ -113,14 +113,15 @@ function ranking(container, name, items, format = number) {
 // A table of a ranking, for the breakdowns read as lists (UTM tags).
 function table(container, name, items, heading) {
   container.replaceChildren();
-  if (!items.length) {
-    container.append(element("div", { class: "empty", "data-table": name }, "Nothing yet."));
-    return;
-  }
   const t = element("table", { "data-table": name });
   const head = element("tr");
   head.append(element("th", {}, heading), element("th", {}, "Events"));
   t.append(head);
+  if (!items.length) {
+    const row = element("tr");
+    row.append(element("td", { class: "empty", colspan: 2 }, "Nothing yet."));
+    t.append(row);
+  }
   for (const item of items) {
     const row = element("tr", { "data-label": item.label, "data-value": item.value });
     row.append(element("td", {}, item.label), element("td", {}, number(item.value)));

@@ -17,10 +17,17 @@ async fn spawn() -> TestApp {
     .await
 }
 
-/// A page view from a browser, with a referrer when given.
-async fn page_view(app: &TestApp, pk: &str, path: &str, referrer: Option<&str>) -> u16 {
-    let mut event =
-        json!({"type": "web", "name": "pageview", "url": format!("https://shop.example{path}")});
+/// A page view from a browser in a visit (the tracker's session id), with
+/// a referrer when given.
+async fn page_view(
+    app: &TestApp,
+    pk: &str,
+    session: &str,
+    path: &str,
+    referrer: Option<&str>,
+) -> u16 {
+    let mut event = json!({"type": "web", "name": "pageview", "session_id": session,
+                           "url": format!("https://shop.example{path}")});
     if let Some(referrer) = referrer {
         event["referrer"] = json!(referrer);
     }
@@ -45,13 +52,21 @@ async fn the_dashboard_draws_the_seeded_numbers_and_explains_bad_keys_and_empty_
     for body in [&png, &png, &png, &png, &pdf, &pdf, &refused] {
         count(sign(&app, Some(secret), body).await.0, 200);
     }
-    for (path, referrer) in [
-        ("/", Some("https://news.example.com/a")),
-        ("/", Some("https://news.example.com/b")),
-        ("/", None),
-        ("/pricing", None),
+    // Three visits: one of two pages, and two bounces.
+    for (session, path, referrer) in [
+        (
+            "s1",
+            "/?utm_source=newsletter&utm_medium=email",
+            Some("https://news.example.com/a"),
+        ),
+        ("s2", "/", Some("https://news.example.com/b")),
+        ("s3", "/", None),
+        ("s1", "/pricing", None),
     ] {
-        count(page_view(&app, &key.publishable, path, referrer).await, 202);
+        count(
+            page_view(&app, &key.publishable, session, path, referrer).await,
+            202,
+        );
     }
     let signup = app
         .collect(secret, &json!({"type": "server", "name": "signup"}))
@@ -73,6 +88,11 @@ async fn the_dashboard_draws_the_seeded_numbers_and_explains_bad_keys_and_empty_
         "events": 5,
         "pages": {"/": 3, "/pricing": 1},
         "referrers": {"news.example.com": 2},
+        "pageviews": 4,
+        "entry_pages": {"/": 3},
+        "exit_pages": {"/": 2, "/pricing": 1},
+        "utm_sources": {"newsletter": 1},
+        "utm_mediums": {"email": 1},
     });
     let artifacts = repo_root().join("target").join("screenshots");
     run_node_test_files(
