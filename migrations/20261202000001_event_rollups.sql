@@ -10,7 +10,14 @@
 -- supports), at 2^14 registers: a standard error of about 0.8 %, and a
 -- union over any range of days is exact to that error. Visitor ids rotate
 -- daily (a daily salt), so a visitor seen on two days counts twice over
--- those days, as in Plausible.
+-- those days, as in Plausible. The extension's estimator (raw HyperLogLog,
+-- with linear counting below 2.5 x 2^14 = 40,960) is biased upward by 2 to
+-- 3.5 % between about 38,000 and 48,000 distinct visitors, where it
+-- switches between the two; elsewhere it is within the standard error.
+--
+-- A change of a key's time zone rebuilds its rollups from its events
+-- (lib/src/admin.rs, `set_limits`); so do deletions on request. Days older
+-- than the key's oldest retained event keep their rollups, as counted.
 CREATE EXTENSION IF NOT EXISTS hll;
 
 -- One row per key and day.
@@ -59,7 +66,50 @@ CREATE TABLE event_sessions (
     pageviews   integer NOT NULL,
     entry_path  text,
     exit_path   text,
+    -- when the entry and exit paths were seen, so that an event arriving
+    -- late (out of order) can take their place; ties go to the smaller path
+    -- for entry and the larger for exit, so the order events arrive in
+    -- never changes the result
+    entry_at    timestamptz,
+    exit_at     timestamptz,
     PRIMARY KEY (api_key_id, session_key)
 );
 CREATE INDEX event_sessions_visitor ON event_sessions (api_key_id, visitor_id, last_at)
     WHERE visitor_id IS NOT NULL;
+
+-- Deletions on request (`tollgate events delete`), one row each. The
+-- erased events' ids stay in event_ids, so a queue entry redelivered after
+-- the deletion is still a duplicate and is not stored again. A user or
+-- visitor id is recorded as its SHA-256 (hex), so the log does not keep the
+-- identifier it erased; a date is recorded as given.
+CREATE TABLE event_deletions (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    api_key_id     uuid NOT NULL,
+    -- user_id, visitor or before
+    criterion      text NOT NULL,
+    subject        text NOT NULL,
+    events_removed bigint NOT NULL,
+    deleted_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX event_deletions_key ON event_deletions (api_key_id, deleted_at);
+
+-- Unique visitors from a sketch (a union of days' sketches). The extension's
+-- hll_cardinality switches from linear counting to the raw HyperLogLog
+-- estimate at 2.5 m registers, where the raw estimate still runs high:
+-- +2.8 % to +3.5 % at 40,000 visitors with 2^14 registers, measured here.
+-- Linear counting over the empty registers (m ln(m / empty)) stays well
+-- within 2 % there, so it is used up to 3 m; the extension's estimate
+-- everywhere else (an exact set and sparse sketches included).
+CREATE FUNCTION visitor_count(sketch hll) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN sketch IS NULL THEN 0
+        WHEN filled IS NOT NULL AND filled < registers
+             AND hll_cardinality(sketch) <= 3 * registers
+            THEN round(registers * ln(registers::float8 / (registers - filled)))::bigint
+        ELSE coalesce(round(hll_cardinality(sketch))::bigint, 0)
+    END
+    FROM (SELECT (1 << hll_log2m(sketch))::int AS registers,
+                 -- hll_print of a full sketch begins `COMPRESSED, <n> filled nregs=…`
+                 substring(hll_print(sketch)::text FROM ', (\d+) filled')::int AS filled) r
+$$;

@@ -1,6 +1,7 @@
 //! The `tollgate` command: the local dev stack, the local Upstash REST
-//! server, the private Redis and Postgres instances, migrations, and the
-//! management of API keys and bans.
+//! server, the private Redis and Postgres instances, migrations, the
+//! management of API keys and bans, deletion of events on request, and the
+//! rebuild of event rollups.
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
@@ -11,6 +12,10 @@ use tollgate::{
     apikeys::{KeyStatus, NewKey, Tier},
     config::{parse_duration, DatabaseConfig, UpstashConfig},
     db::Db,
+    events::{
+        erase::{self, Criterion, EraseError},
+        rollup,
+    },
     redis_keys::RedisKeys,
     secret::Secret,
     upstash::Upstash,
@@ -83,6 +88,69 @@ enum Command {
         action: BansAction,
         #[command(flatten)]
         env: AdminEnv,
+    },
+    /// Delete a key's events on request (GDPR).
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+        #[command(flatten)]
+        env: AdminEnv,
+    },
+    /// Recompute the analytics rollups from the stored events.
+    Rollups {
+        #[command(subcommand)]
+        action: RollupsAction,
+        #[command(flatten)]
+        env: AdminEnv,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsAction {
+    /// Delete a key's events by user id, by visitor, or before a date;
+    /// corrects the key's rollups and records the deletion.
+    Delete {
+        #[arg(long)]
+        key: Uuid,
+        #[command(flatten)]
+        criterion: CriterionArgs,
+    },
+}
+
+/// Exactly one of the three.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct CriterionArgs {
+    /// The events sent with this user id.
+    #[arg(long)]
+    user_id: Option<String>,
+    /// The events of this visitor id.
+    #[arg(long)]
+    visitor: Option<String>,
+    /// The events before this day (YYYY-MM-DD) began, in the key's time zone.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    before: Option<chrono::NaiveDate>,
+}
+
+impl CriterionArgs {
+    fn criterion(&self) -> Result<Criterion, EraseError> {
+        match (&self.user_id, &self.visitor, self.before) {
+            (Some(id), _, _) => Criterion::user_id(id),
+            (None, Some(id), _) => Criterion::visitor(id),
+            (None, None, Some(day)) => Ok(Criterion::Before(day)),
+            (None, None, None) => unreachable!("clap requires one criterion"),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum RollupsAction {
+    /// Rebuild one key's rollups, or every key's: run it once after
+    /// upgrading a deployment that already stores events.
+    Rebuild {
+        /// Only this key.
+        #[arg(long)]
+        key: Option<Uuid>,
     },
 }
 
@@ -279,6 +347,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Keys { action, env } => operator_error(keys(action, &Admin::connect(env)?).await),
         Command::Bans { action, env } => operator_error(bans(action, &Admin::connect(env)?).await),
+        Command::Events { action, env } => {
+            operator_error(events(action, &Admin::connect(env)?).await)
+        }
+        Command::Rollups { action, env } => {
+            operator_error(rollups(action, &Admin::connect(env)?).await)
+        }
     }
 }
 
@@ -288,8 +362,17 @@ fn operator_error(result: anyhow::Result<()>) -> anyhow::Result<()> {
     let Err(error) = result else {
         return Ok(());
     };
-    match error.downcast_ref::<AdminError>() {
-        None | Some(AdminError::Unexpected(_)) => Err(error),
+    let expected = match (
+        error.downcast_ref::<AdminError>(),
+        error.downcast_ref::<EraseError>(),
+    ) {
+        (Some(AdminError::Unexpected(_)), _) | (_, Some(EraseError::Unexpected(_))) => None,
+        (Some(admin), _) => Some(admin.to_string()),
+        (_, Some(erase)) => Some(erase.to_string()),
+        (None, None) => None,
+    };
+    match expected {
+        None => Err(error),
         Some(expected) => {
             eprintln!("error: {expected}");
             std::process::exit(1)
@@ -615,6 +698,58 @@ async fn bans(action: BansAction, admin: &Admin) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn events(action: EventsAction, admin: &Admin) -> anyhow::Result<()> {
+    match action {
+        EventsAction::Delete { key, criterion } => {
+            let criterion = criterion.criterion()?;
+            let erased = erase::erase(&admin.db, key, &criterion).await?;
+            println!(
+                "Deleted {} events of key {key} ({criterion}); recorded as deletion {} at {}.",
+                erased.events_removed,
+                erased.id,
+                erased.deleted_at.format("%Y-%m-%d %H:%M:%S UTC")
+            );
+            match erased.rebuilt_from {
+                Some(day) => println!("Rollups recomputed from {day} on."),
+                None => println!("The key has no events left; its rollups hold only days past retention, if any."),
+            }
+            println!("The deleted events' ids are kept, so a redelivered queue entry is not stored again.");
+        }
+    }
+    Ok(())
+}
+
+async fn rollups(action: RollupsAction, admin: &Admin) -> anyhow::Result<()> {
+    match action {
+        RollupsAction::Rebuild { key } => {
+            let keys = match key {
+                Some(key) => {
+                    admin::get_key(&admin.db, key).await?;
+                    vec![key]
+                }
+                None => admin::list_keys(&admin.db)
+                    .await?
+                    .into_iter()
+                    .map(|k| k.id)
+                    .collect(),
+            };
+            for key in keys {
+                let rebuilt = rollup::rebuild(&admin.db, key)
+                    .await
+                    .with_context(|| format!("rebuilding the rollups of key {key}"))?;
+                match rebuilt.from {
+                    Some(day) => println!(
+                        "Key {key}: replayed {} events, rollups recomputed from {day} on.",
+                        rebuilt.events
+                    ),
+                    None => println!("Key {key}: no events stored; nothing to rebuild."),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A time as the tables show it.
 fn minute(time: chrono::DateTime<chrono::Utc>) -> String {
     time.format("%Y-%m-%d %H:%M").to_string()
@@ -648,5 +783,63 @@ fn print_bans(bans: &[Ban]) {
     );
     if bans.is_empty() {
         println!("(no bans)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once(&"tollgate").chain(args))
+    }
+
+    const KEY: &str = "7d1c2a8e-52c4-4f6f-9b1e-3f4a5b6c7d8e";
+
+    #[test]
+    fn events_delete_takes_exactly_one_criterion() {
+        for (args, problem) in [
+            (vec!["events", "delete", "--key", KEY], "no criterion"),
+            (
+                vec![
+                    "events",
+                    "delete",
+                    "--key",
+                    KEY,
+                    "--user-id",
+                    "u",
+                    "--visitor",
+                    "v",
+                ],
+                "two criteria",
+            ),
+            (
+                vec!["events", "delete", "--key", KEY, "--before", "yesterday"],
+                "a date that is not YYYY-MM-DD",
+            ),
+            (vec!["events", "delete", "--user-id", "u"], "no key"),
+        ] {
+            assert!(parse(&args).is_err(), "accepted {problem}");
+        }
+        let Command::Events {
+            action: EventsAction::Delete { criterion, .. },
+            ..
+        } = parse(&["events", "delete", "--key", KEY, "--before", "2031-03-01"])
+            .unwrap()
+            .command
+        else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(
+            criterion.criterion().unwrap(),
+            Criterion::Before(chrono::NaiveDate::from_ymd_opt(2031, 3, 1).unwrap())
+        );
+    }
+
+    #[test]
+    fn rollups_rebuild_takes_an_optional_key() {
+        assert!(parse(&["rollups", "rebuild"]).is_ok());
+        assert!(parse(&["rollups", "rebuild", "--key", KEY]).is_ok());
+        assert!(parse(&["rollups", "rebuild", "--key", "nope"]).is_err());
     }
 }

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::{
     apikeys::{self, KeyStatus, NewKey, Tier},
     db::Db,
+    events::rollup,
     limits::{Limits, Overrides},
     redis_keys::{RedisKeys, Subject},
     upstash::{Command, Upstash, UpstashError},
@@ -381,6 +382,11 @@ pub struct LimitsChange {
 /// Changes a key's tier, limit overrides or origins and returns the key as
 /// it now is. Applying the returned sync deletes the key's cache entries, so
 /// the next request loads the new values.
+///
+/// A new time zone moves the key's days, so its event rollups are rebuilt
+/// in the same transaction, under the key's rollup lock: the drain then
+/// counts in the new zone from the first batch after the change, and no
+/// view ever mixes the two zones' days (see `events::rollup::rebuild`).
 pub async fn set_limits(
     db: &Db,
     keys: &RedisKeys,
@@ -418,6 +424,23 @@ pub async fn set_limits(
           WHERE id = $1
       RETURNING {SUMMARY_COLUMNS}, secret_hash, publishable_key"
     );
+    let mut transaction = db.pool().begin().await.context("starting a transaction")?;
+    let old_timezone = match timezone {
+        Some(_) => {
+            rollup::lock_keys(db, &mut transaction, &[id])
+                .await
+                .context("locking the key's rollups")?;
+            db.query("SELECT timezone FROM api_keys WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *transaction)
+                .await
+                .context("reading the key's time zone")?
+                .map(|row| row.try_get::<String, _>("timezone"))
+                .transpose()
+                .context("reading the key's time zone")?
+        }
+        None => None,
+    };
     let row = db
         .query(&sql)
         .bind(id)
@@ -430,10 +453,19 @@ pub async fn set_limits(
         .bind(origins)
         .bind(change.tier.map(Tier::as_str))
         .bind(timezone)
-        .fetch_optional(db.pool())
+        .fetch_optional(&mut *transaction)
         .await
         .context("updating the key's limits")?
         .ok_or(AdminError::NoSuchKey(id))?;
+    if timezone.is_some_and(|new| old_timezone.as_deref() != Some(new)) {
+        rollup::rebuild_in(db, &mut transaction, id)
+            .await
+            .context("rebuilding the key's rollups in its new time zone")?;
+    }
+    transaction
+        .commit()
+        .await
+        .context("committing the key's limits")?;
     Ok(Changed {
         value: summary_from_row(&row)?,
         redis: RedisSync::forget_key(keys, &StoredHalves::from_row(&row)?),

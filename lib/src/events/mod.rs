@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod body;
 pub mod copy;
+pub mod erase;
 pub mod geo;
 pub mod parse;
 pub mod queued;
