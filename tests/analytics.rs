@@ -271,24 +271,39 @@ async fn views_stay_exact_while_a_sync_batch_is_pending_or_applied_but_not_delet
 }
 
 #[tokio::test]
-async fn the_events_view_counts_the_keys_collected_events() {
-    // A fixed clock: the events and "today" stay on one day whenever it runs.
-    let today = Utc::now();
+async fn the_events_view_counts_the_keys_collected_events_from_collect_to_the_rollups() {
+    // A fixed clock, at least two minutes into its day: the events and
+    // "today" stay on one day whenever it runs.
+    let mut now = Utc::now();
+    if now.time() < chrono::NaiveTime::from_hms_opt(0, 2, 0).unwrap() {
+        now -= chrono::Duration::minutes(3);
+    }
     let app = spawn_app_with(TestOptions {
         env: providers(true),
-        clock: Some(std::sync::Arc::new(tollgate::clock::FixedClock::new(today))),
+        clock: Some(std::sync::Arc::new(tollgate::clock::FixedClock::new(now))),
         ..TestOptions::default()
     })
     .await;
     let key = app.create_key().await;
     let pk = &key.publishable;
-    let visits = [
-        ("/", "https://news.example.com/item?id=1", "DE", "v1"),
-        ("/", "https://news.example.com/other", "DE", "v2"),
-        ("/pricing", "", "FR", "v1"),
+    // Two visits by the tracker's session id: s1 enters on a campaign link
+    // and leaves from /pricing 60 s later; s2 bounces.
+    let views = [
+        (
+            "s1",
+            100,
+            "/?utm_source=newsletter&utm_medium=email&utm_campaign=launch",
+            "https://news.example.com/item?id=1",
+            "DE",
+        ),
+        ("s2", 80, "/", "https://news.example.com/other", "DE"),
+        ("s1", 40, "/pricing", "", "FR"),
     ];
-    for (i, (path, referrer, country, visitor)) in visits.iter().enumerate() {
-        let mut event = json!({"type": "web", "name": "pageview", "url": format!("https://shop.example{path}")});
+    for (i, (session, ago, path, referrer, country)) in views.iter().enumerate() {
+        let at = now - chrono::Duration::seconds(*ago);
+        let mut event = json!({"type": "web", "name": "pageview", "session_id": session,
+                               "timestamp": at.to_rfc3339(),
+                               "url": format!("https://shop.example{path}")});
         if !referrer.is_empty() {
             event["referrer"] = json!(referrer);
         }
@@ -303,10 +318,7 @@ async fn the_events_view_counts_the_keys_collected_events() {
                 ),
             )
             .header("x-vercel-ip-country", *country)
-            .header(
-                "x-forwarded-for",
-                format!("203.0.113.{}", if *visitor == "v1" { 1 } else { 2 }),
-            )
+            .header("x-forwarded-for", format!("203.0.113.{i}"))
             .json(&event)
             .send()
             .await
@@ -325,11 +337,12 @@ async fn the_events_view_counts_the_keys_collected_events() {
     let (status, _, view) = read(&app, key.secret.expose(), "view=events").await;
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["events"], 4, "{view}");
+    assert_eq!(view["pageviews"], 3, "{view}");
     let days = view["days"].as_array().unwrap();
     assert_eq!(days.len(), 30);
     let last = days.last().unwrap();
-    assert_eq!(last["day"], today.date_naive().to_string());
-    assert_eq!(last["events"], 4);
+    assert_eq!(last["day"], now.date_naive().to_string());
+    assert_eq!((&last["events"], &last["pageviews"]), (&json!(4), &json!(3)));
     assert_eq!(
         view["names"],
         json!([{"name": "pageview", "events": 3}, {"name": "signup", "events": 1}])
@@ -346,8 +359,38 @@ async fn the_events_view_counts_the_keys_collected_events() {
         view["countries"],
         json!([{"value": "DE", "events": 2}, {"value": "FR", "events": 1}])
     );
-    assert!(view["visitors"].as_i64().unwrap() >= 2, "{view}");
     assert_eq!(view["browsers"][0]["value"], "Firefox");
+    assert_eq!(view["utm_sources"], json!([{"value": "newsletter", "events": 1}]));
+    assert_eq!(view["utm_mediums"], json!([{"value": "email", "events": 1}]));
+    assert_eq!(view["utm_campaigns"], json!([{"value": "launch", "events": 1}]));
+    // Three visits: s1 (two pages, 60 s), s2 (a bounce) and the server
+    // event, which has no session id but a visitor id (the caller's), so
+    // it is a visit of one event with no path. Four visitors: each page
+    // view came from its own address and browser, and the server.
+    assert_eq!(
+        (
+            &view["visitors"],
+            &view["visits"],
+            &view["views_per_visit"],
+            &view["bounce_rate"],
+            &view["visit_duration"]
+        ),
+        (&json!(4), &json!(3), &json!(1.0), &json!(0.6667), &json!(20.0)),
+        "{view}"
+    );
+    assert_eq!((&last["visitors"], &last["visits"]), (&json!(4), &json!(3)));
+    assert_eq!(
+        view["entry_pages"],
+        json!([{"value": "/", "visits": 2}]),
+        "{view}"
+    );
+    assert_eq!(
+        view["exit_pages"],
+        json!([{"value": "/", "visits": 1}, {"value": "/pricing", "visits": 1}]),
+        "{view}"
+    );
+    assert_eq!(view["previous"]["events"], 0);
+    assert_eq!(view["change"]["events"], Value::Null);
 }
 
 /// Seeds one day of a key's daily rollup; `visitors` are hashed into the

@@ -150,7 +150,7 @@ WITH daily AS MATERIALIZED (
 totals AS (
     SELECT current, jsonb_build_object(
                'events', sum(events), 'pageviews', sum(pageviews),
-               'visitors', round(hll_cardinality(hll_union_agg(visitors)))::bigint,
+               'visitors', visitor_count(hll_union_agg(visitors)),
                'visits', sum(visits), 'bounces', sum(bounces),
                'visit_seconds', sum(visit_seconds)) AS figures
     FROM daily GROUP BY current
@@ -169,7 +169,7 @@ SELECT jsonb_build_object(
     'previous', (SELECT figures FROM totals WHERE NOT current),
     'days', (SELECT coalesce(jsonb_agg(jsonb_build_object(
                  'day', day, 'events', events, 'pageviews', pageviews, 'visits', visits,
-                 'visitors', round(hll_cardinality(visitors))::bigint) ORDER BY day), '[]')
+                 'visitors', visitor_count(visitors)) ORDER BY day), '[]')
              FROM daily WHERE current),
     'rankings', (SELECT coalesce(jsonb_object_agg(dimension, items), '{{}}')
                  FROM (SELECT r.dimension,
