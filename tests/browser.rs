@@ -213,4 +213,23 @@ async fn the_tracker_delivers_scrubbed_page_views_and_custom_events_to_postgres_
         .find(|row| row.url.as_deref().is_some_and(|url| url.ends_with("/next")))
         .expect("the page after the reset link");
     assert_eq!(next.referrer, reset.url, "the referrer is scrubbed too");
+
+    // Visits are the tracker's session ids, a new one after 30 idle
+    // minutes: one visit in each of three tabs, and two in the tab left
+    // idle; the events view counts them from the drain's rollups.
+    let view: Value = app
+        .http
+        .get(format!("{}/api/analytics?view=events", app.address))
+        .bearer_auth(key.secret.expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&view["events"], &view["pageviews"], &view["visits"]),
+        (&json!(9), &json!(6), &json!(5)),
+        "{view}"
+    );
 }
