@@ -342,7 +342,10 @@ async fn the_events_view_counts_the_keys_collected_events_from_collect_to_the_ro
     assert_eq!(days.len(), 30);
     let last = days.last().unwrap();
     assert_eq!(last["day"], now.date_naive().to_string());
-    assert_eq!((&last["events"], &last["pageviews"]), (&json!(4), &json!(3)));
+    assert_eq!(
+        (&last["events"], &last["pageviews"]),
+        (&json!(4), &json!(3))
+    );
     assert_eq!(
         view["names"],
         json!([{"name": "pageview", "events": 3}, {"name": "signup", "events": 1}])
@@ -360,9 +363,18 @@ async fn the_events_view_counts_the_keys_collected_events_from_collect_to_the_ro
         json!([{"value": "DE", "events": 2}, {"value": "FR", "events": 1}])
     );
     assert_eq!(view["browsers"][0]["value"], "Firefox");
-    assert_eq!(view["utm_sources"], json!([{"value": "newsletter", "events": 1}]));
-    assert_eq!(view["utm_mediums"], json!([{"value": "email", "events": 1}]));
-    assert_eq!(view["utm_campaigns"], json!([{"value": "launch", "events": 1}]));
+    assert_eq!(
+        view["utm_sources"],
+        json!([{"value": "newsletter", "events": 1}])
+    );
+    assert_eq!(
+        view["utm_mediums"],
+        json!([{"value": "email", "events": 1}])
+    );
+    assert_eq!(
+        view["utm_campaigns"],
+        json!([{"value": "launch", "events": 1}])
+    );
     // Three visits: s1 (two pages, 60 s), s2 (a bounce) and the server
     // event, which has no session id but a visitor id (the caller's), so
     // it is a visit of one event with no path. Four visitors: each page
@@ -375,7 +387,13 @@ async fn the_events_view_counts_the_keys_collected_events_from_collect_to_the_ro
             &view["bounce_rate"],
             &view["visit_duration"]
         ),
-        (&json!(4), &json!(3), &json!(1.0), &json!(0.6667), &json!(20.0)),
+        (
+            &json!(4),
+            &json!(3),
+            &json!(1.0),
+            &json!(0.6667),
+            &json!(20.0)
+        ),
         "{view}"
     );
     assert_eq!((&last["visitors"], &last["visits"]), (&json!(4), &json!(3)));
