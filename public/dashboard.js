@@ -19,6 +19,23 @@ function bytes(n) {
   return (i ? n.toFixed(1) : n) + " " + units[i];
 }
 const shortDay = (day) => day.slice(5);
+const percent = (fraction) => (fraction === null ? "–" : `${(100 * fraction).toFixed(1)}%`);
+const decimal = (n) => (n === null ? "–" : n.toFixed(2));
+function duration(seconds) {
+  if (seconds === null) return "–";
+  const s = Math.round(seconds);
+  return s < 60 ? `${s}s` : `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+}
+// A change against the previous period, as the API gives it: relative for
+// counts and means, in points for the bounce rate (where up is worse).
+// Null when there is nothing to compare with.
+function change(value, bounce = false) {
+  if (value === null || value === undefined) return { text: "no previous data", trend: "none", tone: "" };
+  const shown = bounce ? `${(100 * Math.abs(value)).toFixed(1)} pts` : `${Math.round(100 * Math.abs(value))}%`;
+  const trend = value > 0 ? "up" : value < 0 ? "down" : "flat";
+  const tone = trend === "flat" ? "" : (trend === "up") !== bounce ? "better" : "worse";
+  return { text: `${trend === "up" ? "▲" : trend === "down" ? "▼" : "="} ${shown}`, trend, tone };
+}
 const when = (at) => (at ? new Date(at).toLocaleString() : "never");
 
 function element(tag, attrs, text) {
@@ -93,6 +110,26 @@ function ranking(container, name, items, format = number) {
   container.append(list);
 }
 
+// A table of a ranking, for the breakdowns read as lists (UTM tags).
+function table(container, name, items, heading) {
+  container.replaceChildren();
+  const t = element("table", { "data-table": name });
+  const head = element("tr");
+  head.append(element("th", {}, heading), element("th", {}, "Events"));
+  t.append(head);
+  if (!items.length) {
+    const row = element("tr");
+    row.append(element("td", { class: "empty", colspan: 2 }, "Nothing yet."));
+    t.append(row);
+  }
+  for (const item of items) {
+    const row = element("tr", { "data-label": item.label, "data-value": item.value });
+    row.append(element("td", {}, item.label), element("td", {}, number(item.value)));
+    t.append(row);
+  }
+  container.append(t);
+}
+
 // ---- Data --------------------------------------------------------------------
 
 class KeyRefused extends Error {}
@@ -128,12 +165,31 @@ function render(data) {
     ["Requests", number(totals.requests)], ["Successful", number(totals.successful)],
     ["Failed", number(totals.failed)], ["Uploads", number(totals.files)],
     ["Uploaded", bytes(totals.bytes)], ["Events", number(events.events)],
-    ["Visitors", number(events.visitors)], ["Last request", when(totals.last_used_at)],
+    ["Last request", when(totals.last_used_at)],
   ];
   $("cards").replaceChildren(...cards.map(([label, value]) => {
     const small = label === "Last request";
     const card = element("div", { class: small ? "card small" : "card", "data-card": label.toLowerCase() });
     card.append(element("div", { class: "label" }, label), element("div", { class: "value" }, value));
+    return card;
+  }));
+
+  // The web-analytics figures of the range, each against the previous
+  // period of the same length.
+  const c = events.change;
+  const web = [
+    ["Visitors", "visitors", number(events.visitors), change(c.visitors)],
+    ["Visits", "visits", number(events.visits), change(c.visits)],
+    ["Pageviews", "pageviews", number(events.pageviews), change(c.pageviews)],
+    ["Views per visit", "views-per-visit", decimal(events.views_per_visit), change(c.views_per_visit)],
+    ["Bounce rate", "bounce-rate", percent(events.bounce_rate), change(c.bounce_rate, true)],
+    ["Visit duration", "visit-duration", duration(events.visit_duration), change(c.visit_duration)],
+  ];
+  $("web-cards").replaceChildren(...web.map(([label, name, value, moved]) => {
+    const card = element("div", { class: "card", "data-card": name });
+    card.append(element("div", { class: "label" }, label), element("div", { class: "value" }, value),
+      element("div", { class: `change ${moved.tone}`, "data-change": moved.trend,
+        title: `against ${events.previous.start} to ${events.previous.end}` }, moved.text));
     return card;
   }));
 
@@ -144,6 +200,8 @@ function render(data) {
   ]);
   columns($("chart-events"), "events", events.days.map((d) => d.day),
     [{ name: "events", values: events.days.map((d) => d.events) }]);
+  columns($("chart-visits"), "visits", events.days.map((d) => d.day),
+    [{ name: "visits", values: events.days.map((d) => d.visits) }]);
   ranking($("chart-uploads"), "uploads",
     providers.providers.map((p) => ({ label: p.provider, value: p.uploads })));
   ranking($("chart-bytes"), "bytes",
@@ -153,6 +211,12 @@ function render(data) {
   ranking($("chart-pages"), "pages", events.top_paths.map((p) => ({ label: p.value, value: p.events })));
   ranking($("chart-referrers"), "referrers",
     events.top_referrers.map((r) => ({ label: r.value, value: r.events })));
+  ranking($("chart-entry"), "entry-pages", events.entry_pages.map((p) => ({ label: p.value, value: p.visits })));
+  ranking($("chart-exit"), "exit-pages", events.exit_pages.map((p) => ({ label: p.value, value: p.visits })));
+  for (const [name, field, heading] of [["utm-sources", "utm_sources", "Source"],
+    ["utm-mediums", "utm_mediums", "Medium"], ["utm-campaigns", "utm_campaigns", "Campaign"]]) {
+    table($(name), name, events[field].map((u) => ({ label: u.value, value: u.events })), heading);
+  }
 
   const empty = totals.requests === 0 && events.events === 0;
   message(empty

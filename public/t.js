@@ -23,11 +23,23 @@
   // name ending in token, secret, password, signature or credential
   // (access_token, resetToken, client_secret, X-Amz-Signature).
   var SECRET = /^(code|state|nonce|key|api[_-]?key|auth|authorization|pass|passwd|pwd|session|session[_-]?id|sid|sig|otp|reset|jwt|ticket)$|(token|secret|password|signature|credential)$/i;
-  var queue = [], timer = 0, tries = 0, last, sid;
+  var queue = [], timer = 0, tries = 0, last, sid, seen = 0;
   try {
-    sid = sessionStorage.getItem("tg_sid") || uuid();
-    sessionStorage.setItem("tg_sid", sid);
-  } catch (e) { sid = uuid(); }
+    var stored = (sessionStorage.getItem("tg_sid") || "").split(" ");
+    sid = stored[0];
+    seen = +stored[1] || 0;
+  } catch (e) {}
+
+  // The session id of an event, which makes a visit: the tab's, until 30
+  // minutes pass without an event; the next event then starts a new visit
+  // under a new id, as web analytics counts visits.
+  function session() {
+    var now = Date.now();
+    if (!sid || now - seen > 18e5) sid = uuid();
+    seen = now;
+    try { sessionStorage.setItem("tg_sid", sid + " " + now); } catch (e) {}
+    return sid;
+  }
 
   function uuid() {
     return crypto.randomUUID ? crypto.randomUUID() : "10000000-1000-4000-8000-100000000000".replace(/[018]/g, function (c) {
@@ -57,7 +69,7 @@
     if (off) return;
     var e = {
       id: uuid(), type: "web", name: String(name), timestamp: new Date().toISOString(),
-      session_id: sid, url: clean(location.href), referrer: clean(d.referrer), title: d.title,
+      session_id: session(), url: clean(location.href), referrer: clean(d.referrer), title: d.title,
       screen: screen.width + "x" + screen.height, language: navigator.language
     };
     if (props) e.properties = props;

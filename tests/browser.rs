@@ -17,10 +17,17 @@ async fn spawn() -> TestApp {
     .await
 }
 
-/// A page view from a browser, with a referrer when given.
-async fn page_view(app: &TestApp, pk: &str, path: &str, referrer: Option<&str>) -> u16 {
-    let mut event =
-        json!({"type": "web", "name": "pageview", "url": format!("https://shop.example{path}")});
+/// A page view from a browser in a visit (the tracker's session id), with
+/// a referrer when given.
+async fn page_view(
+    app: &TestApp,
+    pk: &str,
+    session: &str,
+    path: &str,
+    referrer: Option<&str>,
+) -> u16 {
+    let mut event = json!({"type": "web", "name": "pageview", "session_id": session,
+                           "url": format!("https://shop.example{path}")});
     if let Some(referrer) = referrer {
         event["referrer"] = json!(referrer);
     }
@@ -45,13 +52,21 @@ async fn the_dashboard_draws_the_seeded_numbers_and_explains_bad_keys_and_empty_
     for body in [&png, &png, &png, &png, &pdf, &pdf, &refused] {
         count(sign(&app, Some(secret), body).await.0, 200);
     }
-    for (path, referrer) in [
-        ("/", Some("https://news.example.com/a")),
-        ("/", Some("https://news.example.com/b")),
-        ("/", None),
-        ("/pricing", None),
+    // Three visits: one of two pages, and two bounces.
+    for (session, path, referrer) in [
+        (
+            "s1",
+            "/?utm_source=newsletter&utm_medium=email",
+            Some("https://news.example.com/a"),
+        ),
+        ("s2", "/", Some("https://news.example.com/b")),
+        ("s3", "/", None),
+        ("s1", "/pricing", None),
     ] {
-        count(page_view(&app, &key.publishable, path, referrer).await, 202);
+        count(
+            page_view(&app, &key.publishable, session, path, referrer).await,
+            202,
+        );
     }
     let signup = app
         .collect(secret, &json!({"type": "server", "name": "signup"}))
@@ -73,8 +88,13 @@ async fn the_dashboard_draws_the_seeded_numbers_and_explains_bad_keys_and_empty_
         "events": 5,
         "pages": {"/": 3, "/pricing": 1},
         "referrers": {"news.example.com": 2},
+        "pageviews": 4,
+        "entry_pages": {"/": 3},
+        "exit_pages": {"/": 2, "/pricing": 1},
+        "utm_sources": {"newsletter": 1},
+        "utm_mediums": {"email": 1},
     });
-    let artifacts = repo_root().join("tests").join("artifacts");
+    let artifacts = repo_root().join("target").join("screenshots");
     run_node_test_files(
         "browser",
         "playwright-core",
@@ -95,6 +115,7 @@ async fn the_dashboard_draws_the_seeded_numbers_and_explains_bad_keys_and_empty_
 struct Stored {
     id: Uuid,
     name: String,
+    session_id: Option<String>,
     utm_source: Option<String>,
     properties: Option<Value>,
     url: Option<String>,
@@ -119,11 +140,11 @@ async fn the_tracker_delivers_scrubbed_page_views_and_custom_events_to_postgres_
     .await;
     let sent: Vec<Value> = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     std::fs::remove_file(&out).ok();
-    assert_eq!(sent.len(), 6, "{sent:?}");
+    assert_eq!(sent.len(), 9, "{sent:?}");
 
     app.drain().await;
     let stored: Vec<Stored> = sqlx::query_as(
-        "SELECT id, name, utm_source, properties, url, referrer FROM events
+        "SELECT id, name, session_id, utm_source, properties, url, referrer FROM events
          WHERE api_key_id = $1 ORDER BY occurred_at, name",
     )
     .bind(key.id)
@@ -166,6 +187,11 @@ async fn the_tracker_delivers_scrubbed_page_views_and_custom_events_to_postgres_
             event["referrer"].as_str(),
             "{row:?}"
         );
+        assert_eq!(
+            row.session_id.as_deref(),
+            event["session_id"].as_str(),
+            "{row:?}"
+        );
         for text in [&row.url, &row.referrer].into_iter().flatten() {
             assert!(!text.contains("s3cr3t") && !text.contains('#'), "{row:?}");
         }
@@ -187,4 +213,23 @@ async fn the_tracker_delivers_scrubbed_page_views_and_custom_events_to_postgres_
         .find(|row| row.url.as_deref().is_some_and(|url| url.ends_with("/next")))
         .expect("the page after the reset link");
     assert_eq!(next.referrer, reset.url, "the referrer is scrubbed too");
+
+    // Visits are the tracker's session ids, a new one after 30 idle
+    // minutes: one visit in each of three tabs, and two in the tab left
+    // idle; the events view counts them from the drain's rollups.
+    let view: Value = app
+        .http
+        .get(format!("{}/api/analytics?view=events", app.address))
+        .bearer_auth(key.secret.expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&view["events"], &view["pageviews"], &view["visits"]),
+        (&json!(9), &json!(6), &json!(5)),
+        "{view}"
+    );
 }

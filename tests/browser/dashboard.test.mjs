@@ -64,6 +64,33 @@ test('the charts show the seeded numbers', async () => {
   const card = (name) => page.textContent(`[data-card="${name}"] .value`);
   assert.equal(await card('requests'), EXPECTED.requests.toLocaleString('en-US'));
   assert.equal(await card('events'), String(EXPECTED.events));
+
+  // The web-analytics figures: the seeded ones, and each as the API
+  // computes it (tests/analytics.rs checks the API's arithmetic).
+  const start = await page.$eval('[data-chart="events"] [data-value]', (bar) => bar.dataset.label);
+  const response = await fetch(`${APP_URL}/api/analytics?view=events&start=${start}&end=${EXPECTED.today}`,
+    { headers: { Authorization: `Bearer ${SECRET_KEY}` } });
+  const events = await response.json();
+  assert.equal(events.pageviews, EXPECTED.pageviews);
+  assert.equal(await card('pageviews'), String(EXPECTED.pageviews));
+  assert.equal(await card('visitors'), String(events.visitors));
+  assert.equal(await card('visits'), String(events.visits));
+  assert.ok(events.visits >= 3, JSON.stringify(events));
+  assert.equal(await card('views-per-visit'), events.views_per_visit.toFixed(2));
+  assert.equal(await card('bounce-rate'), `${(100 * events.bounce_rate).toFixed(1)}%`);
+  assert.match(await card('visit-duration'), /^(\d+m )?\d+s$/);
+  // Nothing before the range: no change to show, and no made-up one.
+  const changes = await page.$$eval('[data-change]', (els) => els.map((el) => el.dataset.change));
+  assert.deepEqual(changes, Array(6).fill('none'));
+  assert.deepEqual(await bars(page, 'entry-pages'), EXPECTED.entry_pages);
+  assert.deepEqual(await bars(page, 'exit-pages'), EXPECTED.exit_pages);
+  assert.equal(sum(await bars(page, 'visits')), events.visits);
+  const rows = (table) => page.$$eval(`table[data-table="${table}"] tr[data-label]`, (trs) =>
+    Object.fromEntries(trs.map((tr) => [tr.dataset.label, Number(tr.dataset.value)])));
+  assert.deepEqual(await rows('utm-sources'), EXPECTED.utm_sources);
+  assert.deepEqual(await rows('utm-mediums'), EXPECTED.utm_mediums);
+  assert.deepEqual(await rows('utm-campaigns'), {});
+  assert.match(await page.textContent('[data-table="utm-campaigns"]'), /Nothing yet/);
   assert.equal(await page.$('[data-queue-status]'), null, 'the deployment-wide queue is for operators');
 
   await page.screenshot({ path: join(ARTIFACTS, 'dashboard.png'), fullPage: true });
@@ -104,6 +131,7 @@ test('a key without data says so', async () => {
   await page.goto(`${APP_URL}/#key=${EMPTY_KEY}`);
   await page.waitForSelector('svg[data-chart="requests"]');
   assert.match(await page.textContent('#message'), /No data yet/);
+  assert.equal(await page.textContent('[data-card="bounce-rate"] .value'), '–', 'no visits, no rate');
   assert.equal(sum(await bars(page, 'requests')), 0);
   await page.close();
 });

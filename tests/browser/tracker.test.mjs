@@ -95,7 +95,8 @@ after(async () => {
 const visit = () => browser.newContext();
 
 // What tests/browser.rs compares with the row stored for each event.
-const record = (e) => ({ id: e.id, name: e.name, url: e.url, referrer: e.referrer ?? null });
+const record = (e) => ({ id: e.id, name: e.name, url: e.url, referrer: e.referrer ?? null,
+  session_id: e.session_id });
 
 const settle = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -135,6 +136,41 @@ test('sends page views, history navigation and custom events, with a beacon on p
   assert.deepEqual(requests.map((r) => r.status), [202, 202]);
   assert.deepEqual(requests.map((r) => r.answer), [{ accepted: 1, rejected: [] }, { accepted: 2, rejected: [] }]);
   sent.push(...events.map(record));
+});
+
+test('keeps a visit\'s session id until 30 minutes pass without an event', async () => {
+  const context = await visit();
+  const tab = await context.newPage();
+  const before = received.length;
+  // Date.now() as the page sees it; timers keep running. The visit is set
+  // in the past so that every timestamp is one collect accepts.
+  const start = Date.now() - 70 * 60_000;
+  const at = (minutes) => tab.clock.setFixedTime(start + minutes * 60_000);
+  await at(0);
+  const first = tab.waitForResponse((r) => r.url() === collectUrl && r.request().method() === 'POST');
+  await tab.goto(`${siteUrl}/idle`);
+  await tab.waitForFunction(() => window.tollgate);
+  await first;
+  // 29 minutes later: the same visit. Another 31 minutes: a new one.
+  await at(29);
+  await tab.evaluate(() => window.tollgate.track('still-here'));
+  await at(60);
+  await tab.evaluate(() => window.tollgate.track('back-later'));
+  await tab.goto('about:blank');
+  for (let i = 0; i < 150 && events().length < 3; i++) await settle(100);
+  await context.close();
+
+  function events() {
+    return received.slice(before).flatMap((entry) => entry.events);
+  }
+  const sentHere = events();
+  assert.deepEqual(sentHere.map((e) => e.name), ['pageview', 'still-here', 'back-later']);
+  const [a, b, c] = sentHere.map((e) => e.session_id);
+  assert.ok(a, 'a session id is sent');
+  assert.equal(b, a, 'within 30 minutes: the same visit');
+  assert.notEqual(c, a, 'after 30 idle minutes: a new visit');
+  assert.ok(received.slice(before).every((r) => r.status === 202), JSON.stringify(received.slice(before)));
+  sent.push(...sentHere.map(record));
 });
 
 test('retries with backoff when collect fails, without duplicates', async () => {

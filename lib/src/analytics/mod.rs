@@ -439,7 +439,7 @@ async fn compute(state: &AppState, query: &Query, miss: &Miss) -> Result<Cached,
     let today = apikeys::key_day(computed_at, zone);
     let range = query.range(today)?;
     let max_age = state.config.pipeline.event_max_age;
-    let scanned = lifetime(range, miss.created_ms, today, zone, max_age);
+    let scanned = lifetime(range, miss.created_ms, zone, max_age);
     let batch_ids: Vec<String> = miss.pending.iter().map(|(id, _)| id.clone()).collect();
     let params = params(miss.key_id, scanned, today, &miss.timezone, batch_ids);
     let mut document = run(state, query.view(), &params).await?;
@@ -513,7 +513,7 @@ async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<A
     crate::fallback::check_limits_directly(state, key_id, None, today, None, unavailable).await?;
     let range = query.range(today)?;
     let max_age = state.config.pipeline.event_max_age;
-    let scanned = lifetime(range, cached.created_ms, today, zone, max_age);
+    let scanned = lifetime(range, cached.created_ms, zone, max_age);
     let params = params(key_id, scanned, today, &cached.timezone, vec![]);
     let document = run(state, query.view(), &params).await?;
     let header = Header {
@@ -528,15 +528,16 @@ async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<A
     })
 }
 
-/// The part of a range Postgres reads: the range clamped to the key's
-/// lifetime, from the day it was created to today (in its time zone), so no
-/// read scans days the key cannot have data for. A range wholly before the
-/// key's first day shrinks to its last day. The answer still covers the
-/// range asked for, its days outside the lifetime zero.
+/// The part of a range Postgres reads: the range starting no earlier than
+/// the key's first day (in its time zone), so no read scans days the key
+/// cannot have data for. A range wholly before the key's first day shrinks
+/// to its last day. The answer still covers the range asked for, its days
+/// outside the lifetime zero. The end is left as asked: the events view's
+/// previous period is the range's length before its start, and a range
+/// into the future must keep its length.
 fn lifetime(
     range: Option<(NaiveDate, NaiveDate)>,
     created_ms: Option<i64>,
-    today: NaiveDate,
     zone: chrono_tz::Tz,
     max_age: Duration,
 ) -> Option<(NaiveDate, NaiveDate)> {
@@ -545,9 +546,7 @@ fn lifetime(
         .and_then(chrono::DateTime::from_timestamp_millis)
         .map(|created| apikeys::key_day(created, zone));
     // Events may be stamped up to `max_age` before they arrive (an app's
-    // offline queue, a backfill on a new key) and a day ahead of the key's
-    // today (clock skew), and are stored so.
-    let end = end.min(today + chrono::Duration::days(1));
+    // offline queue, a backfill on a new key), and are stored so.
     let first = first.map(|first| first - chrono::Duration::from_std(max_age).unwrap_or_default());
     let start = first.map_or(start, |first| start.max(first)).min(end);
     Some((start, end))

@@ -75,49 +75,120 @@ pub fn sql(view: View) -> String {
         View::FileTypes => {
             "'file_types', (SELECT file_type_counts FROM api_keys WHERE id = $1)"
         }
-        View::Events => return EVENTS.to_owned(),
+        View::Events => return events_sql(),
     };
     format!("SELECT jsonb_build_object({body}, {APPLIED})")
 }
 
-/// The events view reads the key's events of the range once (through the
-/// `(api_key_id, occurred_at)` index) and aggregates them several ways.
-const EVENTS: &str = "
-WITH e AS MATERIALIZED (
-    SELECT (occurred_at AT TIME ZONE $7)::date AS day,
-           name, path, visitor_id, country, browser, device_type, referrer
-    FROM events
-    WHERE api_key_id = $1 AND occurred_at >= $2 AND occurred_at < $3
+/// A ranking the events view returns: the rollup dimension it reads, the
+/// response field it fills, how many values it keeps, and what its counts
+/// are (events, or for entry and exit pages, visits).
+struct Ranking {
+    dimension: &'static str,
+    field: &'static str,
+    top: usize,
+    label: &'static str,
+    counts: &'static str,
+}
+
+const fn ranking(dimension: &'static str, field: &'static str, top: usize) -> Ranking {
+    Ranking {
+        dimension,
+        field,
+        top,
+        label: "value",
+        counts: "events",
+    }
+}
+
+/// Every ranking of the events view, in the order of the response.
+const RANKINGS: [Ranking; 11] = [
+    Ranking {
+        label: "name",
+        ..ranking("name", "names", 50)
+    },
+    ranking("path", "top_paths", 10),
+    // Referrers are rolled up by site (host), not by page.
+    ranking("referrer", "top_referrers", 10),
+    ranking("country", "countries", 10),
+    ranking("browser", "browsers", 10),
+    ranking("device", "devices", 10),
+    ranking("utm_source", "utm_sources", 10),
+    ranking("utm_medium", "utm_mediums", 10),
+    ranking("utm_campaign", "utm_campaigns", 10),
+    Ranking {
+        counts: "visits",
+        ..ranking("entry", "entry_pages", 10)
+    },
+    Ranking {
+        counts: "visits",
+        ..ranking("exit", "exit_pages", 10)
+    },
+];
+
+/// The events view reads only the key's rollups, each through its primary
+/// key over the days of the range, so its cost grows with the days and
+/// distinct values of the range, never with its events. The daily rollup
+/// is read once for the range and the previous period of the same length
+/// just before it; each period's visitors are the union of its days'
+/// sketches, counted by `visitor_count`, which corrects the sketch's
+/// estimate where it runs high. Each day's visitors take the extension's
+/// own estimate instead: `visitor_count` reads the sketch's printed form,
+/// about 6 ms for a day of thousands of visitors, which over a month's
+/// series would be most of the view's time.
+///
+/// Ratios (views per visit, bounce rate, visit duration) and the change
+/// against the previous period are derived in [`assemble`], from the sums
+/// this returns.
+fn events_sql() -> String {
+    let dimensions: Vec<&str> = RANKINGS.iter().map(|r| r.dimension).collect();
+    let tops: Vec<String> = RANKINGS
+        .iter()
+        .map(|r| format!("('{}', {})", r.dimension, r.top))
+        .collect();
+    format!(
+        "
+WITH daily AS MATERIALIZED (
+    SELECT day >= $4 AS current, day, events, pageviews, visitors, visits, bounces, visit_seconds
+    FROM event_rollup_daily
+    WHERE api_key_id = $1 AND day BETWEEN $4::date - ($5::date - $4::date + 1) AND $5
+),
+totals AS (
+    SELECT current, jsonb_build_object(
+               'events', sum(events), 'pageviews', sum(pageviews),
+               'visitors', visitor_count(hll_union_agg(visitors)),
+               'visits', sum(visits), 'bounces', sum(bounces),
+               'visit_seconds', sum(visit_seconds)) AS figures
+    FROM daily GROUP BY current
+),
+ranked AS (
+    SELECT dimension, value, n,
+           row_number() OVER (PARTITION BY dimension ORDER BY n DESC, value) AS rank
+    FROM (SELECT dimension, value, sum(events)::bigint AS n
+          FROM event_rollup_values
+          WHERE api_key_id = $1 AND dimension = ANY ('{{{dimensions}}}'::text[])
+            AND day BETWEEN $4 AND $5
+          GROUP BY dimension, value) v
 )
 SELECT jsonb_build_object(
-    'events', (SELECT count(*) FROM e),
-    'visitors', (SELECT count(DISTINCT visitor_id) FROM e),
-    'days', (SELECT coalesce(jsonb_agg(jsonb_build_object('day', day, 'events', n, 'visitors', v)), '[]')
-             FROM (SELECT day, count(*) AS n, count(DISTINCT visitor_id) AS v FROM e GROUP BY day) d),
-    'names', (SELECT coalesce(jsonb_agg(jsonb_build_object('name', name, 'events', n) ORDER BY n DESC, name), '[]')
-              FROM (SELECT name, count(*) AS n FROM e GROUP BY name ORDER BY n DESC, name LIMIT 50) t),
-    'top_paths', (SELECT coalesce(jsonb_agg(jsonb_build_object('value', v, 'events', n) ORDER BY n DESC, v), '[]')
-                  FROM (SELECT path AS v, count(*) AS n FROM e WHERE path IS NOT NULL
-                        GROUP BY path ORDER BY n DESC, v LIMIT 10) t),
-    -- Referrers are ranked by site, not by page; the site is taken from each
-    -- distinct referrer once, not from every row.
-    'top_referrers', (SELECT coalesce(jsonb_agg(jsonb_build_object('value', v, 'events', n) ORDER BY n DESC, v), '[]')
-                      FROM (SELECT site AS v, sum(n)::bigint AS n
-                            FROM (SELECT nullif(substring(referrer FROM '^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]+)'), '') AS site,
-                                         count(*) AS n
-                                  FROM e WHERE referrer IS NOT NULL GROUP BY referrer) r
-                            WHERE site IS NOT NULL
-                            GROUP BY site ORDER BY n DESC, v LIMIT 10) t),
-    'countries', (SELECT coalesce(jsonb_agg(jsonb_build_object('value', v, 'events', n) ORDER BY n DESC, v), '[]')
-                  FROM (SELECT country AS v, count(*) AS n FROM e WHERE country IS NOT NULL
-                        GROUP BY country ORDER BY n DESC, v LIMIT 10) t),
-    'browsers', (SELECT coalesce(jsonb_agg(jsonb_build_object('value', v, 'events', n) ORDER BY n DESC, v), '[]')
-                 FROM (SELECT browser AS v, count(*) AS n FROM e WHERE browser IS NOT NULL
-                       GROUP BY browser ORDER BY n DESC, v LIMIT 10) t),
-    'devices', (SELECT coalesce(jsonb_agg(jsonb_build_object('value', v, 'events', n) ORDER BY n DESC, v), '[]')
-                FROM (SELECT device_type AS v, count(*) AS n FROM e WHERE device_type IS NOT NULL
-                      GROUP BY device_type ORDER BY n DESC, v LIMIT 10) t),
-    'applied', '[]'::jsonb)";
+    'current', (SELECT figures FROM totals WHERE current),
+    'previous', (SELECT figures FROM totals WHERE NOT current),
+    'days', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                 'day', day, 'events', events, 'pageviews', pageviews, 'visits', visits,
+                 'visitors', round(hll_cardinality(visitors))::bigint) ORDER BY day), '[]')
+             FROM daily WHERE current),
+    'rankings', (SELECT coalesce(jsonb_object_agg(dimension, items), '{{}}')
+                 FROM (SELECT r.dimension,
+                              jsonb_agg(jsonb_build_array(value, n) ORDER BY rank) AS items
+                       FROM ranked r
+                       JOIN (VALUES {tops}) AS top(dimension, keep) USING (dimension)
+                       WHERE rank <= keep
+                       GROUP BY r.dimension) t),
+    'applied', '[]'::jsonb)",
+        dimensions = dimensions.join(","),
+        tops = tops.join(", "),
+    )
+}
 
 /// Usage counters: all time, or of one day.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
@@ -303,42 +374,165 @@ pub(crate) fn assemble(
                     .collect::<Vec<_>>(),
             })
         }
-        View::Events => {
-            let mut document = document;
-            let object = document
-                .as_object_mut()
-                .ok_or_else(|| anyhow::anyhow!("the events view is not an object"))?;
-            object.remove("applied");
-            // Every day of the range gets a row, so charts need no gap-filling.
-            #[derive(Deserialize)]
-            struct EventDay {
-                day: NaiveDate,
-                events: i64,
-                visitors: i64,
-            }
-            let counted: Vec<EventDay> =
-                serde_json::from_value(object.remove("days").unwrap_or_default())?;
-            let mut by_day: BTreeMap<NaiveDate, (i64, i64)> =
-                days(start, end).map(|day| (day, (0, 0))).collect();
-            for row in counted {
-                by_day.insert(row.day, (row.events, row.visitors));
-            }
-            object.insert(
-                "days".into(),
-                by_day
-                    .into_iter()
-                    .map(|(day, (events, visitors))| {
-                        serde_json::json!({"day": day, "events": events, "visitors": visitors})
-                    })
-                    .collect(),
-            );
-            document
-        }
+        View::Events => events_view(document, start, end)?,
     };
     match value {
         Value::Object(map) => Ok(map),
         _ => anyhow::bail!("a view did not assemble into an object"),
     }
+}
+
+/// The sums of one period of the events view, as its statement returns them.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+struct Sums {
+    events: i64,
+    pageviews: i64,
+    visitors: i64,
+    visits: i64,
+    bounces: i64,
+    visit_seconds: i64,
+}
+
+/// The summary figures of a period, as the events view answers them. A
+/// ratio over no visits is `None` (`null`), never a division by zero.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Figures {
+    pub events: i64,
+    pub visitors: i64,
+    pub visits: i64,
+    pub pageviews: i64,
+    /// Pageviews per visit, to two decimals.
+    pub views_per_visit: Option<f64>,
+    /// The share of visits of a single event, from 0 to 1, to four decimals.
+    pub bounce_rate: Option<f64>,
+    /// The mean visit length in seconds, to one decimal.
+    pub visit_duration: Option<f64>,
+}
+
+impl From<Sums> for Figures {
+    fn from(sums: Sums) -> Self {
+        let per_visit = |total: i64, decimals: i32| {
+            (sums.visits > 0).then(|| round(total as f64 / sums.visits as f64, decimals))
+        };
+        Figures {
+            events: sums.events,
+            visitors: sums.visitors,
+            visits: sums.visits,
+            pageviews: sums.pageviews,
+            views_per_visit: per_visit(sums.pageviews, 2),
+            bounce_rate: per_visit(sums.bounces, 4),
+            visit_duration: per_visit(sums.visit_seconds, 1),
+        }
+    }
+}
+
+/// How a period's figures moved from the previous period's: counts and
+/// means as a relative change (0.25 is 25 % more), `None` when the previous
+/// period had none; the bounce rate as a difference of rates (0.05 is five
+/// points more), as web-analytics tools show it.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Change {
+    pub events: Option<f64>,
+    pub visitors: Option<f64>,
+    pub visits: Option<f64>,
+    pub pageviews: Option<f64>,
+    pub views_per_visit: Option<f64>,
+    pub bounce_rate: Option<f64>,
+    pub visit_duration: Option<f64>,
+}
+
+impl Change {
+    fn between(now: &Figures, before: &Figures) -> Self {
+        let relative = |now: Option<f64>, before: Option<f64>| match (now, before) {
+            (Some(now), Some(before)) if before != 0.0 => Some(round((now - before) / before, 4)),
+            _ => None,
+        };
+        let count = |now: i64, before: i64| relative(Some(now as f64), Some(before as f64));
+        Change {
+            events: count(now.events, before.events),
+            visitors: count(now.visitors, before.visitors),
+            visits: count(now.visits, before.visits),
+            pageviews: count(now.pageviews, before.pageviews),
+            views_per_visit: relative(now.views_per_visit, before.views_per_visit),
+            bounce_rate: now
+                .bounce_rate
+                .zip(before.bounce_rate)
+                .map(|(now, before)| round(now - before, 4)),
+            visit_duration: relative(now.visit_duration, before.visit_duration),
+        }
+    }
+}
+
+fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+/// The events view's fields from its statement's document: the range's
+/// figures, every day of the range (so charts need no gap-filling), the
+/// rankings, and the previous period with the change against it.
+fn events_view(document: Value, start: NaiveDate, end: NaiveDate) -> anyhow::Result<Value> {
+    #[derive(Deserialize)]
+    struct EventDay {
+        day: NaiveDate,
+        events: i64,
+        visitors: i64,
+        visits: i64,
+        pageviews: i64,
+    }
+    #[derive(Deserialize)]
+    struct Doc {
+        current: Option<Sums>,
+        previous: Option<Sums>,
+        days: Vec<EventDay>,
+        rankings: BTreeMap<String, Vec<(String, i64)>>,
+    }
+    let mut doc: Doc = serde_json::from_value(document)?;
+    let now = Figures::from(doc.current.unwrap_or_default());
+    let before = Figures::from(doc.previous.unwrap_or_default());
+    let length = (end - start).num_days() + 1;
+
+    let mut out = match serde_json::to_value(now)? {
+        Value::Object(map) => map,
+        _ => anyhow::bail!("figures are not an object"),
+    };
+    let mut by_day: BTreeMap<NaiveDate, Value> = days(start, end)
+        .map(|day| {
+            let zero = serde_json::json!({"day": day, "events": 0, "visitors": 0, "visits": 0, "pageviews": 0});
+            (day, zero)
+        })
+        .collect();
+    for d in doc.days {
+        by_day.insert(
+            d.day,
+            serde_json::json!({"day": d.day, "events": d.events, "visitors": d.visitors,
+                               "visits": d.visits, "pageviews": d.pageviews}),
+        );
+    }
+    out.insert("days".into(), by_day.into_values().collect());
+    for ranking in &RANKINGS {
+        let items = doc.rankings.remove(ranking.dimension).unwrap_or_default();
+        let items: Vec<Value> = items
+            .into_iter()
+            .map(|(value, n)| serde_json::json!({ranking.label: value, ranking.counts: n}))
+            .collect();
+        out.insert(ranking.field.into(), items.into());
+    }
+    let mut previous = match serde_json::to_value(before)? {
+        Value::Object(map) => map,
+        _ => anyhow::bail!("figures are not an object"),
+    };
+    previous.insert(
+        "start".into(),
+        (start - Duration::days(length)).to_string().into(),
+    );
+    previous.insert("end".into(), (start - Duration::days(1)).to_string().into());
+    out.insert("previous".into(), previous.into());
+    out.insert(
+        "change".into(),
+        serde_json::to_value(Change::between(&now, &before))?,
+    );
+    Ok(Value::Object(out))
 }
 
 /// Provider totals from Postgres plus the unsynced counters, by name.
@@ -468,7 +662,8 @@ mod tests {
                 "api_keys",
                 "provider_usage",
                 "api_key_usage_daily",
-                "events",
+                "event_rollup_daily",
+                "event_rollup_values",
             ] {
                 for (at, _) in sql.match_indices(&format!("FROM {table}")) {
                     let rest = &sql[at..];
@@ -481,5 +676,71 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn no_statement_reads_raw_events() {
+        for view in View::ALL {
+            let sql = sql(view);
+            assert!(
+                !sql.contains("FROM events") && !sql.contains("JOIN events"),
+                "{}",
+                view.as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_range_has_zeros_and_no_ratios_and_every_day() {
+        let document =
+            json!({"current": null, "previous": null, "days": [], "rankings": {}, "applied": []});
+        let range = Some((day("2026-11-01"), day("2026-11-03")));
+        let view = assemble(View::Events, document, &Unsynced::new(), range).unwrap();
+        assert_eq!(view["events"], 0);
+        assert_eq!(view["visits"], 0);
+        assert_eq!(view["views_per_visit"], Value::Null);
+        assert_eq!(view["bounce_rate"], Value::Null);
+        assert_eq!(view["visit_duration"], Value::Null);
+        assert_eq!(view["days"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            view["days"][1],
+            json!({"day": "2026-11-02", "events": 0, "visitors": 0, "visits": 0, "pageviews": 0})
+        );
+        assert_eq!(view["entry_pages"], json!([]));
+        assert_eq!(view["previous"]["start"], "2026-10-29");
+        assert_eq!(view["previous"]["end"], "2026-10-31");
+        assert!(view["change"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(Value::is_null));
+    }
+
+    #[test]
+    fn ratios_and_the_change_come_from_the_sums() {
+        let document = json!({
+            "current": {"events": 12, "pageviews": 9, "visitors": 3, "visits": 4, "bounces": 1, "visit_seconds": 250},
+            "previous": {"events": 8, "pageviews": 6, "visitors": 3, "visits": 3, "bounces": 2, "visit_seconds": 90},
+            "days": [], "applied": [],
+            "rankings": {"entry": [["/", 3], ["/a", 1]], "name": [["pageview", 9]]},
+        });
+        let range = Some((day("2026-11-01"), day("2026-11-07")));
+        let view = assemble(View::Events, document, &Unsynced::new(), range).unwrap();
+        assert_eq!(view["views_per_visit"], 2.25);
+        assert_eq!(view["bounce_rate"], 0.25);
+        assert_eq!(view["visit_duration"], 62.5);
+        assert_eq!(
+            view["entry_pages"],
+            json!([{"value": "/", "visits": 3}, {"value": "/a", "visits": 1}])
+        );
+        assert_eq!(view["names"], json!([{"name": "pageview", "events": 9}]));
+        assert_eq!(view["previous"]["bounce_rate"], 0.6667);
+        assert_eq!(view["previous"]["start"], "2026-10-25");
+        let change = &view["change"];
+        assert_eq!(change["events"], 0.5);
+        assert_eq!(change["visitors"], 0.0);
+        assert_eq!(change["views_per_visit"], 0.125);
+        assert_eq!(change["bounce_rate"], -0.4167);
+        assert_eq!(change["visit_duration"], 1.0833);
     }
 }
