@@ -19,6 +19,7 @@ mod helpers;
 mod hostile;
 mod input;
 mod openapi;
+mod pooler;
 mod s3;
 mod scripts;
 mod signed_url;
