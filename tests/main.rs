@@ -7,6 +7,7 @@
 mod admin;
 mod admission;
 mod analytics;
+mod analytics_exact;
 mod blob_token;
 mod browser;
 mod calendar;

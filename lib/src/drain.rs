@@ -1,7 +1,8 @@
 //! The drain: moves queued events from Redis into Postgres in bulk.
 //!
-//! Each round claims a batch (`queue::claim`), stores it with one statement
-//! (`events::store`), and only then acknowledges it (`queue::ack`). A crash
+//! Each round claims a batch (`queue::claim`), stores its events in one
+//! transaction through the event [`Sink`] (Postgres: `events::store`), and
+//! only then acknowledges it (`queue::ack`). A crash
 //! anywhere leaves the batch pending in Redis, where the next run reclaims
 //! it after the visibility timeout; the insert skips events already stored,
 //! so nothing is lost and nothing is doubled. A lock keeps overlapping runs
@@ -17,6 +18,7 @@ use uuid::Uuid;
 use crate::{
     events::{
         queued,
+        sink::{PostgresSink, Sink},
         store::{self, DeadLetter, StoreOutcome, StoredEvent},
     },
     fault,
@@ -151,6 +153,7 @@ async fn drain_batches(
         }
     }
 
+    let sink = PostgresSink::new(db);
     let mut target = FIRST_BATCH;
     loop {
         if started.elapsed() >= config.drain_budget {
@@ -189,7 +192,7 @@ async fn drain_batches(
             .max()
             .unwrap_or(1);
         let store_started = Instant::now();
-        let outcome = store_with_retries(state, &rows.events, attempts as i32).await?;
+        let outcome = store_with_retries(&sink, &rows.events, attempts as i32).await?;
         logs::insert_requests(db, &rows.requests)
             .await
             .context("inserting the request log")?;
@@ -293,7 +296,7 @@ fn decode(entries: &[Entry]) -> Rows {
 /// backoff. The batch stays in flight meanwhile; if every try fails, the run
 /// ends and a later run reclaims the batch.
 async fn store_with_retries(
-    state: &AppState,
+    sink: &impl Sink,
     events: &[StoredEvent],
     attempts: i32,
 ) -> anyhow::Result<StoreOutcome> {
@@ -301,7 +304,7 @@ async fn store_with_retries(
     let mut tries = 0;
     loop {
         tries += 1;
-        match store::store(&state.db, events, attempts).await {
+        match sink.store(events, attempts).await {
             Ok(outcome) => return Ok(outcome),
             Err(error) if tries < STORE_TRIES => {
                 tracing::warn!(error = %error, tries, "storing a batch failed; retrying");

@@ -32,7 +32,7 @@
 //! | `mx:pending` | set | snapshot.lua, batch_done.lua | none | ids of sync batches not yet confirmed |
 //! | `bans:loaded` | string | key cache refills | 1 day | set once Postgres's bans are in Redis; missing after a flush, so the first refill loads them |
 //! | `an:ver:<key id>` | string (integer) | snapshot.lua | 7 days | the key's analytics version, bumped by the sync's snapshot |
-//! | `an:c:<key id>:<view and params>` | hash | analytics_store.lua | 60 s | a cached analytics result: `v` (the version it was computed under) and `body` |
+//! | `an:c:<key id>:<view and params>` | hash | analytics_store.lua | 60 s | a view's cached Postgres part (the live counters are added on every read): `v` (the version it was computed under) and `part` |
 //!
 //! Each request draws one shard at random and writes only that shard's
 //! stream, counters and dirty set; everything else it touches belongs to
@@ -117,7 +117,7 @@ impl RedisKeys {
         format!("{}an:ver:{key_id}", self.prefix)
     }
 
-    /// A cached analytics result of the key.
+    /// A cached analytics view of the key (its Postgres part).
     pub fn analytics_cache(&self, key_id: Uuid, view: &str) -> String {
         format!("{}an:c:{key_id}:{view}", self.prefix)
     }

@@ -1,22 +1,70 @@
 //! Analytics for one secret key: usage totals, daily series, providers,
 //! file types and collected events, cached in Redis and exact to the last
-//! request.
+//! request on every read, cached or not.
 //!
-//! A read is one call of `analytics.lua`, which authenticates the key from
-//! the key cache and answers from the result cache when it can: a hit is one
-//! Upstash round trip. On a miss the script also returns the usage counters
-//! the sync has not moved to Postgres yet (the key's live counter hashes
-//! and its share of any pending sync batch); the view's one Postgres
-//! statement adds them to the synced totals, and `analytics_store.lua`
-//! caches the result for [`CACHE_TTL`].
+//! # What is cached
 //!
-//! Invalidation is by version: the sync's snapshot bumps the key's version,
-//! and a cached result counts only under the version it was computed under,
-//! so no list of cache keys is kept or deleted. The version also guards the sum against a race: if a snapshot
-//! moved counters between the Redis read and the Postgres read, Postgres
-//! may already show counters that the Redis read also returned, so a result
-//! computed under a version that has since moved is recomputed, not served.
+//! A view is the sum of three parts, and only the first two are cached:
+//!
+//! 1. the view's Postgres document (one statement, see [`views`]);
+//! 2. the key's counters in sync batches that were pending in Redis and not
+//!    yet applied in Postgres when that document was read;
+//! 3. the key's live counters `mx:<key id>`, which no batch has taken yet.
+//!
+//! The cache entry `an:c:<key id>:<view and params>` holds parts 1 and 2
+//! (a `Cached`: the document, those pending counters, the range resolved
+//! then) under the key's version `an:ver:<key id>`. Every read is one call
+//! of `analytics.lua`, which authenticates the key from the key cache and,
+//! in the same atomic call, reads the version, the entry and part 3. On a
+//! hit (the entry's version is the current one) the answer is the entry
+//! plus the live counters just read: one Upstash round trip, no Postgres
+//! statement, and exact to the last request counted.
+//!
+//! # Why the cached part stays right while the version holds
+//!
+//! Only `snapshot.lua` takes counters out of `mx:<key id>`, and whenever it
+//! takes any it bumps the version in the same script. So while the version
+//! is the one an entry was stored under, no batch holding this key's
+//! counters has been created since the entry's Redis read, which means:
+//!
+//! - the live counters have only grown (requests `HINCRBY` them, `last`
+//!   only moves forward), and none of them is in Postgres or in a batch, so
+//!   adding them at read time counts each exactly once;
+//! - Postgres's counters moved only by applying batches that were already
+//!   pending at that read; each such batch is in part 2 unless the
+//!   document's own statement found it applied (`sync_batches` is written
+//!   in the transaction that applies a batch), so Postgres's later growth
+//!   is what part 2 already counts, and part 1 plus part 2 is unchanged.
+//!
+//! # A miss
+//!
+//! On a miss the script also returns the key's pending batch counters
+//! (`mx:pend:<key id>`). The view's statement reads the document and which
+//! of those batches Postgres has applied; the rest become part 2, and
+//! `analytics_store.lua` stores the entry for [`CACHE_TTL`] only if the
+//! version is still the one read before the statement. The check guards
+//! the sum against a race: a snapshot between the Redis read and the
+//! statement could move live counters into a batch that Postgres then also
+//! shows, so an entry computed under a version that has since moved is
+//! recomputed (up to `ATTEMPTS` times, then answered from Postgres alone),
+//! never served or stored. No list of cache keys is kept or deleted: a sync
+//! retires every cached view of the key by bumping its version.
+//!
+//! # What a hit does not see
+//!
+//! Requests a route counts straight into Postgres (its fallback when
+//! admit.lua surely did not count them, see `metrics::count_directly`)
+//! bump no version, so a cached entry shows them only once it expires, at most
+//! [`CACHE_TTL`] later. The events view has no live part: its cached
+//! document shows the events drained by the time it was computed, and its
+//! `generated_at` says when that was.
+//!
+//! # Formats
+//!
+//! The cache holds data, not a response: the view is assembled on each
+//! read and written as JSON, or as CSV ([`csv`]) for `format=csv`.
 
+pub mod csv;
 pub mod query;
 pub mod views;
 
@@ -24,12 +72,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use chrono::NaiveDate;
-use serde_json::Value;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sqlx::Row;
 use uuid::Uuid;
 
-pub use query::{Query, View};
+pub use query::{Format, Query, View};
 use views::{Params, Unsynced};
 
 use crate::{
@@ -50,7 +99,7 @@ pub static STORE: Script = Script::new(
 /// The longest a view's statement may run.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a computed view is served from the cache.
+/// How long a view's Postgres part is served from the cache.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// How often a miss is recomputed when a sync keeps moving the counters
@@ -61,7 +110,9 @@ const ATTEMPTS: usize = 3;
 /// Where an answer came from, for the `X-Cache` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
+    /// The Postgres part from the cache, the live counters read with it.
     Hit,
+    /// Computed, and cached.
     Miss,
     /// Redis was unreachable: computed from Postgres alone, not cached.
     Bypass,
@@ -77,11 +128,31 @@ impl CacheStatus {
     }
 }
 
-/// A view as JSON, and where it came from.
+/// A view's fields, and where they came from. The route writes them out in
+/// the format asked for.
 #[derive(Debug)]
 pub struct Answer {
-    pub body: Bytes,
+    pub view: Map<String, Value>,
     pub cache: CacheStatus,
+}
+
+/// Counter fields as Redis holds them: `<day>|<counter>` and its value.
+type Counters = Vec<(String, String)>;
+
+/// What the cache keeps of a view: the part no request changes while the
+/// key's version holds (see the module doc).
+#[derive(Debug, Serialize, Deserialize)]
+struct Cached {
+    /// The view's Postgres document, without its `applied` list.
+    document: Value,
+    /// The key's counters in the batches that were pending in Redis and
+    /// not yet applied in Postgres when the document was read.
+    pending: Counters,
+    /// The range the document covers, resolved against the key's today
+    /// when it was read.
+    range: Option<(NaiveDate, NaiveDate)>,
+    /// When the document was read.
+    computed_at: DateTime<Utc>,
 }
 
 /// What `analytics.lua` found.
@@ -90,8 +161,16 @@ enum Lookup {
     /// The cache entry is another key id's than the one the keys were named after.
     Rekey(Uuid),
     Refused(ApiError),
-    Hit(Bytes),
+    Hit(Hit),
     Miss(Miss),
+}
+
+struct Hit {
+    key_id: Uuid,
+    /// The cache entry, a [`Cached`] as JSON.
+    entry: Bytes,
+    /// The key's live counters, read with the entry.
+    live: Counters,
 }
 
 struct Miss {
@@ -101,10 +180,10 @@ struct Miss {
     timezone: String,
     /// When the key was created, to clamp ranges to its lifetime.
     created_ms: Option<i64>,
-    /// The key's live counters, in the sync batch format.
-    live: Vec<Reply>,
-    /// Pending sync batches: id and this key's fields in it.
-    pending: Vec<(String, Vec<Reply>)>,
+    /// The key's live counters.
+    live: Counters,
+    /// Pending sync batches: id and this key's counters in it.
+    pending: Vec<(String, Counters)>,
 }
 
 /// The first read of `analytics.lua`, made while admission runs beside it
@@ -124,8 +203,9 @@ pub async fn prefetch(state: &AppState, key: &PresentedKey, query: &Query) -> Op
     })
 }
 
-/// Reads a view for the key presented, from the cache or freshly computed,
-/// starting from a read made beside admission if there is one.
+/// Reads a view for the key presented: its Postgres part from the cache or
+/// freshly computed, plus the live counters, starting from a read made
+/// beside admission if there is one.
 pub async fn read(
     state: &AppState,
     key: &PresentedKey,
@@ -160,11 +240,13 @@ pub async fn read(
             }
         };
         let miss = match lookup {
-            Lookup::Hit(body) => {
+            Lookup::Hit(hit) => {
+                let cached: Cached = serde_json::from_slice(&hit.entry)
+                    .context("decoding a cached analytics view")?;
                 return Ok(Answer {
-                    body,
+                    view: finish(state, query, hit.key_id, cached, &hit.live)?,
                     cache: CacheStatus::Hit,
-                })
+                });
             }
             Lookup::Refused(error) => return Err(error),
             Lookup::Rekey(id) if !rekeyed => {
@@ -188,30 +270,10 @@ pub async fn read(
             Lookup::Miss(miss) => miss,
         };
         attempt += 1;
-        let body = compute(state, query, &miss).await?;
-        let stored: i64 = state
-            .upstash
-            .eval(
-                &STORE,
-                &[
-                    &state.keys.analytics_version(miss.key_id),
-                    &state.keys.analytics_cache(miss.key_id, &query.cache_id()),
-                ],
-                &[
-                    miss.version.clone(),
-                    String::from_utf8_lossy(&body).into_owned(),
-                    CACHE_TTL.as_secs().to_string(),
-                ],
-            )
-            .await
-            .unwrap_or_else(|error| {
-                // Unknown whether the version moved: not trusted.
-                tracing::warn!(error = ?error, "could not cache an analytics result");
-                0
-            });
-        if stored == 1 {
+        let cached = compute(state, query, &miss).await?;
+        if store(state, query, &miss, &cached).await {
             return Ok(Answer {
-                body,
+                view: finish(state, query, miss.key_id, cached, &miss.live)?,
                 cache: CacheStatus::Miss,
             });
         }
@@ -224,6 +286,39 @@ pub async fn read(
             attempt,
             "a sync moved the counters during an analytics read; recomputing"
         );
+    }
+}
+
+/// Caches a computed Postgres part under the version it was computed
+/// under. False when that version has moved on (the part may overlap the
+/// counters read with it, so it must not be used), or when it is unknown.
+async fn store(state: &AppState, query: &Query, miss: &Miss, cached: &Cached) -> bool {
+    let entry = match serde_json::to_string(cached) {
+        Ok(entry) => entry,
+        Err(error) => {
+            tracing::error!(error = ?error, "could not encode an analytics cache entry");
+            return false;
+        }
+    };
+    let stored: anyhow::Result<i64> = state
+        .upstash
+        .eval(
+            &STORE,
+            &[
+                &state.keys.analytics_version(miss.key_id),
+                &state.keys.analytics_cache(miss.key_id, &query.cache_id()),
+            ],
+            &[miss.version.clone(), entry, CACHE_TTL.as_secs().to_string()],
+        )
+        .await
+        .map_err(Into::into);
+    match stored {
+        Ok(stored) => stored == 1,
+        Err(error) => {
+            // Unknown whether the version moved: not trusted.
+            tracing::warn!(error = ?error, "could not cache an analytics result");
+            false
+        }
     }
 }
 
@@ -257,95 +352,139 @@ async fn lookup(
         .await
         .context("running analytics.lua")?;
     let code = reply.first().and_then(Reply::as_str).unwrap_or_default();
+    let id = |reply: &Reply| {
+        Uuid::parse_str(reply.as_str().unwrap_or_default()).context("the key id of analytics.lua")
+    };
     Ok(match (code, reply.as_slice()) {
         ("miss_key", _) => Lookup::KeyNotCached,
         ("invalid_key", _) => Lookup::Refused(KeyRejection::Unknown.into()),
         ("revoked_key", _) => Lookup::Refused(KeyRejection::Revoked.into()),
         ("wrong_kind", _) => Lookup::Refused(KeyRejection::NotSecret.into()),
-        ("rekey", [_, id]) => Lookup::Rekey(
-            Uuid::parse_str(id.as_str().unwrap_or_default())
-                .context("the key id of analytics.lua")?,
-        ),
-        ("hit", [_, _, _, Reply::Bulk(body)]) => Lookup::Hit(body.clone()),
-        ("miss", [_, id, version, zone, Reply::Array(live), Reply::Array(pending), created]) => {
-            let text = |reply: &Reply| reply.as_str().unwrap_or_default().to_owned();
-            let key_id = Uuid::parse_str(&text(id)).context("the key id of analytics.lua")?;
-            Lookup::Miss(Miss {
-                key_id,
-                version: text(version),
-                timezone: zone.as_str().unwrap_or("UTC").to_owned(),
-                created_ms: created.as_str().and_then(|ms| ms.parse().ok()),
-                live: batch_fields(key_id, live),
-                pending: pending_batches(key_id, pending)?,
-            })
-        }
+        ("rekey", [_, key_id]) => Lookup::Rekey(id(key_id)?),
+        ("hit", [_, key_id, _, Reply::Bulk(entry), Reply::Array(live)]) => Lookup::Hit(Hit {
+            key_id: id(key_id)?,
+            entry: entry.clone(),
+            live: counters(live)?,
+        }),
+        (
+            "miss",
+            [_, key_id, version, zone, Reply::Array(live), Reply::Array(pending), created],
+        ) => Lookup::Miss(Miss {
+            key_id: id(key_id)?,
+            version: version.as_str().unwrap_or_default().to_owned(),
+            timezone: zone.as_str().unwrap_or("UTC").to_owned(),
+            created_ms: created.as_str().and_then(|ms| ms.parse().ok()),
+            live: counters(live)?,
+            pending: pending_batches(pending)?,
+        }),
         _ => anyhow::bail!("analytics.lua answered {reply:?}"),
     })
 }
 
-/// Counter fields (`<day>|<counter>`, value) in the sync batch format
-/// (`<key id>:<day>|<counter>`, value).
-fn batch_fields(key_id: Uuid, fields: &[Reply]) -> Vec<Reply> {
+/// The field and value pairs of an `HGETALL` reply.
+fn counters(fields: &[Reply]) -> anyhow::Result<Counters> {
     fields
         .chunks(2)
-        .filter_map(|pair| match pair {
-            [name, value] => Some([
-                Reply::Bulk(format!("{key_id}:{}", name.as_str()?).into()),
-                value.clone(),
-            ]),
+        .map(|pair| match pair {
+            [name, value] => Some((name.as_str()?.to_owned(), value.as_str()?.to_owned())),
             _ => None,
         })
-        .flatten()
+        .map(|pair| pair.context("a counter field is not text"))
         .collect()
 }
 
 /// The key's shares of pending batches (`<batch id>|<day>|<counter>`,
-/// value), grouped by batch, in the sync batch format.
-fn pending_batches(key_id: Uuid, fields: &[Reply]) -> anyhow::Result<Vec<(String, Vec<Reply>)>> {
-    let mut batches: std::collections::BTreeMap<String, Vec<Reply>> = Default::default();
-    for pair in fields.chunks(2) {
-        let [name, value] = pair else { continue };
+/// value), grouped by batch.
+fn pending_batches(fields: &[Reply]) -> anyhow::Result<Vec<(String, Counters)>> {
+    let mut batches: std::collections::BTreeMap<String, Counters> = Default::default();
+    for (name, value) in counters(fields)? {
         let (batch, field) = name
-            .as_str()
-            .and_then(|name| name.split_once('|'))
+            .split_once('|')
             .context("a pending counter has no batch id")?;
-        let fields = batches.entry(batch.to_owned()).or_default();
-        fields.push(Reply::Bulk(format!("{key_id}:{field}").into()));
-        fields.push(value.clone());
+        batches
+            .entry(batch.to_owned())
+            .or_default()
+            .push((field.to_owned(), value));
     }
     Ok(batches.into_iter().collect())
 }
 
-/// Computes a view: its Postgres statement plus the unsynced counters.
-async fn compute(state: &AppState, query: &Query, miss: &Miss) -> Result<Bytes, ApiError> {
+/// The key's counters by day, from `<day>|<counter>` fields.
+fn unsynced<'a>(
+    key_id: Uuid,
+    fields: impl Iterator<Item = &'a (String, String)>,
+) -> anyhow::Result<Unsynced> {
+    // In the sync batch format (`<key id>:<day>|<counter>`), so that one
+    // parser reads counters wherever they are.
+    let batch: Vec<Reply> = fields
+        .flat_map(|(name, value)| {
+            [
+                Reply::Bulk(format!("{key_id}:{name}").into()),
+                Reply::Bulk(value.clone().into()),
+            ]
+        })
+        .collect();
+    Ok(metrics::parse_batch(&batch)
+        .context("reading the unsynced counters")?
+        .into_iter()
+        .map(|((_, day), counters)| (day, counters))
+        .collect())
+}
+
+/// Computes a view's Postgres part: its statement's document, and the
+/// counters of the pending batches the statement found not applied.
+async fn compute(state: &AppState, query: &Query, miss: &Miss) -> Result<Cached, ApiError> {
     let zone = apikeys::zone(&miss.timezone);
-    let today = apikeys::key_day(state.clock.now(), zone);
+    let computed_at = state.clock.now();
+    let today = apikeys::key_day(computed_at, zone);
     let range = query.range(today)?;
     let max_age = state.config.pipeline.event_max_age;
     let scanned = lifetime(range, miss.created_ms, today, zone, max_age);
-    let params = params(miss.key_id, scanned, today, &miss.timezone, &miss.pending);
+    let batch_ids: Vec<String> = miss.pending.iter().map(|(id, _)| id.clone()).collect();
+    let params = params(miss.key_id, scanned, today, &miss.timezone, batch_ids);
     let mut document = run(state, query.view(), &params).await?;
     let applied: Vec<String> = document
-        .get_mut("applied")
-        .map(Value::take)
+        .as_object_mut()
+        .and_then(|fields| fields.remove("applied"))
         .map(serde_json::from_value)
         .transpose()
         .context("reading the applied batches")?
         .unwrap_or_default();
-
-    let mut fields = miss.live.clone();
-    for (batch_id, batch_fields) in &miss.pending {
-        if !applied.contains(batch_id) {
-            fields.extend(batch_fields.iter().cloned());
-        }
-    }
-    let unsynced: Unsynced = metrics::parse_batch(&fields)
-        .context("reading the unsynced counters")?
-        .into_iter()
-        .filter(|((key, _), _)| *key == miss.key_id)
-        .map(|((_, day), counters)| (day, counters))
+    let pending = miss
+        .pending
+        .iter()
+        .filter(|(batch_id, _)| !applied.contains(batch_id))
+        .flat_map(|(_, fields)| fields.iter().cloned())
         .collect();
-    body(state, query, &params, document, &unsynced, range, true)
+    Ok(Cached {
+        document,
+        pending,
+        range,
+        computed_at,
+    })
+}
+
+/// A view from its Postgres part and the live counters read with it.
+fn finish(
+    state: &AppState,
+    query: &Query,
+    key_id: Uuid,
+    cached: Cached,
+    live: &Counters,
+) -> Result<Map<String, Value>, ApiError> {
+    let unsynced = unsynced(key_id, cached.pending.iter().chain(live))?;
+    // Counter views are exact now; the events view is as of its document.
+    let generated_at = match query.view().reads_counters() {
+        true => state.clock.now(),
+        false => cached.computed_at,
+    };
+    let header = Header {
+        key_id,
+        generated_at,
+        range: cached.range,
+        redis_read: true,
+    };
+    body(query, &header, cached.document, &unsynced)
 }
 
 /// A read whose admission could not be decided (Upstash down or slow):
@@ -368,25 +507,23 @@ async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<A
         .map_err(unavailable)?;
     let key_id = auth::require_active(&cached)?;
     let zone = apikeys::zone(&cached.timezone);
-    let today = apikeys::key_day(state.clock.now(), zone);
+    let now = state.clock.now();
+    let today = apikeys::key_day(now, zone);
     // Redis's bans cannot be asked; Postgres's can.
     crate::fallback::check_limits_directly(state, key_id, None, today, None, unavailable).await?;
     let range = query.range(today)?;
     let max_age = state.config.pipeline.event_max_age;
     let scanned = lifetime(range, cached.created_ms, today, zone, max_age);
-    let params = params(key_id, scanned, today, &cached.timezone, &[]);
+    let params = params(key_id, scanned, today, &cached.timezone, vec![]);
     let document = run(state, query.view(), &params).await?;
-    let body = body(
-        state,
-        query,
-        &params,
-        document,
-        &Unsynced::new(),
+    let header = Header {
+        key_id,
+        generated_at: now,
         range,
-        false,
-    )?;
+        redis_read: false,
+    };
     Ok(Answer {
-        body,
+        view: body(query, &header, document, &Unsynced::new())?,
         cache: CacheStatus::Bypass,
     })
 }
@@ -421,7 +558,7 @@ fn params(
     range: Option<(NaiveDate, NaiveDate)>,
     today: NaiveDate,
     timezone: &str,
-    pending: &[(String, Vec<Reply>)],
+    pending: Vec<String>,
 ) -> Params {
     let (start, end) = range.unwrap_or((today, today));
     let zone = apikeys::zone(timezone);
@@ -432,7 +569,7 @@ fn params(
         until: midnight(end + chrono::Duration::days(1)),
         start,
         end,
-        pending: pending.iter().map(|(id, _)| id.clone()).collect(),
+        pending,
         timezone: zone.name().to_owned(),
     }
 }
@@ -493,37 +630,62 @@ pub fn bind<'q>(
         .bind(params.timezone.clone())
 }
 
+/// What a view says about itself, beside its fields.
+struct Header {
+    key_id: Uuid,
+    /// The time the view's numbers are as of.
+    generated_at: DateTime<Utc>,
+    /// The view's inclusive range, if it has one.
+    range: Option<(NaiveDate, NaiveDate)>,
+    /// Whether the counters Redis holds were read and added.
+    redis_read: bool,
+}
+
 fn body(
-    state: &AppState,
     query: &Query,
-    params: &Params,
+    header: &Header,
     document: Value,
     unsynced: &Unsynced,
-    range: Option<(NaiveDate, NaiveDate)>,
-    redis_read: bool,
-) -> Result<Bytes, ApiError> {
-    let fields = views::assemble(query.view(), document, unsynced, range)
+) -> Result<Map<String, Value>, ApiError> {
+    let fields = views::assemble(query.view(), document, unsynced, header.range)
         .context("assembling an analytics view")?;
-    let mut out = serde_json::Map::new();
+    let mut out = Map::new();
     out.insert("view".into(), query.view().as_str().into());
-    out.insert("key_id".into(), params.key_id.to_string().into());
+    out.insert("key_id".into(), header.key_id.to_string().into());
     out.insert(
         "generated_at".into(),
-        serde_json::to_value(state.clock.now()).unwrap_or_default(),
+        serde_json::to_value(header.generated_at).unwrap_or_default(),
     );
-    if let Some((start, end)) = range {
+    if let Some((start, end)) = header.range {
         out.insert("start".into(), start.to_string().into());
         out.insert("end".into(), end.to_string().into());
     }
     if query.view().reads_counters() {
         // False only when Redis was unreachable: the numbers are then those
         // synced to Postgres, up to a minute behind.
-        out.insert("includes_unsynced".into(), redis_read.into());
+        out.insert("includes_unsynced".into(), header.redis_read.into());
     }
     out.extend(fields);
-    Ok(Bytes::from(
-        serde_json::to_vec(&out).context("encoding an analytics view")?,
-    ))
+    Ok(out)
+}
+
+/// Writes a view out in a format: its body and its content type.
+pub fn render(
+    view: &Map<String, Value>,
+    format: Format,
+) -> Result<(Bytes, &'static str), ApiError> {
+    Ok(match format {
+        Format::Json => (
+            serde_json::to_vec(view)
+                .context("encoding an analytics view")?
+                .into(),
+            "application/json",
+        ),
+        Format::Csv => (
+            csv::write(view).context("writing an analytics view as CSV")?,
+            csv::CONTENT_TYPE,
+        ),
+    })
 }
 
 fn unavailable(error: anyhow::Error) -> ApiError {

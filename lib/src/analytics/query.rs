@@ -55,6 +55,33 @@ impl View {
     }
 }
 
+/// How a view is written out (`?format=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// `application/json`, the default.
+    #[default]
+    Json,
+    /// `text/csv`: the view flattened into one table (see `analytics::csv`).
+    Csv,
+}
+
+impl Format {
+    pub const ALL: [Format; 2] = [Format::Json, Format::Csv];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+        }
+    }
+
+    fn parse(value: &str) -> Option<Format> {
+        Format::ALL
+            .into_iter()
+            .find(|format| format.as_str() == value)
+    }
+}
+
 /// Days a range covers when `start` is not given.
 pub const DEFAULT_DAYS: i64 = 30;
 /// The most days the daily series return (`limit`).
@@ -71,6 +98,7 @@ pub struct Query {
     start: Option<NaiveDate>,
     end: Option<NaiveDate>,
     limit: Option<i64>,
+    format: Format,
 }
 
 impl Query {
@@ -79,10 +107,11 @@ impl Query {
     /// `start` and `end` are `YYYY-MM-DD` and inclusive; `end` defaults to
     /// the key's today and `start` to `limit` days (or 30) back from `end`.
     /// `limit` (1 to 90, default 90) keeps only the most recent days of a
-    /// daily or providers series. Each parameter may be given once.
+    /// daily or providers series. `format` (`json` or `csv`, default
+    /// `json`) applies to every view. Each parameter may be given once.
     pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let mut view = None;
-        let (mut start, mut end, mut limit) = (None, None, None);
+        let (mut start, mut end, mut limit, mut format) = (None, None, None, None);
         for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             // A repeated parameter is refused rather than read first or
             // last: a proxy in front may have read the other one.
@@ -91,6 +120,7 @@ impl Query {
                 "start" => start.is_some(),
                 "end" => end.is_some(),
                 "limit" => limit.is_some(),
+                "format" => format.is_some(),
                 _ => false,
             };
             if given {
@@ -131,11 +161,23 @@ impl Query {
                             })?,
                     )
                 }
+                "format" => {
+                    format = Some(Format::parse(&value).ok_or_else(|| {
+                        bad(
+                            "invalid_format",
+                            format!(
+                                "`format` must be one of {}; got `{}`",
+                                Format::ALL.map(Format::as_str).join(", "),
+                                truncate(&value)
+                            ),
+                        )
+                    })?)
+                }
                 other => {
                     return Err(bad(
                         "unknown_parameter",
                         format!(
-                            "unknown parameter `{}`; use view, start, end and limit",
+                            "unknown parameter `{}`; use view, start, end, limit and format",
                             truncate(other)
                         ),
                     ))
@@ -173,6 +215,7 @@ impl Query {
             start,
             end,
             limit,
+            format: format.unwrap_or_default(),
         };
         // A range given in full is checked now; one ending today once the
         // key's today is known.
@@ -184,6 +227,10 @@ impl Query {
 
     pub fn view(&self) -> View {
         self.view
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     /// The inclusive days the view covers, given the key's current day;
@@ -221,7 +268,8 @@ impl Query {
     /// The view and its parameters in one canonical form: the part of the
     /// cache key that tells results apart. Parameters left to their
     /// defaults stay empty, so a cached "last 30 days" is at most one cache
-    /// lifetime late in turning over at midnight.
+    /// lifetime late in turning over at midnight. The format is not part
+    /// of it: the cache keeps what every format is written from.
     pub fn cache_id(&self) -> String {
         let text = |day: Option<NaiveDate>| day.map(|d| d.to_string()).unwrap_or_default();
         match self.view.has_range() {
@@ -346,6 +394,21 @@ mod tests {
     }
 
     #[test]
+    fn format_defaults_to_json_and_leaves_the_cache_id_alone() {
+        assert_eq!(parse("view=overview").unwrap().format(), Format::Json);
+        let csv = parse("view=daily&limit=7&format=csv").unwrap();
+        assert_eq!(csv.format(), Format::Csv);
+        assert_eq!(
+            csv.cache_id(),
+            parse("view=daily&limit=7").unwrap().cache_id()
+        );
+        assert_eq!(
+            parse("view=events&format=json").unwrap().format(),
+            Format::Json
+        );
+    }
+
+    #[test]
     fn bad_parameters_are_refused_naming_the_parameter() {
         let cases = [
             ("", "missing_view", "`view`"),
@@ -373,6 +436,14 @@ mod tests {
             ),
             ("view=file-types&limit=3", "invalid_parameter", "`limit`"),
             ("view=daily&key=sk_x", "unknown_parameter", "`key`"),
+            ("view=daily&format=xml", "invalid_format", "`format`"),
+            ("view=overview&format=CSV", "invalid_format", "`format`"),
+            ("view=daily&format=", "invalid_format", "`format`"),
+            (
+                "view=daily&format=csv&format=csv",
+                "invalid_parameter",
+                "`format`",
+            ),
             ("view=daily&view=overview", "invalid_parameter", "`view`"),
             ("view=daily&limit=7&limit=7", "invalid_parameter", "`limit`"),
             (

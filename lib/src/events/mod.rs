@@ -14,10 +14,12 @@
 
 pub mod agent;
 pub mod body;
+pub mod copy;
 pub mod geo;
 pub mod parse;
 pub mod queued;
 pub mod rollup;
+pub mod sink;
 pub mod store;
 pub mod text;
 

@@ -12,11 +12,7 @@ use crate::db::Db;
 /// rest of the caller's transaction. Taken before the events' ids are
 /// claimed, in key order, so that two drains never wait on each other in
 /// opposite orders.
-pub async fn lock_keys(
-    db: &Db,
-    conn: &mut PgConnection,
-    keys: &[Uuid],
-) -> Result<(), sqlx::Error> {
+pub async fn lock_keys(db: &Db, conn: &mut PgConnection, keys: &[Uuid]) -> Result<(), sqlx::Error> {
     let mut keys = keys.to_vec();
     keys.sort_unstable();
     keys.dedup();

@@ -1,18 +1,23 @@
-//! Writing events to Postgres: one `INSERT … SELECT FROM UNNEST(…)` per
-//! batch, idempotent on the event id, with rows that cannot be stored set
-//! aside in `dead_letter_events` so they never block the rest.
+//! Writing events to Postgres: one transaction per batch that stores each
+//! new event with binary `COPY` and adds it to its key's rollups, exactly
+//! once per (key, event id), with rows that cannot be stored set aside in
+//! `dead_letter_events` so they never block the rest.
 //!
 //! The drain and collect's direct-to-Postgres fallback both write through
 //! [`store`], so an event reaches the table the same way whichever path it
 //! took.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use futures::future::BoxFuture;
+use sqlx::{error::BoxDynError, PgConnection, Row};
 use uuid::Uuid;
 
-use super::Event;
+use super::{
+    copy::{BinaryRows, JsonbText},
+    rollup, Event,
+};
 use crate::db::Db;
 
 /// An event with what the queue entry added: its key and visitor.
@@ -87,7 +92,7 @@ fn insert_isolating<'a>(
         if events.is_empty() {
             return Ok(0);
         }
-        match insert(db, db.pool(), events).await {
+        match insert_committed(db, events).await {
             Ok(inserted) => Ok(inserted),
             Err(error) if is_data_error(&error) => {
                 if let [single] = events {
@@ -104,6 +109,13 @@ fn insert_isolating<'a>(
     })
 }
 
+async fn insert_committed(db: &Db, events: &[StoredEvent]) -> Result<u64, sqlx::Error> {
+    let mut transaction = db.pool().begin().await?;
+    let inserted = insert(db, &mut transaction, events).await?;
+    transaction.commit().await?;
+    Ok(inserted)
+}
+
 /// Whether Postgres refused the statement because of the rows it carried
 /// (SQLSTATE class 22, data exception, or 23, integrity constraint), as
 /// opposed to a failure that a retry may cure.
@@ -116,111 +128,62 @@ pub fn is_data_error(error: &sqlx::Error) -> bool {
     }
 }
 
-/// One statement for the whole batch; an event whose id is already stored
-/// (redelivered, or resent by its client) is skipped. Returns the number of
-/// rows inserted.
-async fn insert<'e>(
+/// Stores a batch inside the caller's transaction, exactly once per
+/// (key, event id), and returns the number of rows inserted:
+///
+/// 1. lock the batch's keys (`rollup::lock_keys`), so that no other
+///    transaction stores events of these keys until this one ends;
+/// 2. find which of the ids are already in `event_ids`;
+/// 3. `COPY` the new ids into `event_ids` and the new events into `events`,
+///    in binary, Postgres's bulk load path;
+/// 4. add the new events to their keys' rollups.
+///
+/// The lock is what makes the plain `COPY` safe: two drains (or a drain and
+/// collect's direct path) holding the same new id cannot both pass step 2,
+/// because the second one runs it only after the first has committed. A
+/// crash anywhere rolls the whole transaction back, and the batch, still
+/// pending in Redis, is stored again later.
+async fn insert(
     db: &Db,
-    executor: impl sqlx::PgExecutor<'e>,
+    transaction: &mut PgConnection,
     events: &[StoredEvent],
 ) -> Result<u64, sqlx::Error> {
     // A client may repeat an id within one batch; the first one wins, as it
     // would have had the two come in separate batches.
-    let mut seen = std::collections::HashSet::with_capacity(events.len());
-    let mut columns = Columns::with_capacity(events.len());
-    for stored in events
+    let mut seen = HashSet::with_capacity(events.len());
+    let batch: Vec<&StoredEvent> = events
         .iter()
         .filter(|e| seen.insert((e.api_key_id, e.event.id)))
-    {
-        columns.push(stored);
-    }
-    let result = db
+        .collect();
+    let keys: Vec<Uuid> = batch.iter().map(|e| e.api_key_id).collect();
+    rollup::lock_keys(db, transaction, &keys).await?;
+
+    let ids: Vec<Uuid> = batch.iter().map(|e| e.event.id).collect();
+    let stored: HashSet<(Uuid, Uuid)> = db
         .query(
-            // `fresh` claims each key's id in event_ids; only events whose
-            // id was new for their key are inserted. (Key, id) pairs are
-            // unique within a batch (see `insert`), so the join matches each
-            // fresh one once, and the events insert
-            // needs no ON CONFLICT (whose speculative insertion costs time).
-            "WITH batch AS (
-                SELECT * FROM UNNEST(
-                    $1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[],
-                    $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[],
-                    $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
-                    $17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
-                    $22::text[], $23::text[], $24::text[], $25::text[], $26::text[], $27::text[],
-                    $28::integer[], $29::float8[], $30::text[], $31::text[], $32::text[],
-                    $33::text[], $34::text[], $35::text[], $36::text[], $37::float8[],
-                    $38::float8[]
-                ) AS t(id, api_key_id, type, name, occurred_at, received_at, session_id, user_id,
-                    visitor_id, properties, url, path, referrer, title, screen, language,
-                    utm_source, utm_medium, utm_campaign, utm_term, utm_content,
-                    app_version, os_version, device, service, environment, method, status,
-                    duration_ms, browser, browser_version, os, device_type,
-                    country, region, city, latitude, longitude)
-             ),
-             fresh AS (
-                INSERT INTO event_ids (api_key_id, id, occurred_at)
-                SELECT api_key_id, id, occurred_at FROM batch
-                ON CONFLICT (api_key_id, id) DO NOTHING
-                RETURNING api_key_id, id
-             )
-             INSERT INTO events (
-                id, api_key_id, type, name, occurred_at, received_at, session_id, user_id,
-                visitor_id, properties, url, path, referrer, title, screen, language,
-                utm_source, utm_medium, utm_campaign, utm_term, utm_content,
-                app_version, os_version, device, service, environment, method, status,
-                duration_ms, browser, browser_version, os, device_type,
-                country, region, city, latitude, longitude)
-             SELECT
-                b.id, b.api_key_id, type, name, occurred_at, received_at, session_id, user_id,
-                visitor_id, properties::jsonb, url, path, referrer, title, screen, language,
-                utm_source, utm_medium, utm_campaign, utm_term, utm_content,
-                app_version, os_version, device, service, environment, method, status,
-                duration_ms, browser, browser_version, os, device_type,
-                country, region, city, latitude, longitude
-             FROM batch b JOIN fresh f ON f.api_key_id = b.api_key_id AND f.id = b.id",
+            "SELECT i.api_key_id, i.id FROM event_ids i
+             JOIN unnest($1::uuid[], $2::uuid[]) AS b(api_key_id, id)
+               ON i.api_key_id = b.api_key_id AND i.id = b.id",
         )
-        .bind(columns.id)
-        .bind(columns.api_key_id)
-        .bind(columns.kind)
-        .bind(columns.name)
-        .bind(columns.occurred_at)
-        .bind(columns.received_at)
-        .bind(columns.session_id)
-        .bind(columns.user_id)
-        .bind(columns.visitor_id)
-        .bind(columns.properties)
-        .bind(columns.url)
-        .bind(columns.path)
-        .bind(columns.referrer)
-        .bind(columns.title)
-        .bind(columns.screen)
-        .bind(columns.language)
-        .bind(columns.utm_source)
-        .bind(columns.utm_medium)
-        .bind(columns.utm_campaign)
-        .bind(columns.utm_term)
-        .bind(columns.utm_content)
-        .bind(columns.app_version)
-        .bind(columns.os_version)
-        .bind(columns.device)
-        .bind(columns.service)
-        .bind(columns.environment)
-        .bind(columns.method)
-        .bind(columns.status)
-        .bind(columns.duration_ms)
-        .bind(columns.browser)
-        .bind(columns.browser_version)
-        .bind(columns.os)
-        .bind(columns.device_type)
-        .bind(columns.country)
-        .bind(columns.region)
-        .bind(columns.city)
-        .bind(columns.latitude)
-        .bind(columns.longitude)
-        .execute(executor)
-        .await?;
-    Ok(result.rows_affected())
+        .bind(&keys)
+        .bind(&ids)
+        .fetch_all(&mut *transaction)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    let fresh: Vec<&StoredEvent> = batch
+        .into_iter()
+        .filter(|e| !stored.contains(&(e.api_key_id, e.event.id)))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(0);
+    }
+
+    copy_in(transaction, ID_COPY, id_rows(&fresh)).await?;
+    copy_in(transaction, EVENT_COPY, event_rows(&fresh)).await?;
+    rollup::apply(db, transaction, &fresh).await?;
+    Ok(fresh.len() as u64)
 }
 
 /// Stores events inside the caller's transaction, all or none: for
@@ -230,105 +193,92 @@ async fn insert<'e>(
 /// inserted.
 pub async fn store_in(
     db: &Db,
-    transaction: &mut sqlx::PgConnection,
+    transaction: &mut PgConnection,
     events: &[StoredEvent],
 ) -> Result<u64, sqlx::Error> {
     ensure_partitions(db, events.iter().map(|e| e.event.occurred_at)).await?;
-    insert(db, &mut *transaction, events).await
+    insert(db, transaction, events).await
 }
 
-/// The batch turned column-wise, as `UNNEST` takes it.
-#[derive(Default)]
-struct Columns {
-    id: Vec<Uuid>,
-    api_key_id: Vec<Uuid>,
-    kind: Vec<&'static str>,
-    name: Vec<String>,
-    occurred_at: Vec<DateTime<Utc>>,
-    received_at: Vec<DateTime<Utc>>,
-    session_id: Vec<Option<String>>,
-    user_id: Vec<Option<String>>,
-    visitor_id: Vec<Option<String>>,
-    properties: Vec<Option<String>>,
-    url: Vec<Option<String>>,
-    path: Vec<Option<String>>,
-    referrer: Vec<Option<String>>,
-    title: Vec<Option<String>>,
-    screen: Vec<Option<String>>,
-    language: Vec<Option<String>>,
-    utm_source: Vec<Option<String>>,
-    utm_medium: Vec<Option<String>>,
-    utm_campaign: Vec<Option<String>>,
-    utm_term: Vec<Option<String>>,
-    utm_content: Vec<Option<String>>,
-    app_version: Vec<Option<String>>,
-    os_version: Vec<Option<String>>,
-    device: Vec<Option<String>>,
-    service: Vec<Option<String>>,
-    environment: Vec<Option<String>>,
-    method: Vec<Option<String>>,
-    status: Vec<Option<i32>>,
-    duration_ms: Vec<Option<f64>>,
-    browser: Vec<Option<String>>,
-    browser_version: Vec<Option<String>>,
-    os: Vec<Option<String>>,
-    device_type: Vec<Option<String>>,
-    country: Vec<Option<String>>,
-    region: Vec<Option<String>>,
-    city: Vec<Option<String>>,
-    latitude: Vec<Option<f64>>,
-    longitude: Vec<Option<f64>>,
+const ID_COPY: &str = "COPY event_ids (api_key_id, id, occurred_at) FROM STDIN (FORMAT binary)";
+
+const EVENT_COPY: &str = "COPY events (
+    id, api_key_id, type, name, occurred_at, received_at, session_id, user_id,
+    visitor_id, properties, url, path, referrer, title, screen, language,
+    utm_source, utm_medium, utm_campaign, utm_term, utm_content,
+    app_version, os_version, device, service, environment, method, status,
+    duration_ms, browser, browser_version, os, device_type,
+    country, region, city, latitude, longitude) FROM STDIN (FORMAT binary)";
+
+async fn copy_in(
+    transaction: &mut PgConnection,
+    statement: &str,
+    rows: Result<BinaryRows, BoxDynError>,
+) -> Result<(), sqlx::Error> {
+    let rows = rows.map_err(sqlx::Error::Encode)?;
+    let mut copy = transaction.copy_in_raw(statement).await?;
+    copy.send(rows.finish()).await?;
+    copy.finish().await?;
+    Ok(())
 }
 
-impl Columns {
-    fn with_capacity(n: usize) -> Self {
-        let mut columns = Self::default();
-        columns.id.reserve(n);
-        columns.name.reserve(n);
-        columns
+fn id_rows(events: &[&StoredEvent]) -> Result<BinaryRows, BoxDynError> {
+    let mut rows = BinaryRows::new();
+    for stored in events {
+        rows.row(3);
+        rows.field(&stored.api_key_id)?;
+        rows.field(&stored.event.id)?;
+        rows.field(&stored.event.occurred_at)?;
     }
+    Ok(rows)
+}
 
-    fn push(&mut self, stored: &StoredEvent) {
-        let e = stored.event.clone();
-        self.id.push(e.id);
-        self.api_key_id.push(stored.api_key_id);
-        self.kind.push(e.kind.as_str());
-        self.name.push(e.name);
-        self.occurred_at.push(e.occurred_at);
-        self.received_at.push(e.received_at);
-        self.session_id.push(e.session_id);
-        self.user_id.push(e.user_id);
-        self.visitor_id.push(stored.visitor_id.clone());
-        self.properties.push(e.properties);
-        self.url.push(e.web.url);
-        self.path.push(e.web.path);
-        self.referrer.push(e.web.referrer);
-        self.title.push(e.web.title);
-        self.screen.push(e.web.screen);
-        self.language.push(e.web.language);
-        self.utm_source.push(e.web.utm_source);
-        self.utm_medium.push(e.web.utm_medium);
-        self.utm_campaign.push(e.web.utm_campaign);
-        self.utm_term.push(e.web.utm_term);
-        self.utm_content.push(e.web.utm_content);
-        self.app_version.push(e.mobile.app_version);
-        self.os_version.push(e.mobile.os_version);
-        self.device.push(e.mobile.device);
-        self.service.push(e.server.service);
-        self.environment.push(e.server.environment);
-        self.method.push(e.server.method);
-        self.status.push(e.server.status);
-        self.duration_ms.push(e.server.duration_ms);
-        self.browser.push(e.agent.browser);
-        self.browser_version.push(e.agent.browser_version);
-        self.os.push(e.agent.os);
-        self.device_type.push(e.agent.device_type);
-        self.country.push(e.geo.country);
-        self.region.push(e.geo.region);
-        self.city.push(e.geo.city);
-        self.latitude.push(e.geo.latitude);
-        self.longitude.push(e.geo.longitude);
+/// The events as rows of [`EVENT_COPY`], field for field in its column order.
+fn event_rows(events: &[&StoredEvent]) -> Result<BinaryRows, BoxDynError> {
+    let mut rows = BinaryRows::new();
+    for stored in events {
+        let e = &stored.event;
+        rows.row(38);
+        rows.field(&e.id)?;
+        rows.field(&stored.api_key_id)?;
+        rows.field(&e.kind.as_str())?;
+        rows.field(&e.name)?;
+        rows.field(&e.occurred_at)?;
+        rows.field(&e.received_at)?;
+        rows.field(&e.session_id)?;
+        rows.field(&e.user_id)?;
+        rows.field(&stored.visitor_id)?;
+        rows.field(&e.properties.as_deref().map(JsonbText))?;
+        rows.field(&e.web.url)?;
+        rows.field(&e.web.path)?;
+        rows.field(&e.web.referrer)?;
+        rows.field(&e.web.title)?;
+        rows.field(&e.web.screen)?;
+        rows.field(&e.web.language)?;
+        rows.field(&e.web.utm_source)?;
+        rows.field(&e.web.utm_medium)?;
+        rows.field(&e.web.utm_campaign)?;
+        rows.field(&e.web.utm_term)?;
+        rows.field(&e.web.utm_content)?;
+        rows.field(&e.mobile.app_version)?;
+        rows.field(&e.mobile.os_version)?;
+        rows.field(&e.mobile.device)?;
+        rows.field(&e.server.service)?;
+        rows.field(&e.server.environment)?;
+        rows.field(&e.server.method)?;
+        rows.field(&e.server.status)?;
+        rows.field(&e.server.duration_ms)?;
+        rows.field(&e.agent.browser)?;
+        rows.field(&e.agent.browser_version)?;
+        rows.field(&e.agent.os)?;
+        rows.field(&e.agent.device_type)?;
+        rows.field(&e.geo.country)?;
+        rows.field(&e.geo.region)?;
+        rows.field(&e.geo.city)?;
+        rows.field(&e.geo.latitude)?;
+        rows.field(&e.geo.longitude)?;
     }
+    Ok(rows)
 }
 
 /// Makes sure a partition exists for every month the events fall in. Months
@@ -401,7 +351,6 @@ pub async fn drop_partitions_before(
     db: &Db,
     cutoff: NaiveDate,
 ) -> Result<Vec<String>, sqlx::Error> {
-    use sqlx::Row;
     let rows = db
         .query("SELECT drop_event_partitions_before($1) AS dropped")
         .bind(cutoff)

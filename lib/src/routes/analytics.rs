@@ -5,6 +5,9 @@
 //! refused while the key or client is banned, limited by the key's
 //! per-minute rate, and logged. It is not usage, so it spends no quota and
 //! moves no usage counter.
+//!
+//! The view is written as JSON, or as CSV with `format=csv` (see
+//! [`crate::analytics::csv`]); errors are JSON either way.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -12,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::{
     admission::{self, Decision, RateLimit},
-    analytics::{self, Answer, Query},
+    analytics::{self, Answer, Format, Query},
     auth::{self, Accepts},
     error::ApiError,
     state::AppState,
@@ -21,14 +24,27 @@ use crate::{
 /// Handles `GET /api/analytics`.
 pub async fn handle(state: &AppState, request: Request<Bytes>) -> Response<Bytes> {
     let mut rate = RateLimit::default();
-    let mut response = match answer(state, &request, &mut rate).await {
-        Ok(Answer { body, cache }) => {
+    let answered = answer(state, &request, &mut rate)
+        .await
+        .and_then(|(answer, query)| {
+            let (body, content_type) = analytics::render(&answer.view, query.format())?;
+            Ok((answer.cache, query, body, content_type))
+        });
+    let mut response = match answered {
+        Ok((cache, query, body, content_type)) => {
             let mut response = Response::new(body);
             let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            if query.format() == Format::Csv {
+                // A name to save it under, for `curl -OJ` and browsers.
+                let disposition = format!(
+                    "attachment; filename=\"tollgate-{}.csv\"",
+                    query.view().as_str()
+                );
+                if let Ok(value) = HeaderValue::from_str(&disposition) {
+                    headers.insert(header::CONTENT_DISPOSITION, value);
+                }
+            }
             headers.insert(
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("private, no-store"),
@@ -47,7 +63,7 @@ async fn answer(
     state: &AppState,
     request: &Request<Bytes>,
     rate: &mut RateLimit,
-) -> Result<Answer, ApiError> {
+) -> Result<(Answer, Query), ApiError> {
     let started = Instant::now();
     if request.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed { allow: "GET" });
@@ -97,9 +113,12 @@ async fn answer(
         // one's own numbers spends nothing a limit protects.
         Err(error) => {
             tracing::warn!(error = ?error.error, "admission failed; reading analytics from Postgres");
-            return analytics::read_unadmitted(state, &key, &query?).await;
+            let query = query?;
+            let answer = analytics::read_unadmitted(state, &key, &query).await?;
+            return Ok((answer, query));
         }
     }
     let query = query?;
-    analytics::read(state, &key, client_ip.as_deref(), &query, prefetched).await
+    let answer = analytics::read(state, &key, client_ip.as_deref(), &query, prefetched).await?;
+    Ok((answer, query))
 }
