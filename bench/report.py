@@ -119,6 +119,7 @@ def main():
     args = parser.parse_args()
     lpush, null, single, batch = float(args.lpush), float(args.null), float(args.single), float(args.batch)
     drain = json.loads(args.drain)
+    pooled = drain["pooled"]
     evalsha, signed = float(args.evalsha), float(args.signed)
     peer, sync = json.loads(args.peer), json.loads(args.sync)
     analytics, hit, miss = json.loads(args.analytics), float(args.hit), float(args.miss)
@@ -142,6 +143,9 @@ def main():
          drain["drain_events_per_second"] / drain["copy_events_per_second"] >= 0.6),
         ("drain, absolute (events/s)", drain["drain_events_per_second"], "target", 30000,
          drain["drain_events_per_second"] / 30000, "≥ 30,000 events/s", drain["drain_events_per_second"] >= 30000),
+        ("drain through PgBouncer, transaction mode (events/s)", pooled["drain_events_per_second"],
+         "the same drain on a direct connection (events/s)", drain["drain_events_per_second"],
+         pooled["drain_events_per_second"] / drain["drain_events_per_second"], "none set (for scale)", None),
         ("signed-url through admission (req/s)", signed, "bare EVALSHA of `return 1` through the local Upstash server (req/s)",
          evalsha, signed / evalsha, "≥ 0.5×", signed / evalsha >= 0.5),
         ("collect through admission (req/s)", single, "bare EVALSHA (req/s)", evalsha, single / evalsha, "≥ 0.5×",
@@ -204,6 +208,13 @@ def main():
                f"{drain['drain_batches']} batches and {drain['drain_statements']} Postgres statements "
                "(one insert per batch, plus the partition check once per run); the COPY baseline loaded "
                f"the same rows in {drain['copy_seconds']:.1f} s. Filling the queue took {drain['fill_seconds']:.1f} s.")
+    out.append(f"- The same drain through PgBouncer 1.18 in transaction mode (Neon's pooled endpoint; three server "
+               f"connections per database, `TOLLGATE_DATABASE_POOLER=transaction`, so every statement unnamed) "
+               f"stored the same number of events in {pooled['drain_seconds']:.1f} s with {pooled['drain_batches']} "
+               f"batches and {pooled['drain_statements']} statements: claim {pooled['drain_claim_ms']:,} ms, store "
+               f"{pooled['drain_store_ms']:,} ms, ack {pooled['drain_ack_ms']:,} ms, against claim "
+               f"{drain['drain_claim_ms']:,} ms, store {drain['drain_store_ms']:,} ms, ack {drain['drain_ack_ms']:,} ms "
+               "on the direct connection.")
     out.append(f"- sync-metrics moved {sync['counters']:,} counters of {sync['keys']:,} keys in {sync['batches']} batches "
                f"with {sync['statements']} Postgres statements (five per batch: the batch id and one upsert per table).")
     out.append(f"- Analytics on {analytics['events']:,} events and {analytics['keys']:,} keys of usage data (30 days of "

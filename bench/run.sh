@@ -46,7 +46,7 @@ fi
 # off: the default, set here because the unknown-key figures depend on it.
 failed_auth_limit=30
 
-scripts/bootstrap.sh redis postgres node wrk python $([ $fuzz = 0 ] || echo fuzz)
+scripts/bootstrap.sh redis postgres pgbouncer node wrk python $([ $fuzz = 0 ] || echo fuzz)
 # shellcheck source=scripts/env.sh
 . scripts/env.sh
 cargo build --release --locked -p tollgate-cli -p tollgate-bench
@@ -63,6 +63,8 @@ redis_port=6393
 # Below 32768: a port in Linux's ephemeral range can be held by a client
 # socket in TIME_WAIT from an earlier run, and Postgres could not bind it.
 postgres_port=15493
+# PgBouncer in transaction mode in front of it, as Neon's pooled endpoint.
+pgbouncer_port=25493
 upstash_port=18079
 dev_port=13000
 dev_upstash_port=18080
@@ -71,7 +73,10 @@ cron_secret="bench-cron-secret-$$-0123456789"
 work=$(mktemp -d)
 pids=()
 
-services() { "$tollgate" services "$1" --dir "$dir" --redis-port $redis_port --postgres-port $postgres_port; }
+services() {
+  "$tollgate" services "$1" --dir "$dir" --redis-port $redis_port --postgres-port $postgres_port \
+    --pgbouncer-port $pgbouncer_port
+}
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -84,7 +89,7 @@ services stop >/dev/null 2>&1 || true
 rm -rf "$dir"
 service_env=$(services start)
 eval "$service_env"
-export REDIS_URL DATABASE_URL
+export REDIS_URL DATABASE_URL POOLED_DATABASE_URL
 
 # The bare local Upstash server: the baseline of one Upstash hop. Strict,
 # as Upstash is: only scripts flagged `allow-key-locking` run, and only on
@@ -310,9 +315,10 @@ peer=$(UPSTASH_REDIS_REST_URL="http://127.0.0.1:$upstash_port" UPSTASH_REDIS_RES
   LIMIT=100 BURST=500 node bench/peer/burst.mjs)
 echo "    $peer"
 
-echo "==> drain vs COPY ($drain_events events)"
+echo "==> drain vs COPY, and through PgBouncer vs direct ($drain_events events each)"
 drain_json=$(UPSTASH_REDIS_REST_URL="http://127.0.0.1:$upstash_port" UPSTASH_REDIS_REST_TOKEN="$token" \
-  CRON_SECRET="$cron_secret" target/release/tollgate-bench drain-vs-copy --events "$drain_events")
+  CRON_SECRET="$cron_secret" target/release/tollgate-bench drain-vs-copy --events "$drain_events" \
+  --pooled-database-url "$POOLED_DATABASE_URL")
 echo "    $drain_json"
 
 echo "==> sync-metrics with $sync_keys keys"

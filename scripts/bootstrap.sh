@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools that `make dev` and `make test` need, when missing.
 #
-#   scripts/bootstrap.sh [redis] [postgres] [node] [chromium] [wrk] [python] [s3] [fuzz]
+#   scripts/bootstrap.sh [redis] [postgres] [pgbouncer] [node] [chromium] [wrk] [python] [s3] [fuzz]
 #
 # With no arguments, checks all of them. Idempotent, and quick when everything is
 # already there: the package index is only refreshed when something must be
@@ -20,15 +20,19 @@
 # (presigned URLs included: signed headers and expiry), which the upload tests
 # (tests/s3.rs) PUT presigned URLs to. It comes from crates.io, built with the
 # machine's cargo into .tollgate/s3s-fs at a pinned version, on any system.
+# `pgbouncer` means PgBouncer, the connection pooler that Neon's pooled
+# endpoint is: the tests and the benchmarks run the app through one in
+# transaction mode, in front of the private PostgreSQL.
 # `fuzz` means cargo-fuzz, the cargo subcommand that builds and runs the
 # libFuzzer targets in fuzz/ (bench/run.sh runs them). It too comes from
 # crates.io, built with the machine's cargo at a pinned version, into cargo's
 # own bin directory (where `cargo fuzz` finds it) when it is not there.
 #
-# It only installs packages. The private Redis and PostgreSQL instances that tollgate
-# runs live under .tollgate/ on their own ports (see cli/src/services.rs), so any
-# cluster the Debian postgresql package creates and starts on 5432 belongs to the
-# user and is deliberately left running.
+# It only installs packages. The private Redis, PostgreSQL and PgBouncer instances
+# that tollgate runs live under .tollgate/ on their own ports (see
+# cli/src/services.rs), so any cluster the Debian postgresql package creates and
+# starts on 5432, and any PgBouncer the pgbouncer package starts on 6432, belong
+# to the user and are deliberately left running.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -36,17 +40,17 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 . "$root/scripts/env.sh"
 
 usage() {
-  echo "usage: $0 [redis] [postgres] [node] [chromium] [wrk] [python] [s3] [fuzz]" >&2
+  echo "usage: $0 [redis] [postgres] [pgbouncer] [node] [chromium] [wrk] [python] [s3] [fuzz]" >&2
   exit 2
 }
 
 wanted=("$@")
 if [ ${#wanted[@]} -eq 0 ]; then
-  wanted=(redis postgres node chromium wrk python s3 fuzz)
+  wanted=(redis postgres pgbouncer node chromium wrk python s3 fuzz)
 fi
 for tool in "${wanted[@]}"; do
   case "$tool" in
-    redis | postgres | node | chromium | wrk | python | s3 | fuzz) ;;
+    redis | postgres | pgbouncer | node | chromium | wrk | python | s3 | fuzz) ;;
     *) usage ;;
   esac
 done
@@ -110,6 +114,11 @@ postgres_major() {
     fi
   done
   apt-cache policy postgresql 2>/dev/null | sed -n 's/^ *Candidate: *\([0-9][0-9]*\)+.*/\1/p'
+}
+
+# Debian puts pgbouncer in /usr/sbin, which is not on every user's PATH.
+has_pgbouncer() {
+  command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]
 }
 
 has_wrk() { command -v wrk >/dev/null 2>&1; }
@@ -373,6 +382,7 @@ if [ "$os" = "Linux" ] && command -v apt-get >/dev/null 2>&1; then
     case "$tool" in
       redis) tool_packages=(redis-server) ;;
       postgres) tool_packages=(postgresql "postgresql-$(postgres_major)-hll") ;;
+      pgbouncer) tool_packages=(pgbouncer) ;;
       chromium) tool_packages=(chromium) ;;
       wrk) tool_packages=(wrk) ;;
       python) tool_packages=(python3 python3-venv) ;;
@@ -412,6 +422,7 @@ if [ "$os" = "Darwin" ] && command -v brew >/dev/null 2>&1; then
     case "$tool" in
       redis) formula=redis ;;
       postgres) formula=postgresql@16 ;;
+      pgbouncer) formula=pgbouncer ;;
       node) formula=node ;;
       wrk) formula=wrk ;;
       python) formula=python ;;
@@ -444,6 +455,7 @@ fi
   for tool in "${missing[@]}"; do
     case "$tool" in
       redis) echo "  - Redis (redis-server on PATH)" ;;
+      pgbouncer) echo "  - PgBouncer (pgbouncer on PATH)" ;;
       postgres) echo "  - PostgreSQL server (initdb and pg_ctl on PATH) with the hll extension (Debian: postgresql-<major>-hll; elsewhere build https://github.com/citusdata/postgresql-hll)" ;;
       node) echo "  - Node.js $node_major or newer, with npm" ;;
       chromium) echo "  - Chromium or Google Chrome" ;;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of tollgate: formatting, clippy, the unit and
-# integration tests against private Redis and PostgreSQL instances (started
-# here, stopped on exit), including the @upstash/redis conformance suite and
+# integration tests against private Redis and PostgreSQL instances and a
+# PgBouncer in transaction mode in front of that PostgreSQL (started here,
+# stopped on exit), including the @upstash/redis conformance suite and
 # the @vercel/blob token check and the dashboard and tracker in headless
 # Chromium, then the offline Vercel deploy check, the benchmarks at small
 # sizes and a one-minute soak test with faults.
@@ -16,7 +17,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 # Everything the suite, the deploy check and the quick benchmarks use, up
 # front: python for schemathesis and the benchmarks, wrk for the benchmarks.
-scripts/bootstrap.sh redis postgres node chromium python wrk s3
+scripts/bootstrap.sh redis postgres pgbouncer node chromium python wrk s3
 # The private Node.js, when the bootstrap installed one, first on PATH for
 # npm and for the node tests that cargo runs.
 # shellcheck source=scripts/env.sh
@@ -27,8 +28,12 @@ scripts/bootstrap.sh redis postgres node chromium python wrk s3
 dir=.tollgate/test
 redis_port=6392
 postgres_port=54392
+pgbouncer_port=64392
 tollgate() { cargo run --quiet -p tollgate-cli --bin tollgate -- "$@"; }
-services() { tollgate services "$1" --dir "$dir" --redis-port "$redis_port" --postgres-port "$postgres_port"; }
+services() {
+  tollgate services "$1" --dir "$dir" --redis-port "$redis_port" --postgres-port "$postgres_port" \
+    --pgbouncer-port "$pgbouncer_port"
+}
 
 echo "==> build"
 cargo build --workspace --all-targets --locked
@@ -36,7 +41,8 @@ services stop >/dev/null 2>&1 || true
 rm -rf "$dir"
 trap 'services stop >/dev/null 2>&1 || true' EXIT
 # Assigned first so that a failed start stops the script (set -e does not
-# see a failure inside `eval "$(...)"`).
+# see a failure inside `eval "$(...)"`). TEST_REDIS_URL, TEST_DATABASE_URL and
+# TEST_POOLED_DATABASE_URL (the same server through PgBouncer).
 service_env=$(services start)
 eval "$(printf '%s\n' "$service_env" | sed 's/^/export TEST_/')"
 

@@ -27,39 +27,54 @@ pub struct Servers {
     pub admin_url: String,
     /// Base URL without a database name.
     pub postgres_base: String,
+    /// The same server through PgBouncer in transaction mode, without a
+    /// database name: from `TEST_POOLED_DATABASE_URL` when set.
+    pub pooled_base: Option<String>,
 }
 
 static SERVERS: OnceCell<Servers> = OnceCell::const_new();
 
-/// The shared servers: `TEST_REDIS_URL` and `TEST_DATABASE_URL` when set
-/// (`make test` sets them), otherwise the private test instances, started on
-/// first use.
+/// The shared servers: `TEST_REDIS_URL`, `TEST_DATABASE_URL` and
+/// `TEST_POOLED_DATABASE_URL` when set (`make test` sets them), otherwise the
+/// private test instances, started on first use.
 pub async fn servers() -> &'static Servers {
     SERVERS
         .get_or_init(|| async {
-            let (redis_url, database_url) = match (
+            let (redis_url, database_url, pooled_url) = match (
                 std::env::var("TEST_REDIS_URL"),
                 std::env::var("TEST_DATABASE_URL"),
             ) {
-                (Ok(redis), Ok(database)) => (redis, database),
+                (Ok(redis), Ok(database)) => (
+                    redis,
+                    database,
+                    std::env::var("TEST_POOLED_DATABASE_URL").ok(),
+                ),
                 _ => {
                     let mut layout = Layout::new(repo_root().join(".tollgate/test"));
                     layout.redis_port = 6392;
                     layout.postgres_port = 54392;
+                    layout.pgbouncer_port = Layout::default_pgbouncer_port(54392);
                     let services = Services::start(&layout)
                         .await
-                        .expect("starting the private test Redis and Postgres");
-                    (services.redis_url, services.database_url)
+                        .expect("starting the private test Redis, Postgres and PgBouncer");
+                    (
+                        services.redis_url,
+                        services.database_url,
+                        services.pooled_database_url,
+                    )
                 }
             };
-            let postgres_base = database_url
-                .rsplit_once('/')
-                .map(|(base, _)| base.to_owned())
-                .expect("TEST_DATABASE_URL has a database name");
+            let base = |url: &str| {
+                url.rsplit_once('/')
+                    .map(|(base, _)| base.to_owned())
+                    .expect("a database URL has a database name")
+            };
+            let postgres_base = base(&database_url);
             Servers {
                 redis_url,
                 admin_url: format!("{postgres_base}/postgres"),
                 postgres_base,
+                pooled_base: pooled_url.as_deref().map(base),
             }
         })
         .await

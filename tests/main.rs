@@ -20,6 +20,7 @@ mod helpers;
 mod hostile;
 mod input;
 mod openapi;
+mod pooler;
 mod rollups;
 mod s3;
 mod scripts;

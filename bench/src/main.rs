@@ -1,6 +1,7 @@
 //! Benchmark drivers that wrk cannot be: filling the event queue directly,
 //! timing the drain against a plain `COPY` of the same rows into the same
-//! tables, and counting what requests with unknown keys cost.
+//! tables (and through PgBouncer against a direct connection), and counting
+//! what requests with unknown keys cost.
 //! `bench/run.sh` calls them; each prints one JSON line.
 
 mod soak;
@@ -33,7 +34,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Fills the queue with N events, drains them, then COPYs the same rows
-    /// into an empty copy of the tables, and prints both rates.
+    /// into an empty copy of the tables, and prints both rates. With a
+    /// pooled URL, fills and drains again through it into a third database.
     DrainVsCopy {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
@@ -47,6 +49,10 @@ enum Command {
         /// bench creates and drops its own databases on that server.
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
+        /// The same server through a transaction-mode pooler (PgBouncer),
+        /// ending in any database name.
+        #[arg(long)]
+        pooled_database_url: Option<String>,
     },
     /// Writes dirty usage counters for many keys straight to Redis, then
     /// times the metrics sync that moves them into Postgres.
@@ -159,7 +165,17 @@ async fn main() -> anyhow::Result<()> {
             per_entry,
             redis_url,
             database_url,
-        } => drain_vs_copy(events, per_entry, &redis_url, &database_url).await,
+            pooled_database_url,
+        } => {
+            drain_vs_copy(
+                events,
+                per_entry,
+                &redis_url,
+                &database_url,
+                pooled_database_url.as_deref(),
+            )
+            .await
+        }
         Command::Sync {
             keys,
             redis_url,
@@ -226,6 +242,7 @@ async fn drain_vs_copy(
     per_entry: u64,
     redis_url: &str,
     database_url: &str,
+    pooled_database_url: Option<&str>,
 ) -> anyhow::Result<()> {
     let (server, _) = database_url
         .rsplit_once('/')
@@ -233,9 +250,95 @@ async fn drain_vs_copy(
     let drain_db = fresh_database(server, "bench_drain").await?;
     let copy_db = fresh_database(server, "bench_copy").await?;
 
+    let direct = timed_drain(TimedDrain {
+        database_url: &drain_db,
+        pooler: false,
+        redis_url,
+        events,
+        per_entry,
+    })
+    .await?;
+    let copy_time = copy_same_rows(&drain_db, &copy_db).await?;
+    drop_database(server, &drain_db).await?;
+    drop_database(server, &copy_db).await?;
+
+    // The same drain through the pooler, into a database migrated directly
+    // (the migrator's session lock cannot go through it).
+    let pooled = match pooled_database_url {
+        Some(pooled_url) => {
+            let (pooled_server, _) = pooled_url
+                .rsplit_once('/')
+                .context("the pooled URL names a database")?;
+            let direct_url = fresh_database(server, "bench_drain_pooled").await?;
+            let drained = timed_drain(TimedDrain {
+                database_url: &format!("{pooled_server}/bench_drain_pooled"),
+                pooler: true,
+                redis_url,
+                events,
+                per_entry,
+            })
+            .await?;
+            drop_database(server, &direct_url).await?;
+            Some(drained)
+        }
+        None => None,
+    };
+
+    let rate = |n: u64, t: Duration| n as f64 / t.as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "events": events,
+            "fill_seconds": direct.fill.as_secs_f64(),
+            "drain_seconds": direct.drain.as_secs_f64(),
+            "drain_events_per_second": rate(events, direct.drain),
+            "drain_batches": direct.report.batches,
+            "drain_statements": direct.statements,
+            "drain_claim_ms": direct.report.claim_ms,
+            "drain_store_ms": direct.report.store_ms,
+            "drain_ack_ms": direct.report.ack_ms,
+            "copy_seconds": copy_time.as_secs_f64(),
+            "copy_events_per_second": rate(events, copy_time),
+            "pooled": pooled.map(|pooled| serde_json::json!({
+                "drain_seconds": pooled.drain.as_secs_f64(),
+                "drain_events_per_second": rate(events, pooled.drain),
+                "drain_batches": pooled.report.batches,
+                "drain_statements": pooled.statements,
+                "drain_claim_ms": pooled.report.claim_ms,
+                "drain_store_ms": pooled.report.store_ms,
+                "drain_ack_ms": pooled.report.ack_ms,
+            })),
+        })
+    );
+    Ok(())
+}
+
+/// One timed drain: where it stores, and what it drains.
+struct TimedDrain<'a> {
+    database_url: &'a str,
+    /// Whether `database_url` goes through a transaction-mode pooler.
+    pooler: bool,
+    redis_url: &'a str,
+    events: u64,
+    per_entry: u64,
+}
+
+/// What a timed drain took and did.
+struct Drained {
+    fill: Duration,
+    drain: Duration,
+    report: drain::DrainReport,
+    statements: u64,
+}
+
+/// Fills the queue with the events under a fresh key prefix, then drains
+/// until the queue is empty into the migrated database, timing both.
+async fn timed_drain(run: TimedDrain<'_>) -> anyhow::Result<Drained> {
     let prefix = format!("bench:{}:", Uuid::new_v4().simple());
+    let pooler = if run.pooler { "transaction" } else { "none" };
     let config = Config::from_lookup(|name| match name {
-        "DATABASE_URL" => Some(drain_db.clone()),
+        "DATABASE_URL" => Some(run.database_url.to_owned()),
+        "TOLLGATE_DATABASE_POOLER" => Some(pooler.to_owned()),
         "TOLLGATE_KEY_PREFIX" => Some(prefix.clone()),
         "TOLLGATE_DRAIN_BUDGET" => Some("30m".into()),
         "TOLLGATE_UPSTASH_TIMEOUT" => Some("60s".into()),
@@ -243,59 +346,41 @@ async fn drain_vs_copy(
         other => std::env::var(other).ok(),
     })?;
     let state = AppState::new(config)?;
-    state.db.migrate().await?;
     let key = NewKey::generate();
     apikeys::insert(&state.db, &key, "bench", Tier::Enterprise).await?;
 
     let filled = Instant::now();
-    fill_queue(redis_url, &state, key.id, events, per_entry).await?;
-    let fill_time = filled.elapsed();
+    fill_queue(run.redis_url, &state, key.id, run.events, run.per_entry).await?;
+    let fill = filled.elapsed();
 
     let statements_before = state.db.statements();
     let started = Instant::now();
     let mut report = drain::DrainReport::default();
     loop {
-        let run = drain::run(&state).await?;
-        report.inserted += run.inserted;
-        report.batches += run.batches;
-        report.dead_lettered += run.dead_lettered;
-        report.claim_ms += run.claim_ms;
-        report.store_ms += run.store_ms;
-        report.ack_ms += run.ack_ms;
-        if run.stopped == tollgate::drain::Stopped::Empty {
+        let batch = drain::run(&state).await?;
+        report.inserted += batch.inserted;
+        report.batches += batch.batches;
+        report.dead_lettered += batch.dead_lettered;
+        report.claim_ms += batch.claim_ms;
+        report.store_ms += batch.store_ms;
+        report.ack_ms += batch.ack_ms;
+        if batch.stopped == tollgate::drain::Stopped::Empty {
             break;
         }
     }
-    let drain_time = started.elapsed();
+    let drain = started.elapsed();
     anyhow::ensure!(
-        report.inserted == events,
-        "the drain stored {} of {events} events",
-        report.inserted
+        report.inserted == run.events,
+        "the drain stored {} of {} events",
+        report.inserted,
+        run.events
     );
-    let statements = state.db.statements() - statements_before;
-
-    let copy_time = copy_same_rows(&drain_db, &copy_db).await?;
-    let rate = |n: u64, t: Duration| n as f64 / t.as_secs_f64();
-    println!(
-        "{}",
-        serde_json::json!({
-            "events": events,
-            "fill_seconds": fill_time.as_secs_f64(),
-            "drain_seconds": drain_time.as_secs_f64(),
-            "drain_events_per_second": rate(events, drain_time),
-            "drain_batches": report.batches,
-            "drain_statements": statements,
-            "drain_claim_ms": report.claim_ms,
-            "drain_store_ms": report.store_ms,
-            "drain_ack_ms": report.ack_ms,
-            "copy_seconds": copy_time.as_secs_f64(),
-            "copy_events_per_second": rate(events, copy_time),
-        })
-    );
-    drop(state);
-    drop_database(server, &drain_db).await?;
-    drop_database(server, &copy_db).await?;
-    Ok(())
+    Ok(Drained {
+        fill,
+        drain,
+        report,
+        statements: state.db.statements() - statements_before,
+    })
 }
 
 /// Ten counters per key, as one upload a day leaves them: requests,

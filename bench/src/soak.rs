@@ -119,6 +119,7 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         dir: options.dir.clone(),
         redis_port: options.redis_port,
         postgres_port: options.postgres_port,
+        pgbouncer_port: None,
         durable: true,
     };
     Services::stop(&layout).await.ok();

@@ -63,7 +63,8 @@ enum Command {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
-    /// Start or stop private Redis and PostgreSQL instances.
+    /// Start or stop private Redis and PostgreSQL instances, and a PgBouncer
+    /// in transaction mode in front of that PostgreSQL.
     Services {
         #[command(subcommand)]
         action: ServicesAction,
@@ -74,6 +75,12 @@ enum Command {
         redis_port: u16,
         #[arg(long, global = true, default_value_t = tollgate_cli::services::DEFAULT_POSTGRES_PORT)]
         postgres_port: u16,
+        /// PgBouncer's port [default: the PostgreSQL port + 10000].
+        #[arg(long, global = true)]
+        pgbouncer_port: Option<u16>,
+        /// Start no PgBouncer.
+        #[arg(long, global = true, conflicts_with = "pgbouncer_port")]
+        no_pgbouncer: bool,
     },
     /// Create, list, revoke and rotate API keys, and change their limits.
     Keys {
@@ -284,7 +291,8 @@ impl SubjectArgs {
 
 #[derive(Subcommand)]
 enum ServicesAction {
-    /// Start them (or reuse running ones) and print REDIS_URL and DATABASE_URL.
+    /// Start them (or reuse running ones) and print REDIS_URL, DATABASE_URL and
+    /// POOLED_DATABASE_URL (the database through PgBouncer).
     Start,
     /// Stop them.
     Stop,
@@ -329,11 +337,21 @@ async fn main() -> anyhow::Result<()> {
             dir,
             redis_port,
             postgres_port,
+            pgbouncer_port,
+            no_pgbouncer,
         } => {
+            let pgbouncer_port = match pgbouncer_port {
+                _ if no_pgbouncer => None,
+                Some(port) => Some(port),
+                None => Some(Layout::default_pgbouncer_port(postgres_port).context(
+                    "the PostgreSQL port + 10000 is no port number; pass --pgbouncer-port",
+                )?),
+            };
             let layout = Layout {
                 dir,
                 redis_port,
                 postgres_port,
+                pgbouncer_port,
                 durable: false,
             };
             match action {

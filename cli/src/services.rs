@@ -1,5 +1,6 @@
 //! Private Redis and PostgreSQL instances for `tollgate dev`, `tollgate services`
-//! and the test harness.
+//! and the test harness, and a PgBouncer in front of that PostgreSQL for the
+//! tests and the benchmarks.
 //!
 //! Each instance lives under one directory (`.tollgate/` at the repository root for
 //! development) and listens on 127.0.0.1 on its own port, so the user's own Redis
@@ -11,8 +12,15 @@
 //! and `pg_ctl` run as the `postgres` system user, created by the distribution's
 //! package, and the data directory is owned by that user.
 //!
-//! The binaries come from the system; `scripts/bootstrap.sh redis postgres`
-//! installs them when missing.
+//! PgBouncer stands in for Neon's pooled endpoint, which is PgBouncer in
+//! transaction mode: a deployment's `DATABASE_URL` points at one, so the tests
+//! run the app through one too. It pools a few server connections per
+//! database, passes any database name through to the private PostgreSQL (each
+//! test has its own database), and, like PostgreSQL, refuses to run as root.
+//! `tollgate dev` runs without it.
+//!
+//! The binaries come from the system; `scripts/bootstrap.sh redis postgres
+//! pgbouncer` installs them when missing.
 
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
@@ -30,6 +38,13 @@ use tokio::process::Command;
 pub const DEFAULT_REDIS_PORT: u16 = 6390;
 /// PostgreSQL port of the private instance unless told otherwise.
 pub const DEFAULT_POSTGRES_PORT: u16 = 54390;
+/// PgBouncer listens on the PostgreSQL port plus this unless told otherwise,
+/// so that each pair of private instances has its own pooler.
+pub const PGBOUNCER_PORT_OFFSET: u16 = 10000;
+/// Server connections PgBouncer keeps per database: small, as a pooled
+/// endpoint's share of a database is, so that code holding a connection
+/// across awaits, or expecting its session to persist, shows up in tests.
+pub const PGBOUNCER_POOL_SIZE: u32 = 3;
 /// The database the application uses, created on first start.
 pub const DATABASE: &str = "tollgate";
 
@@ -37,10 +52,11 @@ pub const DATABASE: &str = "tollgate";
 const CREATE_DATABASE: &str = "CREATE DATABASE tollgate";
 
 /// What the user should run when a binary is missing.
-const BOOTSTRAP_HINT: &str = "run `scripts/bootstrap.sh redis postgres` to install it";
+const BOOTSTRAP_HINT: &str = "run `scripts/bootstrap.sh redis postgres pgbouncer` to install it";
 
 const REDIS_START_TIMEOUT: Duration = Duration::from_secs(15);
 const POSTGRES_START_TIMEOUT: Duration = Duration::from_secs(60);
+const PGBOUNCER_START_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// initdb fsyncs nothing with `--no-sync`, but a slow disk can still take a while.
 const INITDB_TIMEOUT: Duration = Duration::from_secs(120);
@@ -60,6 +76,9 @@ pub struct Layout {
     pub redis_port: u16,
     /// Port the private PostgreSQL listens on, on 127.0.0.1.
     pub postgres_port: u16,
+    /// Port of a PgBouncer in front of that PostgreSQL, on 127.0.0.1, or
+    /// `None` to run without one. Its files live in `pgbouncer/`.
+    pub pgbouncer_port: Option<u16>,
     /// Whether both keep what they acknowledge through a crash, as Upstash
     /// and Neon do: Redis writes every command to its append-only file
     /// before answering, Postgres flushes its log at each commit. The soak
@@ -76,8 +95,15 @@ impl Layout {
             dir,
             redis_port: DEFAULT_REDIS_PORT,
             postgres_port: DEFAULT_POSTGRES_PORT,
+            pgbouncer_port: None,
             durable: false,
         }
+    }
+
+    /// The PgBouncer port that goes with a PostgreSQL port, or `None` when
+    /// the sum does not fit in a port number.
+    pub fn default_pgbouncer_port(postgres_port: u16) -> Option<u16> {
+        postgres_port.checked_add(PGBOUNCER_PORT_OFFSET)
     }
 }
 
@@ -91,6 +117,8 @@ struct Paths {
     pg_data: PathBuf,
     pg_log: PathBuf,
     pg_socket_dir: PathBuf,
+    /// PgBouncer's directory: its configuration, user list, pid file and log.
+    pgbouncer_dir: PathBuf,
     lock: PathBuf,
 }
 
@@ -102,6 +130,7 @@ impl Paths {
             pg_data: dir.join("pg"),
             pg_log: dir.join("pg.log"),
             pg_socket_dir: dir.join("pgsock"),
+            pgbouncer_dir: dir.join("pgbouncer"),
             lock: dir.join("services.lock"),
             dir,
         }
@@ -137,14 +166,21 @@ pub struct Services {
     pub redis_pid: u32,
     /// Process id of the PostgreSQL postmaster.
     pub postgres_pid: u32,
+    /// The same database through PgBouncer, for example
+    /// `postgres://postgres@127.0.0.1:64390/tollgate`, when it runs.
+    pub pooled_database_url: Option<String>,
+    /// Process id of PgBouncer, when it runs.
+    pub pgbouncer_pid: Option<u32>,
     postgres_port: u16,
+    pgbouncer_port: Option<u16>,
 }
 
 impl Services {
-    /// Starts private Redis and PostgreSQL for `layout`, or reuses those already
-    /// running from the same directory. Runs initdb on first use and creates the
-    /// [`DATABASE`] database when missing. Returns once both accept connections;
-    /// on failure the error quotes the end of the server's log.
+    /// Starts private Redis and PostgreSQL for `layout`, and PgBouncer when it
+    /// has a port for one, or reuses those already running from the same
+    /// directory. Runs initdb on first use and creates the [`DATABASE`]
+    /// database when missing. Returns once all accept connections; on failure
+    /// the error quotes the end of the server's log.
     pub async fn start(layout: &Layout) -> anyhow::Result<Services> {
         let paths = Paths::create(layout)?;
         // Several processes (parallel test binaries, `tollgate dev` next to a test
@@ -157,32 +193,51 @@ impl Services {
         let postgres_pid = start_postgres(&paths, layout.postgres_port, layout.durable)
             .await
             .context("starting the private PostgreSQL")?;
+        let pgbouncer_pid = match layout.pgbouncer_port {
+            Some(port) => Some(
+                start_pgbouncer(&paths, port, layout.postgres_port)
+                    .await
+                    .context("starting the private PgBouncer")?,
+            ),
+            None => None,
+        };
 
         Ok(Services {
             redis_url: redis_url(layout.redis_port),
             database_url: database_url(layout.postgres_port, DATABASE),
             redis_pid,
             postgres_pid,
+            pooled_database_url: layout
+                .pgbouncer_port
+                .map(|port| database_url(port, DATABASE)),
+            pgbouncer_pid,
             postgres_port: layout.postgres_port,
+            pgbouncer_port: layout.pgbouncer_port,
         })
     }
 
-    /// Stops the private Redis and PostgreSQL of `layout`, if running, and waits
-    /// until their processes are gone. Data is kept (PostgreSQL's) or dropped
-    /// (Redis keeps none).
+    /// Stops the private Redis, PgBouncer and PostgreSQL of `layout`, if
+    /// running, and waits until their processes are gone. Data is kept
+    /// (PostgreSQL's) or dropped (Redis keeps none). A PgBouncer started from
+    /// the directory is stopped whatever `layout.pgbouncer_port` says.
     pub async fn stop(layout: &Layout) -> anyhow::Result<()> {
         let Some(paths) = Paths::existing(layout)? else {
             return Ok(());
         };
         let _lock = DirLock::acquire(&paths.lock).await?;
-        // Try both even if one fails, so a broken Redis doesn't leave Postgres up.
+        // Try each even if one fails, so a broken Redis doesn't leave Postgres up.
         let redis = stop_redis(&paths, layout.redis_port)
             .await
             .context("stopping the private Redis");
+        // Before PostgreSQL, whose fast shutdown would otherwise cut the
+        // pooler's server connections under it.
+        let pgbouncer = stop_pgbouncer(&paths)
+            .await
+            .context("stopping the private PgBouncer");
         let postgres = stop_postgres(&paths)
             .await
             .context("stopping the private PostgreSQL");
-        redis.and(postgres)
+        redis.and(pgbouncer).and(postgres)
     }
 
     /// The URL of another database on the same PostgreSQL server, for tests that
@@ -191,12 +246,22 @@ impl Services {
         database_url(self.postgres_port, database)
     }
 
-    /// `REDIS_URL=…` and `DATABASE_URL=…` lines, for `eval` in a shell or a `.env`.
+    /// The URL of another database through PgBouncer, when it runs.
+    pub fn pooled_database_url_for(&self, database: &str) -> Option<String> {
+        self.pgbouncer_port.map(|port| database_url(port, database))
+    }
+
+    /// `REDIS_URL=…` and `DATABASE_URL=…` lines, and `POOLED_DATABASE_URL=…`
+    /// when PgBouncer runs, for `eval` in a shell or a `.env`.
     pub fn env_lines(&self) -> String {
-        format!(
+        let mut lines = format!(
             "REDIS_URL={}\nDATABASE_URL={}\n",
             self.redis_url, self.database_url
-        )
+        );
+        if let Some(url) = &self.pooled_database_url {
+            lines.push_str(&format!("POOLED_DATABASE_URL={url}\n"));
+        }
+        lines
     }
 }
 
@@ -712,6 +777,190 @@ async fn ensure_database(port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
+// --- PgBouncer ----------------------------------------------------------------------
+
+/// PgBouncer's configuration for the private instance in `dir`, in front of
+/// the private PostgreSQL on `postgres_port`: transaction pooling, as Neon's
+/// pooled endpoint does it. A named prepared statement that outlives its
+/// transaction must fail here, so the tracking of such statements that
+/// PgBouncer 1.21 added (`max_prepared_statements`, on by default since 1.22)
+/// is turned off where the version has it (`tracks_statements`); 1.18, the
+/// Debian 12 package, has none and refuses the setting.
+fn pgbouncer_config(
+    dir: &Path,
+    port: u16,
+    postgres_port: u16,
+    tracks_statements: bool,
+) -> anyhow::Result<String> {
+    let dir = dir
+        .to_str()
+        .filter(|dir| !dir.contains(['\n', '\r']))
+        .with_context(|| {
+            format!(
+                "PgBouncer's configuration cannot name {}; use another services directory",
+                dir.display()
+            )
+        })?;
+    Ok(format!(
+        ";; The private PgBouncer of `tollgate services`, rewritten at each start.
+[databases]
+;; Any database name goes to the database of that name on the private
+;; PostgreSQL, so that each test's own database is reachable through here.
+* = host=127.0.0.1 port={postgres_port}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+;; TCP only: no socket in /tmp that another instance could also want.
+unix_socket_dir =
+;; As the private PostgreSQL: no password, on 127.0.0.1 only. The user
+;; must still be listed in auth_file.
+auth_type = trust
+auth_file = {dir}/userlist.txt
+admin_users = postgres
+stats_users = postgres
+;; A server connection per transaction, a few per database.
+pool_mode = transaction
+default_pool_size = {PGBOUNCER_POOL_SIZE}
+min_pool_size = 0
+reserve_pool_size = 0
+{statements};; The pools of every test process and of the benchmarks.
+max_client_conn = 1000
+;; sqlx sets it when it connects, and PgBouncer refuses a startup
+;; parameter it does not know unless told to ignore it.
+ignore_startup_parameters = extra_float_digits
+log_connections = 0
+log_disconnections = 0
+pidfile = {dir}/pgbouncer.pid
+logfile = {dir}/pgbouncer.log
+",
+        statements = if tracks_statements {
+            "max_prepared_statements = 0\n"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// Whether the PgBouncer that printed `version` (`pgbouncer --version`'s
+/// first line, `PgBouncer 1.18.0`) has the `max_prepared_statements` setting.
+fn tracks_prepared_statements(version: &str) -> bool {
+    let numbers: Vec<u32> = version
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .split('.')
+        .map_while(|part| part.parse().ok())
+        .collect();
+    numbers.as_slice() >= [1, 21].as_slice()
+}
+
+/// The pid of the PgBouncer started from this directory, when it runs.
+fn running_pgbouncer(paths: &Paths) -> Option<u32> {
+    let pid = read_pid(&paths.pgbouncer_dir.join("pgbouncer.pid"))?;
+    // Pids get reused; only count it if it is still a PgBouncer.
+    (process_alive(pid) && process_name(pid).is_some_and(|name| name.contains("pgbouncer")))
+        .then_some(pid)
+}
+
+/// Whether PgBouncer's admin console answers on `port`.
+async fn pgbouncer_answers(port: u16) -> bool {
+    let probe = async {
+        let mut conn = sqlx::PgConnection::connect(&database_url(port, "pgbouncer")).await?;
+        // The console speaks the simple protocol only.
+        sqlx::raw_sql("SHOW VERSION").execute(&mut conn).await?;
+        conn.close().await
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn start_pgbouncer(paths: &Paths, port: u16, postgres_port: u16) -> anyhow::Result<u32> {
+    let dir = &paths.pgbouncer_dir;
+    let config_file = dir.join("pgbouncer.ini");
+    let pid_file = dir.join("pgbouncer.pid");
+    let log_file = dir.join("pgbouncer.log");
+    // Debian installs it in /usr/sbin, which is not on every user's PATH.
+    let pgbouncer = find_on_path("pgbouncer", std::env::var_os("PATH").as_deref())
+        .or_else(|| {
+            find_in_dirs(
+                "pgbouncer",
+                &["/usr/sbin", "/opt/homebrew/bin", "/usr/local/bin"],
+            )
+        })
+        .with_context(|| {
+            format!("pgbouncer not found on PATH nor in /usr/sbin; {BOOTSTRAP_HINT}")
+        })?;
+    let version = run(
+        Command::new(&pgbouncer).arg("--version"),
+        "pgbouncer --version",
+        PGBOUNCER_START_TIMEOUT,
+    )
+    .await?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    let config = pgbouncer_config(
+        dir,
+        port,
+        postgres_port,
+        tracks_prepared_statements(version.lines().next().unwrap_or_default()),
+    )?;
+    if let Some(pid) = running_pgbouncer(paths) {
+        let same_config = fs::read_to_string(&config_file).is_ok_and(|old| old == config);
+        if same_config && pgbouncer_answers(port).await {
+            return Ok(pid);
+        }
+        // Started earlier on another port, or stuck: start it afresh.
+        terminate_and_wait(pid, "PgBouncer").await?;
+    }
+
+    // PgBouncer refuses to run as root, as PostgreSQL does, and writes its
+    // pid file and log into its directory.
+    let run_as = RunAs::detect().await?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    run_as.own(dir)?;
+    fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n")
+        .with_context(|| format!("writing PgBouncer's user list in {}", dir.display()))?;
+    fs::write(&config_file, &config)
+        .with_context(|| format!("writing {}", config_file.display()))?;
+    // A stale pid file would make the early-exit check below look at a dead pid.
+    remove_if_exists(&pid_file)?;
+
+    let mut cmd = run_as.command(&pgbouncer);
+    cmd.current_dir(dir).arg("-d").arg(&config_file);
+    if let Err(e) = run(&mut cmd, "pgbouncer", PGBOUNCER_START_TIMEOUT).await {
+        bail!("{e:#}\n{}", log_tail(&log_file));
+    }
+    let deadline = Instant::now() + PGBOUNCER_START_TIMEOUT;
+    loop {
+        if let Some(pid) = read_pid(&pid_file) {
+            if pgbouncer_answers(port).await {
+                return Ok(pid);
+            }
+        }
+        // It writes its pid file once daemonized; if it has died since,
+        // waiting longer won't help (typically: the port is taken).
+        let died = read_pid(&pid_file).is_some_and(|pid| !process_alive(pid));
+        if died || Instant::now() >= deadline {
+            bail!(
+                "PgBouncer did not answer on 127.0.0.1:{port}{}.\n{}",
+                if died { " and exited" } else { " in time" },
+                log_tail(&log_file)
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+async fn stop_pgbouncer(paths: &Paths) -> anyhow::Result<()> {
+    // SIGTERM: PgBouncer closes every connection and exits at once.
+    if let Some(pid) = running_pgbouncer(paths) {
+        terminate_and_wait(pid, "PgBouncer").await?;
+    }
+    remove_if_exists(&paths.pgbouncer_dir.join("pgbouncer.pid"))
+}
+
 // --- Processes and files ----------------------------------------------------------
 
 /// Runs a command to completion with a time limit, failing with its output
@@ -961,7 +1210,10 @@ mod tests {
             database_url: database_url(54390, DATABASE),
             redis_pid: 1,
             postgres_pid: 2,
+            pooled_database_url: Some(database_url(64390, DATABASE)),
+            pgbouncer_pid: Some(3),
             postgres_port: 54390,
+            pgbouncer_port: Some(64390),
         };
         assert_eq!(services.redis_url, "redis://127.0.0.1:6390");
         assert_eq!(
@@ -973,16 +1225,57 @@ mod tests {
             "postgres://postgres@127.0.0.1:54390/test_1"
         );
         assert_eq!(
+            services.pooled_database_url_for("test_1").as_deref(),
+            Some("postgres://postgres@127.0.0.1:64390/test_1")
+        );
+        assert_eq!(
             services.env_lines(),
             "REDIS_URL=redis://127.0.0.1:6390\n\
-             DATABASE_URL=postgres://postgres@127.0.0.1:54390/tollgate\n"
+             DATABASE_URL=postgres://postgres@127.0.0.1:54390/tollgate\n\
+             POOLED_DATABASE_URL=postgres://postgres@127.0.0.1:64390/tollgate\n"
         );
+    }
+
+    #[test]
+    fn pgbouncer_pools_transactions_of_any_database_in_front_of_the_private_postgres() {
+        let config = pgbouncer_config(Path::new("/srv/t/pgbouncer"), 64390, 54390, false).unwrap();
+        for line in [
+            "* = host=127.0.0.1 port=54390",
+            "listen_addr = 127.0.0.1",
+            "listen_port = 64390",
+            "pool_mode = transaction",
+            "default_pool_size = 3",
+            "auth_file = /srv/t/pgbouncer/userlist.txt",
+            "pidfile = /srv/t/pgbouncer/pgbouncer.pid",
+        ] {
+            assert!(config.lines().any(|l| l == line), "{line} in\n{config}");
+        }
+        assert!(!config.contains("max_prepared_statements"));
+        let newer = pgbouncer_config(Path::new("/srv/t/pgbouncer"), 64390, 54390, true).unwrap();
+        assert!(newer.lines().any(|l| l == "max_prepared_statements = 0"));
+        assert!(pgbouncer_config(Path::new("/srv/a\nb"), 1, 2, false).is_err());
+    }
+
+    #[test]
+    fn only_pgbouncer_1_21_and_later_know_max_prepared_statements() {
+        assert!(!tracks_prepared_statements("PgBouncer 1.18.0"));
+        assert!(!tracks_prepared_statements("PgBouncer 1.20.1"));
+        assert!(tracks_prepared_statements("PgBouncer 1.21.0"));
+        assert!(tracks_prepared_statements("PgBouncer 1.24.1"));
+        assert!(tracks_prepared_statements("PgBouncer 2.0"));
+        assert!(!tracks_prepared_statements("something else"));
     }
 
     #[test]
     fn layout_defaults_to_ports_away_from_the_usual_ones() {
         let layout = Layout::new(PathBuf::from(".tollgate"));
         assert_eq!((layout.redis_port, layout.postgres_port), (6390, 54390));
+        assert_eq!(
+            layout.pgbouncer_port, None,
+            "development runs without a pooler"
+        );
+        assert_eq!(Layout::default_pgbouncer_port(54390), Some(64390));
+        assert_eq!(Layout::default_pgbouncer_port(60000), None);
     }
 
     #[test]
@@ -1018,7 +1311,7 @@ mod tests {
             .port()
     }
 
-    async fn check_both_respond(services: &Services) -> anyhow::Result<()> {
+    async fn check_all_respond(services: &Services) -> anyhow::Result<()> {
         let client = redis::Client::open(services.redis_url.as_str())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
@@ -1027,6 +1320,18 @@ mod tests {
         let mut pg = sqlx::PgConnection::connect(&services.database_url).await?;
         let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut pg).await?;
         anyhow::ensure!(one == 1, "postgres answered {one}");
+        pg.close().await?;
+
+        let pooled = services
+            .pooled_database_url
+            .as_deref()
+            .context("PgBouncer runs")?;
+        let mut pg = sqlx::PgConnection::connect(pooled).await?;
+        let one: i32 = sqlx::query_scalar("SELECT 1")
+            .persistent(false)
+            .fetch_one(&mut pg)
+            .await?;
+        anyhow::ensure!(one == 1, "postgres answered {one} through PgBouncer");
         pg.close().await?;
         Ok(())
     }
@@ -1048,6 +1353,7 @@ mod tests {
             dir: dir.clone(),
             redis_port: free_port(),
             postgres_port: free_port(),
+            pgbouncer_port: Some(free_port()),
             durable: false,
         };
 
@@ -1055,7 +1361,7 @@ mod tests {
             let started = Instant::now();
             let first = Services::start(&layout).await?;
             eprintln!("first start (with initdb): {:?}", started.elapsed());
-            check_both_respond(&first).await?;
+            check_all_respond(&first).await?;
 
             let started = Instant::now();
             let again = Services::start(&layout).await?;
@@ -1067,14 +1373,18 @@ mod tests {
             eprintln!("stop: {:?}", started.elapsed());
             anyhow::ensure!(!process_alive(first.redis_pid), "redis is gone");
             anyhow::ensure!(!process_alive(first.postgres_pid), "postgres is gone");
+            let pgbouncer = first.pgbouncer_pid.context("PgBouncer's pid")?;
+            anyhow::ensure!(!process_alive(pgbouncer), "pgbouncer is gone");
 
             let started = Instant::now();
             let restarted = Services::start(&layout).await?;
             eprintln!("restart (existing cluster): {:?}", started.elapsed());
-            check_both_respond(&restarted).await?;
+            check_all_respond(&restarted).await?;
             Services::stop(&layout).await?;
             anyhow::ensure!(!process_alive(restarted.redis_pid), "redis is gone");
             anyhow::ensure!(!process_alive(restarted.postgres_pid), "postgres is gone");
+            let pgbouncer = restarted.pgbouncer_pid.context("PgBouncer's pid")?;
+            anyhow::ensure!(!process_alive(pgbouncer), "pgbouncer is gone");
             Ok::<_, anyhow::Error>(())
         }
         .await;
