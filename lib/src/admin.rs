@@ -220,7 +220,7 @@ pub async fn create_key(db: &Db, request: CreateKey) -> Result<NewKey, AdminErro
     .bind(monthly)
     .bind(&origins)
     .bind(timezone)
-    .execute(db.pool())
+    .execute(db.executor())
     .await
     .context("inserting the key")?;
     Ok(key)
@@ -257,7 +257,7 @@ pub async fn list_keys(db: &Db) -> Result<Vec<KeySummary>, AdminError> {
     let sql = format!("SELECT {SUMMARY_COLUMNS} FROM api_keys ORDER BY created_at, id");
     let rows = db
         .query(&sql)
-        .fetch_all(db.pool())
+        .fetch_all(db.executor())
         .await
         .context("listing keys")?;
     Ok(rows
@@ -272,7 +272,7 @@ pub async fn get_key(db: &Db, id: Uuid) -> Result<KeySummary, AdminError> {
     let row = db
         .query(&sql)
         .bind(id)
-        .fetch_optional(db.pool())
+        .fetch_optional(db.executor())
         .await
         .context("reading the key")?
         .ok_or(AdminError::NoSuchKey(id))?;
@@ -291,7 +291,7 @@ pub async fn revoke_key(db: &Db, keys: &RedisKeys, id: Uuid) -> Result<Changed<(
           RETURNING secret_hash, publishable_key",
         )
         .bind(id)
-        .fetch_optional(db.pool())
+        .fetch_optional(db.executor())
         .await
         .context("revoking the key")?
         .ok_or(AdminError::NoSuchKey(id))?;
@@ -682,7 +682,7 @@ pub async fn list_bans(db: &Db, include_lifted: bool) -> Result<Vec<Ban>, AdminE
     let sql = format!("SELECT {BAN_COLUMNS} FROM bans {filter} ORDER BY created_at DESC, id DESC");
     let rows = db
         .query(&sql)
-        .fetch_all(db.pool())
+        .fetch_all(db.executor())
         .await
         .context("listing bans")?;
     Ok(rows
@@ -711,7 +711,7 @@ pub async fn lift_ban(
         .query(&sql)
         .bind(subject.kind())
         .bind(subject.value())
-        .fetch_optional(db.pool())
+        .fetch_optional(db.executor())
         .await
         .context("lifting the ban")?;
     Ok(Changed {

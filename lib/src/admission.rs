@@ -848,7 +848,7 @@ async fn record_permanent_ban(state: &AppState, kind: &str, subject: &str) -> an
         )
         .bind(kind)
         .bind(subject)
-        .execute(state.db.pool())
+        .execute(state.db.executor())
         .await
         .context("recording a permanent ban")?;
     Ok(())
@@ -865,7 +865,7 @@ async fn load_bans(state: &AppState) -> anyhow::Result<()> {
              FROM bans
              WHERE lifted_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
         )
-        .fetch_all(state.db.pool())
+        .fetch_all(state.db.executor())
         .await
         .context("reading the bans in force")?;
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -920,7 +920,7 @@ async fn quota_used(
         .bind(key_id)
         .bind(day)
         .bind(month_start)
-        .fetch_one(state.db.pool())
+        .fetch_one(state.db.executor())
         .await
         .context("reading the key's usage to reseed its quotas")?;
     Ok(Reseed {

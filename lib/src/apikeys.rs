@@ -103,7 +103,7 @@ pub async fn insert(db: &Db, key: &NewKey, name: &str, tier: Tier) -> anyhow::Re
         .bind(hash_secret(key.secret.expose()).as_slice())
         .bind(&key.publishable)
         .bind(tier.as_str())
-        .execute(db.pool())
+        .execute(db.executor())
         .await?
         .rows_affected();
     Ok(inserted == 1)
@@ -347,7 +347,7 @@ pub async fn lookup(
                 "SELECT {COLUMNS} FROM api_keys WHERE secret_hash = $1"
             ))
             .bind(hash_secret(key.value.expose()).as_slice())
-            .fetch_optional(db.pool())
+            .fetch_optional(db.executor())
             .await?
         }
         KeyKind::Pk => {
@@ -355,7 +355,7 @@ pub async fn lookup(
                 "SELECT {COLUMNS} FROM api_keys WHERE publishable_key = $1"
             ))
             .bind(key.value.expose())
-            .fetch_optional(db.pool())
+            .fetch_optional(db.executor())
             .await?
         }
     };

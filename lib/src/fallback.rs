@@ -47,7 +47,7 @@ pub async fn check_limits_directly(
         .bind(ip.unwrap_or(""))
         .bind(day)
         .bind(month_start)
-        .fetch_one(state.db.pool())
+        .fetch_one(state.db.executor())
         .await
         .context("checking the key's bans and quotas in Postgres")
         .map_err(unavailable)?;

@@ -62,7 +62,7 @@ pub async fn insert_requests(db: &Db, rows: &[(Uuid, RequestLog)]) -> Result<u64
         .bind(statuses)
         .bind(latencies)
         .bind(times)
-        .execute(db.pool())
+        .execute(db.executor())
         .await?;
     Ok(result.rows_affected())
 }
@@ -96,7 +96,7 @@ pub async fn insert_uploads(db: &Db, rows: &[(Uuid, UploadLog)]) -> Result<u64, 
         .bind(types)
         .bind(sizes)
         .bind(times)
-        .execute(db.pool())
+        .execute(db.executor())
         .await?;
     Ok(result.rows_affected())
 }
@@ -128,7 +128,7 @@ pub async fn delete_before(
             .query(&sql)
             .bind(cutoff)
             .bind(RETENTION_BATCH)
-            .execute(db.pool())
+            .execute(db.executor())
             .await
             .with_context(|| format!("deleting {table} rows past retention"))?
             .rows_affected();

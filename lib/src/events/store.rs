@@ -59,7 +59,7 @@ pub async fn store(
     events: &[StoredEvent],
     attempts: i32,
 ) -> Result<StoreOutcome, sqlx::Error> {
-    ensure_partitions(db, events.iter().map(|e| e.event.occurred_at)).await?;
+    ensure_partitions(db, events).await?;
     let mut dead = Vec::new();
     let inserted = insert_isolating(db, events, &mut dead).await?;
     let dead_lettered = dead_letter(
@@ -190,13 +190,13 @@ async fn insert(
 /// collect's direct path, which counts the request in the same
 /// transaction. Validated events only; a row Postgres refuses fails the
 /// whole transaction instead of being dead-lettered. Returns the rows
-/// inserted.
+/// inserted. Call [`ensure_partitions`] first, before the transaction
+/// begins: it needs a connection of its own.
 pub async fn store_in(
     db: &Db,
     transaction: &mut PgConnection,
     events: &[StoredEvent],
 ) -> Result<u64, sqlx::Error> {
-    ensure_partitions(db, events.iter().map(|e| e.event.occurred_at)).await?;
     insert(db, transaction, events).await
 }
 
@@ -283,18 +283,17 @@ fn event_rows(events: &[&StoredEvent]) -> Result<BinaryRows, BoxDynError> {
 
 /// Makes sure a partition exists for every month the events fall in. Months
 /// already seen by this process are skipped, so a steady drain pays nothing.
-async fn ensure_partitions(
-    db: &Db,
-    times: impl Iterator<Item = DateTime<Utc>>,
-) -> Result<(), sqlx::Error> {
-    let months: BTreeSet<NaiveDate> = times
+pub async fn ensure_partitions(db: &Db, events: &[StoredEvent]) -> Result<(), sqlx::Error> {
+    let months: BTreeSet<NaiveDate> = events
+        .iter()
+        .map(|e| e.event.occurred_at)
         .filter_map(|t| NaiveDate::from_ymd_opt(t.year(), t.month(), 1))
         .filter(|month| !db.knows_partition(*month))
         .collect();
     for month in months {
         db.query("SELECT ensure_event_partitions($1, 1)")
             .bind(month)
-            .execute(db.pool())
+            .execute(db.executor())
             .await?;
         db.remember_partition(month);
     }
@@ -311,7 +310,7 @@ pub async fn create_partitions_ahead(
     db.query("SELECT ensure_event_partitions($1, $2)")
         .bind(now.date_naive())
         .bind(ahead + 1)
-        .execute(db.pool())
+        .execute(db.executor())
         .await?;
     Ok(())
 }
@@ -340,7 +339,7 @@ pub async fn dead_letter(db: &Db, letters: &[DeadLetter]) -> Result<u64, sqlx::E
     .bind(payloads)
     .bind(reasons)
     .bind(attempts)
-    .execute(db.pool())
+    .execute(db.executor())
     .await?;
     Ok(letters.len() as u64)
 }
@@ -354,7 +353,7 @@ pub async fn drop_partitions_before(
     let rows = db
         .query("SELECT drop_event_partitions_before($1) AS dropped")
         .bind(cutoff)
-        .fetch_all(db.pool())
+        .fetch_all(db.executor())
         .await?;
     rows.iter().map(|row| row.try_get("dropped")).collect()
 }

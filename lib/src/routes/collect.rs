@@ -387,6 +387,9 @@ async fn write_direct_once(
     why: Fallback,
     (api_key_id, day, now): (Uuid, chrono::NaiveDate, chrono::DateTime<chrono::Utc>),
 ) -> anyhow::Result<()> {
+    store::ensure_partitions(&state.db, rows)
+        .await
+        .context("creating the events' partitions")?;
     let mut transaction = state
         .db
         .pool()

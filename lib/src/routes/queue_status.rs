@@ -115,7 +115,7 @@ async fn status(state: &AppState, request: &Request<Bytes>) -> Result<Response<B
                     (SELECT coalesce(sum(value), 0)::bigint FROM operational_counters
                       WHERE name = 'fail_open_admissions') AS fail_open",
         )
-        .fetch_one(state.db.pool())
+        .fetch_one(state.db.executor())
         .await
         .map_err(|error| {
             tracing::error!(error = ?error, "queue-status could not reach Postgres");

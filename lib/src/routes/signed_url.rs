@@ -240,7 +240,7 @@ async fn count_fail_open(state: &AppState) -> anyhow::Result<()> {
              ON CONFLICT (name) DO UPDATE
                 SET value = operational_counters.value + 1, updated_at = now()",
         )
-        .execute(state.db.pool())
+        .execute(state.db.executor())
         .await?;
     Ok(())
 }
