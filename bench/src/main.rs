@@ -756,6 +756,9 @@ async fn fill_queue(
     let mut conn = client.get_multiplexed_async_connection().await?;
     let now = chrono::Utc::now();
     let mut left = events;
+    // Each entry is one visitor's visit: its events are one session, and
+    // the drain's rollups track as many sessions as there are entries.
+    let mut visit = 0u64;
     while left > 0 {
         let mut pipe = redis::pipe();
         for _ in 0..200 {
@@ -764,14 +767,15 @@ async fn fill_queue(
             }
             let n = left.min(per_entry);
             left -= n;
-            let batch: Vec<Event> = (0..n).map(|i| sample_event(now, i)).collect();
+            visit += 1;
+            let batch: Vec<Event> = (0..n).map(|i| sample_event(now, i, visit)).collect();
             pipe.cmd("XADD")
                 .arg(state.keys.event_queue(state.keys.any_shard()))
                 .arg("*")
                 .arg("k")
                 .arg(key_id.to_string())
                 .arg("v")
-                .arg(format!("{:040x}", i128::from(n as i64) * 7919))
+                .arg(format!("{:040x}", u128::from(visit) * 7919))
                 .arg("n")
                 .arg(n)
                 .arg("e")
@@ -783,8 +787,8 @@ async fn fill_queue(
     Ok(())
 }
 
-/// A typical web page view, as collect stores it.
-fn sample_event(now: chrono::DateTime<chrono::Utc>, i: u64) -> Event {
+/// A typical web page view, as collect stores it: the `i`th event of a visit.
+fn sample_event(now: chrono::DateTime<chrono::Utc>, i: u64, visit: u64) -> Event {
     Event {
         id: Uuid::now_v7(),
         kind: EventKind::Web,
@@ -795,7 +799,7 @@ fn sample_event(now: chrono::DateTime<chrono::Utc>, i: u64) -> Event {
         },
         occurred_at: now - chrono::Duration::milliseconds(i as i64),
         received_at: now,
-        session_id: Some(format!("s-{}", i % 1000)),
+        session_id: Some(format!("s-{visit}")),
         user_id: None,
         properties: Some(r#"{"plan":"pro","experiment":"b"}"#.into()),
         web: WebFields {
