@@ -745,7 +745,12 @@ impl Faults<'_> {
     /// there (a run with nothing to do exits cleanly, so it may take a few).
     async fn kill_function(&self, binary: &str, route: &str, point: &str) -> anyhow::Result<()> {
         let from = (self.now)();
-        for _ in 0..20 {
+        // A try only counts when the run found nothing to do; a run that
+        // found the lock held by a cron run still going waits for it, up to
+        // a deadline.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut tries = 0;
+        while tries < 20 && Instant::now() < deadline {
             let port = {
                 let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
                 listener.local_addr()?.port()
@@ -761,13 +766,17 @@ impl Faults<'_> {
                 .with_context(|| format!("starting {binary}"))?;
             let url = format!("http://127.0.0.1:{port}/api/cron/{route}");
             let mut answered = false;
+            let mut locked = false;
             for _ in 0..200 {
                 match self.http.get(&url).bearer_auth(CRON_SECRET).send().await {
                     Err(error) if error.is_connect() => {
                         tokio::time::sleep(Duration::from_millis(25)).await
                     }
-                    Ok(_) => {
+                    Ok(response) => {
                         answered = true;
+                        let report: serde_json::Value =
+                            response.json().await.unwrap_or_default();
+                        locked = report["stopped"] == "locked";
                         break;
                     }
                     // The connection closed mid-request: it died.
@@ -793,11 +802,15 @@ impl Faults<'_> {
                 self.note(name, from, Takes::Nothing);
                 return Ok(());
             }
-            // It answered: there was nothing to do at that point. Again.
+            // It answered: another run held the lock, or there was nothing
+            // to do at that point. Again.
+            if !locked {
+                tries += 1;
+            }
             child.kill().await.ok();
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        anyhow::bail!("{binary} never reached {point}")
+        anyhow::bail!("{binary} never reached {point} ({tries} runs found nothing to do)")
     }
 }
 
