@@ -774,8 +774,7 @@ impl Faults<'_> {
                     }
                     Ok(response) => {
                         answered = true;
-                        let report: serde_json::Value =
-                            response.json().await.unwrap_or_default();
+                        let report: serde_json::Value = response.json().await.unwrap_or_default();
                         locked = report["stopped"] == "locked";
                         break;
                     }
