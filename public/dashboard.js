@@ -134,26 +134,65 @@ function table(container, name, items, heading) {
 
 class KeyRefused extends Error {}
 
-async function get(path, key) {
+// A successful response, or the error its JSON body names (errors are JSON
+// in every format). The key goes in a header, never in a URL.
+async function request(path, key) {
   const response = await fetch(path, { headers: { Authorization: `Bearer ${key}` } });
+  if (response.ok) return response;
   const body = await response.json().catch(() => ({}));
   if (response.status === 401 || response.status === 403) {
     throw new KeyRefused(body.error ? body.error.message : "the key was refused");
   }
-  if (!response.ok) {
-    throw new Error(body.error ? body.error.message : `${path} answered ${response.status}`);
-  }
-  return body;
+  throw new Error(body.error ? body.error.message : `${path} answered ${response.status}`);
 }
 
+const get = async (path, key) => (await request(path, key)).json();
+
+// The views shown, each by the query that drew it (`queries`), so that a
+// CSV download is of the very range on screen.
 async function load(key, days) {
   const view = (query) => get(`/api/analytics?${query}`, key);
+  const queries = { daily: `view=daily&limit=${days}`, providers: `view=providers&limit=${days}`,
+    "file-types": "view=file-types" };
   const [overview, daily, providers, fileTypes] = await Promise.all([
-    view("view=overview"), view(`view=daily&limit=${days}`), view(`view=providers&limit=${days}`),
-    view("view=file-types"),
+    view("view=overview"), view(queries.daily), view(queries.providers), view(queries["file-types"]),
   ]);
-  const events = await view(`view=events&start=${daily.start}&end=${daily.end}`);
-  return { overview, daily, providers, fileTypes, events };
+  queries.events = `view=events&start=${daily.start}&end=${daily.end}`;
+  const events = await view(queries.events);
+  return { overview, daily, providers, fileTypes, events, queries };
+}
+
+// ---- CSV downloads -----------------------------------------------------------
+
+// What the dashboard shows: the key and the queries of its views.
+let shown = null;
+
+// Fetches a shown view as CSV and saves it. The fetch carries the key in
+// its header as every other read does; a plain link to the CSV would need
+// the key in its URL, where history and logs keep it.
+async function download(button) {
+  const view = button.dataset.csv;
+  button.disabled = true;
+  try {
+    const response = await request(`/api/analytics?${shown.queries[view]}&format=csv`, shown.key);
+    save(await response.blob(), `tollgate-${view}.csv`);
+  } catch (error) {
+    message(`Could not download the ${view} CSV: ${error.message}`, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// Saves a blob as a file through a link with `download` to its object URL.
+// The URL is revoked a while later, not at once: a browser may read the
+// blob only after the click has returned.
+function save(blob, filename) {
+  const url = URL.createObjectURL(blob);
+  const link = element("a", { href: url, download: filename, hidden: "" });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 30_000);
 }
 
 // ---- Rendering ---------------------------------------------------------------
@@ -240,7 +279,9 @@ async function show() {
   sessionStorage.setItem("tollgate-key", key);
   message("Loading…");
   try {
-    render(await load(key, Number($("range").value)));
+    const data = await load(key, Number($("range").value));
+    render(data);
+    shown = { key, queries: data.queries };
     $("dashboard").hidden = false;
   } catch (error) {
     $("dashboard").hidden = true;
@@ -252,6 +293,9 @@ async function show() {
 
 $("key-form").addEventListener("submit", (event) => { event.preventDefault(); show(); });
 $("range").addEventListener("change", () => { if ($("key").value) show(); });
+for (const button of document.querySelectorAll("[data-csv]")) {
+  button.addEventListener("click", () => download(button));
+}
 
 // `tollgate dev` offers its demo key; a deployment does not.
 fetch("/_dev/demo-key").then((r) => (r.ok ? r.json() : null)).then((demo) => {

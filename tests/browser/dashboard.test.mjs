@@ -4,7 +4,7 @@
 //   EXPECTED (JSON of the seeded numbers), ARTIFACTS (a folder for screenshots).
 
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
@@ -33,6 +33,30 @@ async function bars(page, chart, series) {
 }
 
 const sum = (values) => Object.values(values).reduce((a, b) => a + b, 0);
+
+/// The records of an RFC 4180 text, each as {column: cell}, and its header.
+function csv(text) {
+  const rows = [];
+  let row = [], field = '', quoted = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (quoted) {
+      if (ch === '"' && text[i + 1] === '"') { field += '"'; i++; }
+      else if (ch === '"') quoted = false;
+      else field += ch;
+    } else if (ch === '"') quoted = true;
+    else if (ch === ',') { row.push(field); field = ''; }
+    else if (ch === '\r' && text[i + 1] === '\n') { row.push(field); rows.push(row); row = []; field = ''; i++; }
+    else field += ch;
+  }
+  assert.equal(field + row.join(''), '', 'the last line ends with CRLF');
+  const [header, ...body] = rows;
+  return { header, records: body.map((cells) => Object.fromEntries(header.map((name, i) => [name, cells[i]]))) };
+}
+
+/// {label: number} of a CSV section's rows.
+const column = (records, section, label, value) => Object.fromEntries(records
+  .filter((r) => r.section === section).map((r) => [r[label], Number(r[value])]));
 
 test('the charts show the seeded numbers', async () => {
   const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
@@ -96,6 +120,65 @@ test('the charts show the seeded numbers', async () => {
   await page.screenshot({ path: join(ARTIFACTS, 'dashboard.png'), fullPage: true });
   assert.deepEqual(errors, []);
   assert.deepEqual(foreign, []);
+  await page.close();
+});
+
+test('each view downloads as CSV with the figures shown, the key never in a URL', async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  const errors = [];
+  page.on('pageerror', (error) => errors.push(error.message));
+  const fetched = [];
+  page.on('request', (request) => {
+    if (request.url().includes('format=csv')) fetched.push(request);
+  });
+  await page.goto(`${APP_URL}/#key=${SECRET_KEY}`);
+  await page.waitForSelector('svg[data-chart="requests"]');
+
+  const files = {};
+  for (const [view, label] of [['daily', 'usage per day'], ['providers', 'providers'],
+    ['file-types', 'file types'], ['events', 'events']]) {
+    // The button is found by its accessible name, as a screen reader would.
+    const [download] = await Promise.all([page.waitForEvent('download'),
+      page.getByRole('button', { name: `Download CSV: ${label}` }).click()]);
+    assert.equal(download.suggestedFilename(), `tollgate-${view}.csv`);
+    files[view] = csv(readFileSync(await download.path(), 'utf8'));
+    assert.equal(files[view].header[0], 'section', view);
+    assert.deepEqual(files[view].records.filter((r) => r.section === 'summary').map((r) => r.view), [view]);
+  }
+
+  // The usage per day: the day rows are the bars, the range the one shown.
+  const daily = files.daily;
+  for (const name of ['day', 'requests', 'successful', 'failed', 'files', 'bytes']) {
+    assert.ok(daily.header.includes(name), `${name} in ${daily.header}`);
+  }
+  assert.deepEqual(column(daily.records, 'days', 'day', 'successful'), await bars(page, 'requests', 'successful'));
+  assert.deepEqual(column(daily.records, 'days', 'day', 'failed'), await bars(page, 'requests', 'failed'));
+  const today = daily.records.find((r) => r.day === EXPECTED.today);
+  assert.equal(Number(today.requests), EXPECTED.requests, 'the request made after the sync too');
+
+  assert.deepEqual(column(files.providers.records, 'providers', 'provider', 'uploads'), await bars(page, 'uploads'));
+  assert.deepEqual(column(files.providers.records, 'providers', 'provider', 'bytes'), EXPECTED.bytes);
+  assert.deepEqual(column(files['file-types'].records, 'file_types', 'content_type', 'files'),
+    await bars(page, 'file-types'));
+
+  const events = files.events.records;
+  const summary = events.find((r) => r.section === 'summary');
+  assert.equal(summary.events, await page.textContent('[data-card="events"] .value'));
+  assert.equal(Number(summary.pageviews), EXPECTED.pageviews);
+  assert.equal(summary.start, Object.keys(await bars(page, 'events'))[0], 'the range on screen');
+  assert.deepEqual(column(events, 'days', 'day', 'events'), await bars(page, 'events'));
+  assert.deepEqual(column(events, 'top_paths', 'value', 'events'), await bars(page, 'pages'));
+  assert.deepEqual(column(events, 'entry_pages', 'value', 'visits'), EXPECTED.entry_pages);
+
+  // Each CSV was fetched with the key in its header, as every view is.
+  assert.equal(fetched.length, 4);
+  for (const request of fetched) {
+    assert.ok(!request.url().includes(SECRET_KEY), request.url());
+    assert.equal(await request.headerValue('authorization'), `Bearer ${SECRET_KEY}`);
+  }
+  await page.getByRole('button', { name: 'Download CSV: events' }).focus();
+  await page.screenshot({ path: join(ARTIFACTS, 'dashboard-csv.png') });
+  assert.deepEqual(errors, []);
   await page.close();
 });
 
