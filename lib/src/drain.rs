@@ -178,7 +178,7 @@ async fn drain_batches(
     let mut claimed = claim_batch(state, target, report).await?;
     let mut committed: Vec<Entry> = Vec::new();
     loop {
-        if claimed.is_empty() {
+        if claimed.entries.is_empty() {
             acknowledge(state, &committed, report).await?;
             report.stopped = Stopped::Empty;
             return Ok(());
@@ -203,7 +203,7 @@ async fn drain_batches(
         }
         let store_time = stored?;
         acked?;
-        committed = claimed;
+        committed = claimed.entries;
 
         target = if store_time < FAST {
             (target * 2).min(MAX_BATCH)
@@ -223,12 +223,19 @@ async fn drain_batches(
     }
 }
 
-/// Claims the next batch of entries, of about `target` events.
+/// A claimed batch: its queue entries, and the rows they hold.
+struct Claimed {
+    entries: Vec<Entry>,
+    rows: Rows,
+}
+
+/// Claims the next batch of entries, of about `target` events, and decodes
+/// them (while the batch before is being stored).
 async fn claim_batch(
     state: &AppState,
     target: u64,
     report: &mut DrainReport,
-) -> anyhow::Result<Vec<Entry>> {
+) -> anyhow::Result<Claimed> {
     let config = &state.config.pipeline;
     let started = Instant::now();
     let claim = queue::claim(
@@ -247,7 +254,11 @@ async fn claim_batch(
     report.claim_ms += started.elapsed().as_millis() as u64;
     fault::point("drain:after-claim");
     report.reclaimed += claim.reclaimed;
-    Ok(claim.entries)
+    let rows = decode(&claim.entries);
+    Ok(Claimed {
+        entries: claim.entries,
+        rows,
+    })
 }
 
 /// Stores a claimed batch: its events through the sink, its request and
@@ -256,11 +267,10 @@ async fn claim_batch(
 async fn store_batch(
     state: &AppState,
     sink: &impl Sink,
-    entries: &[Entry],
+    Claimed { entries, rows }: &Claimed,
     report: &mut DrainReport,
 ) -> anyhow::Result<Duration> {
     let db = &state.db;
-    let rows = decode(entries);
     let attempts = entries.iter().map(|e| e.deliveries).max().unwrap_or(1);
     let started = Instant::now();
     let outcome = store_with_retries(sink, &rows.events, attempts as i32).await?;
