@@ -2,9 +2,10 @@
 # Runs tollgate's benchmarks on loopback and rewrites BENCHMARKS.md.
 #
 #   bench/run.sh                 the full run (about 11 minutes on 2 cores, 5 of
-#                                them unknown keys and fuzzing; the first also
-#                                builds the fuzz targets, about 10 minutes)
-#   bench/run.sh --quick         smaller sizes (about 3 minutes after the build)
+#                                them unknown keys and fuzzing, plus 10 to 16
+#                                for the views at 10 million events; the first
+#                                also builds the fuzz targets, about 10 minutes)
+#   bench/run.sh --quick         smaller sizes (about 4 minutes after the build)
 #   bench/run.sh --out FILE      write the report to FILE, not BENCHMARKS.md
 #                                (make test runs --quick --out target/bench/...)
 #   bench/run.sh --fuzz          also fuzz in --quick mode (10 s per target);

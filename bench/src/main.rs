@@ -168,7 +168,8 @@ enum Command {
         /// Keep the database (bench_views) afterwards.
         #[arg(long)]
         keep: bool,
-        /// Only print the events view's plan on a kept database.
+        /// Only print the events view's plan and time it, on a database a
+        /// run kept.
         #[arg(long)]
         explain: bool,
         /// A Postgres server URL ending in a database; the bench creates
@@ -201,9 +202,10 @@ async fn main() -> anyhow::Result<()> {
         } => analytics(keys, events, key_id, samples, &database_url).await,
         Command::Views {
             explain: true,
+            samples,
             database_url,
             ..
-        } => views::explain(&database_url).await,
+        } => views::explain(&database_url, samples).await,
         Command::Views {
             events,
             big_key_events,

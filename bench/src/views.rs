@@ -44,26 +44,29 @@ pub struct Sizes {
 }
 
 /// Prints the plan (`EXPLAIN (ANALYZE, BUFFERS)`) of the events view for
-/// the biggest key of a database a run kept (`--keep`).
-pub async fn explain(database_url: &str) -> anyhow::Result<()> {
+/// the biggest key of a database a run kept (`--keep`), then times it as
+/// the run does: to weigh an index or a rewrite without seeding again.
+pub async fn explain(database_url: &str, samples: usize) -> anyhow::Result<()> {
     let (server, _) = database_url
         .rsplit_once('/')
         .context("DATABASE_URL names a database")?;
     let mut conn = PgConnection::connect(&format!("{server}/bench_views")).await?;
     let key: Uuid = sqlx::query_scalar(
-        "SELECT api_key_id FROM events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1",
+        "SELECT api_key_id FROM event_rollup_daily GROUP BY 1 ORDER BY sum(events) DESC LIMIT 1",
     )
     .fetch_one(&mut conn)
     .await?;
-    let today = Utc::now().date_naive();
-    let params = range(key, today);
-    let explain = format!("EXPLAIN (ANALYZE, BUFFERS) {}", views::sql(View::Events));
+    let params = range(key, Utc::now().date_naive());
+    let sql = views::sql(View::Events);
+    let explain = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
     let rows = analytics::bind(sqlx::query(&explain), &params)
         .fetch_all(&mut conn)
         .await?;
     for row in rows {
-        println!("{}", row.try_get::<String, _>(0)?);
+        eprintln!("{}", row.try_get::<String, _>(0)?);
     }
+    let times = time_statement(&mut conn, &sql, &params, samples).await?;
+    println!("{}", serde_json::json!({"events": times.json()}));
     Ok(())
 }
 
