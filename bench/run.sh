@@ -2,9 +2,10 @@
 # Runs tollgate's benchmarks on loopback and rewrites BENCHMARKS.md.
 #
 #   bench/run.sh                 the full run (about 11 minutes on 2 cores, 5 of
-#                                them unknown keys and fuzzing; the first also
-#                                builds the fuzz targets, about 10 minutes)
-#   bench/run.sh --quick         smaller sizes (about 3 minutes after the build)
+#                                them unknown keys and fuzzing, plus 10 to 16
+#                                for the views at 10 million events; the first
+#                                also builds the fuzz targets, about 10 minutes)
+#   bench/run.sh --quick         smaller sizes (about 4 minutes after the build)
 #   bench/run.sh --out FILE      write the report to FILE, not BENCHMARKS.md
 #                                (make test runs --quick --out target/bench/...)
 #   bench/run.sh --fuzz          also fuzz in --quick mode (10 s per target);
@@ -33,12 +34,14 @@ while [ $# -gt 0 ]; do
 done
 if [ $quick = 1 ]; then
   seconds=5; latency_requests=200; drain_events=100000; sync_keys=2000; analytics_keys=1000; analytics_events=100000; mode=quick
+  views_events=1000000; views_big_key=100000; views_keys=200; views_samples=20; views_raw_samples=3
   # make test runs --quick: it gets the unknown-key figures in brief, and
   # no fuzzing unless asked (building the targets alone takes minutes).
   keys_seconds=2; keys_requests=40; fuzz_seconds=10
   [ $fuzz != default ] || fuzz=0
 else
   seconds=15; latency_requests=1000; drain_events=1000000; sync_keys=10000; analytics_keys=10000; analytics_events=1000000; mode=full
+  views_events=10000000; views_big_key=1000000; views_keys=1000; views_samples=40; views_raw_samples=5
   keys_seconds=15; keys_requests=400; fuzz_seconds=60
   [ $fuzz != default ] || fuzz=1
 fi
@@ -263,6 +266,13 @@ read -r hit_rps hit_p50 <<<"$hit_line"
 read -r miss_rps miss_p50 <<<"$miss_line"
 echo "    hit $hit_rps req/s (p50 $hit_p50 ms), miss $miss_rps req/s (p50 $miss_p50 ms)"
 
+# Every view's statement for a key with a tenth of the events over 30 days,
+# from rollups, against aggregating its raw events as the events view did
+# before them; in a database of its own, seeded by binary COPY (views.rs).
+echo "==> views: $views_events events by COPY, $views_big_key of them one key's, and their rollups"
+views_json=$(target/release/tollgate-bench views --events "$views_events" --big-key-events "$views_big_key" \
+  --keys "$views_keys" --samples "$views_samples" --raw-samples "$views_raw_samples")
+echo "    $views_json"
 echo "==> payload: bytes to Upstash and in the queue for full collect bodies"
 payload_json=$(UPSTASH_REDIS_REST_URL="http://127.0.0.1:$upstash_port" UPSTASH_REDIS_REST_TOKEN="$token" \
   CRON_SECRET="$cron_secret" target/release/tollgate-bench payload)
@@ -343,7 +353,7 @@ python3 bench/report.py \
   --evalsha "$evalsha" --signed "$signed" --peer "$peer" --sync "$sync_json" \
   --limiter-bytes "$limiter_bytes" --quota-bytes "$quota_bytes" \
   --keys "$keys_json" --unknown "$unknown_json" --fuzz "$fuzz_json" \
-  --analytics "$analytics_json" --hit "$hit_rps" --miss "$miss_rps" --hit-p50 "$hit_p50" --miss-p50 "$miss_p50" \
+  --analytics "$analytics_json" --views "$views_json" --hit "$hit_rps" --miss "$miss_rps" --hit-p50 "$hit_p50" --miss-p50 "$miss_p50" \
   --redis "$redis_version" --postgres "$postgres_version" \
   --command "bench/run.sh$([ $quick = 1 ] && echo " --quick")" \
   --keep-soak-from BENCHMARKS.md >"$work/report.md"

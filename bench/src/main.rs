@@ -6,6 +6,7 @@
 
 mod soak;
 mod unknown_keys;
+mod views;
 
 use std::{
     path::PathBuf,
@@ -155,6 +156,33 @@ enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
+    /// Seeds a database of its own with events of many keys by COPY, builds
+    /// their rollups, and times every view for the biggest key against
+    /// aggregating its raw events (views.rs).
+    Views {
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// The events of the key whose views are timed, over 30 days.
+        #[arg(long, default_value_t = 1_000_000)]
+        big_key_events: u64,
+        #[arg(long, default_value_t = 1_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 40)]
+        samples: usize,
+        #[arg(long, default_value_t = 5)]
+        raw_samples: usize,
+        /// Keep the database (bench_views) afterwards.
+        #[arg(long)]
+        keep: bool,
+        /// Only print the events view's plan and time it, on a database a
+        /// run kept.
+        #[arg(long)]
+        explain: bool,
+        /// A Postgres server URL ending in a database; the bench creates
+        /// and drops its own database on that server.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 #[tokio::main]
@@ -188,6 +216,32 @@ async fn main() -> anyhow::Result<()> {
             samples,
             database_url,
         } => analytics(keys, events, key_id, samples, &database_url).await,
+        Command::Views {
+            explain: true,
+            samples,
+            database_url,
+            ..
+        } => views::explain(&database_url, samples).await,
+        Command::Views {
+            events,
+            big_key_events,
+            keys,
+            samples,
+            raw_samples,
+            keep,
+            database_url,
+            ..
+        } => {
+            let sizes = views::Sizes {
+                events,
+                big_key_events,
+                keys,
+                samples,
+                raw_samples,
+                keep,
+            };
+            views::run(sizes, &database_url).await
+        }
         Command::Latency {
             url,
             body,
