@@ -46,18 +46,18 @@ CREATE TABLE event_rollup_values (
     day        date NOT NULL,
     value      text NOT NULL,
     events     bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (api_key_id, dimension, day, value)
+    -- The counts ride in the key's index (see below).
+    PRIMARY KEY (api_key_id, dimension, day, value) INCLUDE (events)
 );
 -- The events view's rankings read a key's rows of every dimension over the
--- range's days and sum their counts. With the counts in the index, that is
--- an index-only scan of adjacent entries instead of one heap page per few
--- rows: for a key with 1,000,000 events in 30 days (33,000 rows), about
--- 300 pages instead of 2,200, and the view's p50 from 93 ms to 27 ms on
--- the benchmark machine (BENCHMARKS.md, "Analytics views at scale"). The
--- cost is the drain's: each rollup upsert changes `events`, so it writes
--- this index too (and is never a HOT update).
-CREATE INDEX event_rollup_values_ranking
-    ON event_rollup_values (api_key_id, dimension, day, value) INCLUDE (events);
+-- range's days and sum their counts. With the counts in the primary key's
+-- index, that is an index-only scan of adjacent entries instead of one heap
+-- page per few rows: for a key with 1,000,000 events in 30 days (33,000
+-- rows), about 300 pages instead of 2,200, and the view's p50 from 93 ms to
+-- 27 ms on the benchmark machine (BENCHMARKS.md, "Analytics views at
+-- scale"). It is the table's one index, so the drain writes no second one;
+-- the cost is that an upsert changes an indexed column and is never a HOT
+-- update.
 
 -- The sessions the rollups' visits come from, kept so that a session that
 -- continues in a later batch updates its visit instead of counting again.
@@ -86,6 +86,8 @@ CREATE TABLE event_sessions (
 );
 CREATE INDEX event_sessions_visitor ON event_sessions (api_key_id, visitor_id, last_at)
     WHERE visitor_id IS NOT NULL;
+-- The drain prunes sessions no event can continue any more, oldest first.
+CREATE INDEX event_sessions_last_at ON event_sessions (last_at);
 
 -- Deletions on request (`tollgate events delete`), one row each. The
 -- erased events' ids stay in event_ids, so a queue entry redelivered after
@@ -114,12 +116,16 @@ CREATE FUNCTION visitor_count(sketch hll) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE
         WHEN sketch IS NULL THEN 0
-        WHEN filled IS NOT NULL AND filled < registers
-             AND hll_cardinality(sketch) <= 3 * registers
-            THEN round(registers * ln(registers::float8 / (registers - filled)))::bigint
-        ELSE coalesce(round(hll_cardinality(sketch))::bigint, 0)
+        -- Only where the extension answered with the raw estimate and it
+        -- still runs high: print the sketch to count its filled registers.
+        WHEN estimate > 2.5 * registers AND estimate <= 3 * registers THEN (
+            SELECT CASE WHEN filled IS NOT NULL AND filled < registers
+                        THEN round(registers * ln(registers::float8 / (registers - filled)))::bigint
+                        ELSE round(estimate)::bigint END
+            FROM (SELECT substring(hll_print(sketch)::text FROM ', (\d+) filled')::int AS filled) f)
+        ELSE coalesce(round(estimate)::bigint, 0)
     END
-    FROM (SELECT (1 << hll_log2m(sketch))::int AS registers,
-                 -- hll_print of a full sketch begins `COMPRESSED, <n> filled nregs=…`
-                 substring(hll_print(sketch)::text FROM ', (\d+) filled')::int AS filled) r
+    -- hll_print of a full sketch begins `COMPRESSED, <n> filled nregs=…`
+    FROM (SELECT hll_cardinality(sketch) AS estimate,
+                 (1 << hll_log2m(sketch))::int AS registers) r
 $$;

@@ -751,3 +751,34 @@ async fn deleting_from_an_unknown_key_is_refused() {
     .unwrap_err();
     assert!(matches!(error, erase::EraseError::NoSuchKey(_)), "{error}");
 }
+
+#[tokio::test]
+async fn pruning_drops_only_sessions_no_event_can_continue_and_keeps_their_visits() {
+    let app = spawn_app().await;
+    let db = &app.state.db;
+    let key = key_in(&app, "UTC").await;
+    let visit = |visitor: &str, at: DateTime<Utc>| {
+        let mut e = event(key, at, EventKind::Web, "pageview");
+        e.visitor_id = Some(visitor.into());
+        e
+    };
+    let old = day_start_utc(20);
+    let recent = day_start_utc(2);
+    store_batch(db, &[visit("old", old), visit("recent", recent)]).await;
+    let before = rollups(db, key).await;
+    assert_eq!(sessions(db, key).await.len(), 2);
+
+    let pruned = rollup::prune_sessions(db, day_start_utc(14)).await.unwrap();
+
+    assert_eq!(pruned, 1);
+    assert_eq!(sessions(db, key).await.len(), 1, "the recent session stays");
+    assert_eq!(
+        rollups(db, key).await,
+        before,
+        "the old visit stays counted"
+    );
+    assert_eq!(
+        rollup::prune_sessions(db, day_start_utc(14)).await.unwrap(),
+        0
+    );
+}

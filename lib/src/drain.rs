@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::{
     events::{
-        queued,
+        queued, rollup,
         sink::{PostgresSink, Sink},
         store::{self, DeadLetter, StoreOutcome, StoredEvent},
     },
@@ -166,6 +166,15 @@ async fn drain_batches(
             Ok(deleted) => tracing::info!(deleted, %cutoff, "deleted log rows past retention"),
             Err(error) => tracing::warn!(error = ?error, "log retention failed; draining on"),
         }
+    }
+    // A session whose events are older than any event can still be (collect
+    // refuses events past the maximum age; twice that leaves room for a
+    // queue held up) can no longer be continued, and is only kept for that.
+    let stale = now - chrono::Duration::from_std(config.event_max_age * 2)?;
+    match rollup::prune_sessions(db, stale).await {
+        Ok(0) => {}
+        Ok(pruned) => tracing::info!(pruned, %stale, "pruned sessions that can no longer continue"),
+        Err(error) => tracing::warn!(error = ?error, "pruning sessions failed; draining on"),
     }
 
     // A pipeline of three: while one batch is stored, the batch committed

@@ -68,6 +68,25 @@ pub async fn lock_keys(db: &Db, conn: &mut PgConnection, keys: &[Uuid]) -> Resul
     Ok(())
 }
 
+/// Sessions pruned per call, so one drain run's share stays small.
+const PRUNE_LIMIT: i64 = 10_000;
+
+/// Deletes up to [`PRUNE_LIMIT`] sessions whose last event is before
+/// `before`: their visits stay counted in the rollups, and no event can
+/// continue them any more. Returns how many were deleted.
+pub async fn prune_sessions(db: &Db, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    let done = db
+        .query(
+            "DELETE FROM event_sessions WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM event_sessions WHERE last_at < $1 LIMIT $2))",
+        )
+        .bind(before)
+        .bind(PRUNE_LIMIT)
+        .execute(db.executor())
+        .await?;
+    Ok(done.rows_affected())
+}
+
 /// A path seen in a session, and when; ordered by time, then by path, so
 /// that the entry (the least) and the exit (the greatest) do not depend on
 /// the order events arrive in.
