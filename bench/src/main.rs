@@ -412,12 +412,7 @@ async fn timed_drain(run: TimedDrain<'_>) -> anyhow::Result<Drained> {
     let mut report = drain::DrainReport::default();
     loop {
         let batch = drain::run(&state).await?;
-        report.inserted += batch.inserted;
-        report.batches += batch.batches;
-        report.dead_lettered += batch.dead_lettered;
-        report.claim_ms += batch.claim_ms;
-        report.store_ms += batch.store_ms;
-        report.ack_ms += batch.ack_ms;
+        report.add(&batch);
         if batch.stopped == tollgate::drain::Stopped::Empty {
             break;
         }

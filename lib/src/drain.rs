@@ -66,8 +66,8 @@ pub struct DrainReport {
 }
 
 impl DrainReport {
-    /// Adds the counts and times of a part of the run.
-    fn add(&mut self, part: &DrainReport) {
+    /// Adds the counts and times of a part of the run (or of another run).
+    pub fn add(&mut self, part: &DrainReport) {
         self.drained += part.drained;
         self.inserted += part.inserted;
         self.duplicates += part.duplicates;
