@@ -130,6 +130,17 @@ impl PooledDatabase {
         );
     }
 
+    /// One connection through PgBouncer, as the CLI connects, in pooler mode
+    /// or not.
+    fn single_connection(&self, transaction_pooler: bool) -> Db {
+        Db::connect_lazy(&DatabaseConfig {
+            url: Secret::new(self.pooled_url.clone()),
+            max_connections: 1,
+            transaction_pooler,
+        })
+        .unwrap()
+    }
+
     /// Spawns the app on this database through PgBouncer, in pooler mode.
     async fn spawn_app(&self, mut options: TestOptions) -> TestApp {
         options.database_url = Some(self.pooled_url.clone());
@@ -298,12 +309,7 @@ async fn key_and_ban_commands_run_through_the_pooler() {
     let database = PooledDatabase::create().await;
     // As `tollgate keys` and `tollgate bans` connect: one connection, in
     // pooler mode, to the URL they are given.
-    let db = Db::connect_lazy(&DatabaseConfig {
-        url: Secret::new(database.pooled_url.clone()),
-        max_connections: 1,
-        transaction_pooler: true,
-    })
-    .unwrap();
+    let db = database.single_connection(true);
     let app = database.spawn_app(TestOptions::default()).await;
     let keys = &app.state.keys;
     let before = database.pooler_traffic().await;
@@ -515,12 +521,7 @@ async fn a_named_statement_reused_across_transactions_fails_behind_the_pooler_un
         // A database of its own, so that PgBouncer starts with no server
         // connection to it.
         let database = PooledDatabase::create().await;
-        let db = Db::connect_lazy(&DatabaseConfig {
-            url: Secret::new(database.pooled_url.clone()),
-            max_connections: 1,
-            transaction_pooler,
-        })
-        .unwrap();
+        let db = database.single_connection(transaction_pooler);
         let sql = "SELECT $1::int4 + 1";
         // Prepared and run on the one server connection there is.
         let first: i32 = db
@@ -552,12 +553,7 @@ async fn a_named_statement_reused_across_transactions_fails_behind_the_pooler_un
 #[tokio::test]
 async fn a_statement_outside_a_transaction_keeps_its_server_from_parse_to_execute() {
     let database = PooledDatabase::create().await;
-    let db = Db::connect_lazy(&DatabaseConfig {
-        url: Secret::new(database.pooled_url.clone()),
-        max_connections: 1,
-        transaction_pooler: true,
-    })
-    .unwrap();
+    let db = database.single_connection(true);
     let mut holders = Vec::new();
     for _ in 0..PGBOUNCER_POOL_SIZE {
         holders.push(hold_a_server(&database).await.0);
