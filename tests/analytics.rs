@@ -23,20 +23,9 @@ async fn spawn() -> TestApp {
 
 /// Reads a view; the status, the `X-Cache` header and the body.
 async fn read(app: &TestApp, key: &str, query: &str) -> (u16, String, Value) {
-    let response = app
-        .http
-        .get(format!("{}/api/analytics?{query}", app.address))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let cache = response
-        .headers()
-        .get("x-cache")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    (status, cache, response.json().await.unwrap_or(Value::Null))
+    let answer = app.read_analytics(key, query).await;
+    let body = answer.json();
+    (answer.status, answer.cache, body)
 }
 
 /// What the clients saw: the truth the views must match.

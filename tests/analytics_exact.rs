@@ -4,7 +4,9 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{crash_function_at, providers, sign, spawn_app_with, TestApp, TestOptions};
+use crate::helpers::{
+    crash_function_at, providers, sign, spawn_app_with, AnalyticsRead, TestApp, TestOptions,
+};
 
 async fn spawn() -> TestApp {
     spawn_app_with(TestOptions {
@@ -14,42 +16,8 @@ async fn spawn() -> TestApp {
     .await
 }
 
-/// One answer of the analytics route.
-struct Read {
-    status: u16,
-    cache: String,
-    content_type: String,
-    text: String,
-}
-
-impl Read {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or(Value::Null)
-    }
-}
-
-async fn read(app: &TestApp, key: &str, query: &str) -> Read {
-    let response = app
-        .http
-        .get(format!("{}/api/analytics?{query}", app.address))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default()
-    };
-    let (cache, content_type) = (header("x-cache"), header("content-type"));
-    Read {
-        status: response.status().as_u16(),
-        cache,
-        content_type,
-        text: response.text().await.unwrap(),
-    }
+async fn read(app: &TestApp, key: &str, query: &str) -> AnalyticsRead {
+    app.read_analytics(key, query).await
 }
 
 /// Reads a view and asserts that it was a cache hit that cost no Postgres

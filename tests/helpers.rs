@@ -301,6 +301,31 @@ impl TestApp {
             .expect("request to the app")
     }
 
+    /// Reads an analytics view with a key, as a client does.
+    pub async fn read_analytics(&self, key: &str, query: &str) -> AnalyticsRead {
+        let response = self
+            .http
+            .get(format!("{}/api/analytics?{query}", self.address))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request to the app");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        let (cache, content_type) = (header("x-cache"), header("content-type"));
+        AnalyticsRead {
+            status: response.status().as_u16(),
+            cache,
+            content_type,
+            text: response.text().await.expect("the answer's body"),
+        }
+    }
+
     /// A fresh client to this app's local Upstash server.
     pub fn upstash_client(&self) -> Arc<Upstash> {
         Arc::clone(&self.state.upstash)
@@ -612,5 +637,21 @@ impl PrivateRedis {
             .get_multiplexed_async_connection()
             .await
             .expect("connecting to the private Redis")
+    }
+}
+
+/// One answer of the analytics route: its status, `X-Cache` and
+/// `Content-Type` headers, and body.
+pub struct AnalyticsRead {
+    pub status: u16,
+    pub cache: String,
+    pub content_type: String,
+    pub text: String,
+}
+
+impl AnalyticsRead {
+    /// The body as JSON; `null` when it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or(serde_json::Value::Null)
     }
 }
