@@ -125,20 +125,9 @@ pub async fn erase(db: &Db, key_id: Uuid, criterion: &Criterion) -> Result<Erase
         // Days before the date lose every event, so they lose their
         // rollups too; the rebuild below only recomputes days that keep
         // events.
-        for table in [
-            "event_rollup_daily",
-            "event_rollup_values",
-            "event_sessions",
-        ] {
-            db.query(&format!(
-                "DELETE FROM {table} WHERE api_key_id = $1 AND day < $2"
-            ))
-            .bind(key_id)
-            .bind(day)
-            .execute(&mut *transaction)
+        rollup::clear_days(db, &mut transaction, key_id, rollup::Days::Before(*day))
             .await
-            .with_context(|| format!("deleting {table} before {day}"))?;
-        }
+            .with_context(|| format!("deleting the rollups before {day}"))?;
     }
     let rebuilt = rollup::rebuild_in(db, &mut transaction, key_id)
         .await

@@ -68,6 +68,41 @@ pub async fn lock_keys(db: &Db, conn: &mut PgConnection, keys: &[Uuid]) -> Resul
     Ok(())
 }
 
+/// A key's days, from one on or before one.
+#[derive(Debug, Clone, Copy)]
+pub enum Days {
+    From(NaiveDate),
+    Before(NaiveDate),
+}
+
+/// Deletes a key's rollups and sessions of the given days, inside the
+/// caller's transaction, which holds the key's lock.
+pub async fn clear_days(
+    db: &Db,
+    conn: &mut PgConnection,
+    key_id: Uuid,
+    days: Days,
+) -> Result<(), sqlx::Error> {
+    let (condition, day) = match days {
+        Days::From(day) => ("day >= $2", day),
+        Days::Before(day) => ("day < $2", day),
+    };
+    for table in [
+        "event_rollup_daily",
+        "event_rollup_values",
+        "event_sessions",
+    ] {
+        db.query(&format!(
+            "DELETE FROM {table} WHERE api_key_id = $1 AND {condition}"
+        ))
+        .bind(key_id)
+        .bind(day)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 /// Sessions pruned per call, so one drain run's share stays small.
 const PRUNE_LIMIT: i64 = 10_000;
 
@@ -800,19 +835,7 @@ pub async fn rebuild_in(
         });
     };
     let from = apikeys::key_day(first, zone);
-    for table in [
-        "event_rollup_daily",
-        "event_rollup_values",
-        "event_sessions",
-    ] {
-        db.query(&format!(
-            "DELETE FROM {table} WHERE api_key_id = $1 AND day >= $2"
-        ))
-        .bind(key_id)
-        .bind(from)
-        .execute(&mut *conn)
-        .await?;
-    }
+    clear_days(db, conn, key_id, Days::From(from)).await?;
 
     let mut events = 0;
     let mut after: Option<(DateTime<Utc>, Uuid)> = None;
