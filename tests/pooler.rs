@@ -451,20 +451,30 @@ async fn with_upstash_down_collect_and_signed_url_write_straight_to_postgres_thr
 
 /// Waits until `n` clients of `database` wait for a server connection.
 async fn wait_for_waiting_clients(database: &PooledDatabase, n: usize) {
+    wait_for_pool(database, "cl_waiting", n).await;
+}
+
+/// Waits until `n` server connections to `database` are idle in the pool.
+async fn wait_for_idle_servers(database: &PooledDatabase, n: usize) {
+    wait_for_pool(database, "sv_idle", n).await;
+}
+
+/// Waits until a column of `database`'s row in `SHOW POOLS` reads `n`.
+async fn wait_for_pool(database: &PooledDatabase, column: &str, n: usize) {
     let mut console = admin_console().await;
     for _ in 0..500 {
-        let waiting = console_rows(&mut console, "SHOW POOLS")
+        let value = console_rows(&mut console, "SHOW POOLS")
             .await
             .iter()
             .find(|row| row["database"] == database.name)
-            .map_or(0, |row| row["cl_waiting"].parse().unwrap());
-        if waiting == n {
+            .map_or(0, |row| row[column].parse().unwrap());
+        if value == n {
             console.close().await.unwrap();
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    panic!("{n} clients of {} never waited for a server", database.name);
+    panic!("{column} of {} never reached {n}", database.name);
 }
 
 /// A client of PgBouncer inside a transaction, and the Postgres backend
@@ -522,19 +532,16 @@ async fn a_named_statement_reused_across_transactions_fails_behind_the_pooler_un
         // connection to it.
         let database = PooledDatabase::create().await;
         let db = database.single_connection(transaction_pooler);
-        let sql = "SELECT $1::int4 + 1";
+        let sql = "SELECT $1::int4 + 1, pg_backend_pid()";
         // Prepared and run on the one server connection there is.
-        let first: i32 = db
-            .query(sql)
-            .bind(1)
-            .fetch_one(db.pool())
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(first, 2);
-        // Another client's transaction takes that server connection, so the
-        // next statement runs on a new one.
-        let (holder, _) = hold_a_server(&database).await;
+        let first = db.query(sql).bind(1).fetch_one(db.pool()).await.unwrap();
+        assert_eq!(first.get::<i32, _>(0), 2);
+        // Another client's transaction takes that server connection once it
+        // is back in the pool (were it still busy, PgBouncer would open a
+        // second one for the holder), so the next statement runs on a new one.
+        wait_for_idle_servers(&database, 1).await;
+        let (holder, held) = hold_a_server(&database).await;
+        assert_eq!(held, first.get::<i32, _>(1));
 
         let second = db.query(sql).bind(2).fetch_one(db.pool()).await;
 
