@@ -26,6 +26,10 @@ pub enum ApiError {
     /// 404: no such route or resource.
     #[error("{0}")]
     NotFound(String),
+    /// 409: the request conflicts with the resource's state (a revoked key
+    /// cannot be rotated, say).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     /// 405: the route exists but not for this method.
     #[error("method not allowed; use {allow}")]
     MethodNotAllowed { allow: &'static str },
@@ -61,6 +65,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. }
             | ApiError::Unauthorized { code, .. }
             | ApiError::Forbidden { code, .. }
+            | ApiError::Conflict { code, .. }
             | ApiError::TooManyRequests { code, .. }
             | ApiError::TooLarge { code, .. } => code,
             ApiError::NotFound(_) => "not_found",
@@ -77,6 +82,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,

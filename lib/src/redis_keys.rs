@@ -13,9 +13,10 @@
 //! |---|---|---|---|---|
 //! | `key:<sha256 hex>` | string (JSON) | refills (`apikeys.rs`), the CLI | 5 min, 1 min if unknown | API key cache, by the hash of the presented key |
 //! | `keygen:<sha256 hex>` | string (integer) | the CLI and the keys API (`admin.rs`) | 1 day | the generation of a key cache entry, bumped by every change to the key; a refill writes only under the generation it read before its lookup (`fill_key.lua`) |
-//! | `authfail:ip:<ip>` | string (integer) | fill_key.lua | 1 min from the first failure | failed authentications (lookups that found no active key) of a client IP; at `TOLLGATE_FAILED_AUTH_LIMIT` its requests for keys the instance does not know are refused before any lookup |
+//! | `authfail:ip:<ip>` | string (integer) | fill_key.lua, root_limit.lua | 1 min from the first failure | failed authentications (lookups that found no active key) of a client IP; at `TOLLGATE_FAILED_AUTH_LIMIT` its requests for keys the instance does not know are refused before any lookup |
 //! | `adm:<request id>` | string (JSON) | admit.lua | the admission timeout plus `TOLLGATE_ADMISSION_RESOLVE` plus about 7 s | the verdict admit.lua counted, or `late` once a caller asking again settled the request as not run |
 //! | `rl:key:<key id>`, `rl:read:<key id>`, `rl:ip:<ip>` | string | admit.lua | until the limiter is full again | GCRA state: the theoretical arrival time, ms (`rl:read:` limits a key's analytics reads apart from its metered requests) |
+//! | `rl:root:<sha256 hex>` | string | root_limit.lua | until the limiter is full again | GCRA state of a root key presented to `/api/keys`, by the hash of what was presented |
 //! | `q:<key id>` | hash | admit.lua | 32 days | quota use: `d` (the key's day), `du` (used that day), `m` (its month), `mu` |
 //! | `mx:<key id>` | hash | admit.lua | none (moved by the sync) | write-behind usage counters, fields `<yyyy-mm-dd>\|<counter>`: `req`, `ok`, `fail`, `files`, `bytes`, `last`, `p:<provider>:n`, `:b`, `:last`, `ft:<content type>` |
 //! | `mx:pend:<key id>` | hash | snapshot.lua, batch_done.lua | none | counters taken into a sync batch, fields `<batch id>\|<day>\|<counter>`, until the batch's commit is confirmed |
@@ -159,6 +160,12 @@ impl RedisKeys {
     /// key, so that a refill that began before it does not write back.
     pub fn key_generation(&self, hash_hex: &str) -> String {
         format!("{}keygen:{hash_hex}", self.prefix)
+    }
+
+    /// The per-minute limiter of a root key, by the hex SHA-256 of the key
+    /// presented (`/api/keys` is limited before the key is looked up).
+    pub fn root_rate(&self, hash_hex: &str) -> String {
+        format!("{}rl:root:{hash_hex}", self.prefix)
     }
 
     /// Failed authentications of a client IP in the current minute.
