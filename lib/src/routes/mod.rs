@@ -6,8 +6,10 @@
 //! file under `api/`; `tollgate dev` serves it with no further wiring.
 
 pub mod analytics;
+pub mod bans;
 pub mod collect;
 pub mod health;
+pub mod keys;
 pub mod process_events;
 pub mod queue_status;
 pub mod signed_url;
@@ -51,6 +53,14 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/api/analytics",
         handler: |state, request| Box::pin(analytics::handle(state, request)),
+    },
+    Route {
+        path: "/api/keys",
+        handler: |state, request| Box::pin(keys::handle(state, request)),
+    },
+    Route {
+        path: "/api/keys/bans",
+        handler: |state, request| Box::pin(bans::handle(state, request)),
     },
     Route {
         path: "/api/cron/process-events",
