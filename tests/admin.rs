@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tollgate::{
     admin::{
-        self, AdminError, BanStatus, BanSubject, CreateKey, LimitsChange, NewBan, Origin, Override,
+        self, AdminError, BanStatus, BanSubject, CreateKey, KeyChange, NewBan, Origin, Override,
     },
     apikeys::{self, KeyStatus, NewKey, PresentedKey, Tier},
     limits::Limits,
@@ -31,12 +31,14 @@ fn request(name: &str, tier: Tier) -> CreateKey {
         monthly: None,
         origins: Vec::new(),
         timezone: None,
+        expires_at: None,
+        metadata: Default::default(),
     }
 }
 
 impl TestApp {
     async fn create_key_with(&self, request: CreateKey) -> NewKey {
-        admin::create_key(&self.state.db, request)
+        admin::create_key(&self.state.db, &admin::Actor::Cli, request)
             .await
             .expect("creating a key")
     }
@@ -73,6 +75,7 @@ impl TestApp {
         let change = admin::add_ban(
             &self.state.db,
             &self.state.keys,
+            &admin::Actor::Cli,
             NewBan {
                 subject,
                 reason: reason.to_owned(),
@@ -133,16 +136,21 @@ async fn list_shows_the_tier_defaults_and_the_keys_own_overrides() {
     let plain = app.create_key_with(request("plain", Tier::Free)).await;
     let custom = app
         .create_key_with(CreateKey {
-            owner: Some("acme".to_owned()),
+            owner: Some(admin::OwnerId::parse("acme").unwrap()),
             daily: Some(5),
             rate_limit: Some(7),
             origins: vec![Origin::parse("https://shop.example.com").unwrap()],
             timezone: Some("Europe/Berlin".to_owned()),
+            expires_at: None,
+            metadata: Default::default(),
             ..request("custom", Tier::Pro)
         })
         .await;
 
-    let keys = admin::list_keys(&app.state.db).await.unwrap();
+    let keys = admin::list_keys(&app.state.db, &admin::KeyFilter::default())
+        .await
+        .map(|page| page.keys)
+        .unwrap();
     assert_eq!(keys.len(), 2);
     let plain_row = keys.iter().find(|k| k.id == plain.id).unwrap();
     assert_eq!(plain_row.limits, Tier::Free.default_limits());
@@ -188,18 +196,26 @@ async fn create_rejects_limits_and_names_the_columns_cannot_hold() {
         (
             CreateKey {
                 timezone: Some("Mars/Olympus".to_owned()),
+                expires_at: None,
+                metadata: Default::default(),
                 ..request("tz", Tier::Free)
             },
             "an unknown time zone",
         ),
     ] {
-        let result = admin::create_key(&app.state.db, request).await;
+        let result = admin::create_key(&app.state.db, &admin::Actor::Cli, request).await;
         assert!(
             matches!(result, Err(AdminError::Invalid(_))),
             "{reason}: {result:?}"
         );
     }
-    assert!(admin::list_keys(&app.state.db).await.unwrap().is_empty());
+    assert!(
+        admin::list_keys(&app.state.db, &admin::KeyFilter::default())
+            .await
+            .unwrap()
+            .keys
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -210,7 +226,7 @@ async fn revoke_deletes_the_cache_entries_so_the_key_is_refused_at_once() {
     assert_eq!(response.status(), 202);
     app.warm_cache(&key).await;
 
-    let change = admin::revoke_key(&app.state.db, &app.state.keys, key.id)
+    let change = admin::revoke_key(&app.state.db, &app.state.keys, &admin::Actor::Cli, key.id)
         .await
         .unwrap();
     app.apply(&change.redis).await;
@@ -242,9 +258,10 @@ async fn revoke_deletes_the_cache_entries_so_the_key_is_refused_at_once() {
 async fn revoking_or_rotating_an_unknown_key_says_there_is_no_such_key() {
     let app = spawn_app().await;
     let id = Uuid::now_v7();
-    let revoke = admin::revoke_key(&app.state.db, &app.state.keys, id).await;
+    let revoke = admin::revoke_key(&app.state.db, &app.state.keys, &admin::Actor::Cli, id).await;
     assert!(matches!(revoke, Err(AdminError::NoSuchKey(i)) if i == id));
-    let rotate = admin::rotate_key(&app.state.db, &app.state.keys, id).await;
+    let rotate =
+        admin::rotate_key(&app.state.db, &app.state.keys, &admin::Actor::Cli, id, None).await;
     assert!(matches!(rotate, Err(AdminError::NoSuchKey(i)) if i == id));
     let message = AdminError::NoSuchKey(id).to_string();
     assert_eq!(message, format!("no key with id {id}"));
@@ -260,11 +277,17 @@ async fn rotate_keeps_the_id_and_only_the_new_halves_work() {
     );
     app.warm_cache(&old).await;
 
-    let change = admin::rotate_key(&app.state.db, &app.state.keys, old.id)
-        .await
-        .unwrap();
+    let change = admin::rotate_key(
+        &app.state.db,
+        &app.state.keys,
+        &admin::Actor::Cli,
+        old.id,
+        None,
+    )
+    .await
+    .unwrap();
     app.apply(&change.redis).await;
-    let new = change.value;
+    let new = change.value.key;
 
     assert_eq!(new.id, old.id, "usage history stays with the same id");
     assert_ne!(new.secret.expose(), old.secret.expose());
@@ -287,17 +310,31 @@ async fn rotate_keeps_the_id_and_only_the_new_halves_work() {
         app.collect(new.secret.expose(), &pageview()).await.status(),
         202
     );
-    assert_eq!(admin::list_keys(&app.state.db).await.unwrap().len(), 1);
+    assert_eq!(
+        admin::list_keys(&app.state.db, &admin::KeyFilter::default())
+            .await
+            .unwrap()
+            .keys
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn a_revoked_key_cannot_be_rotated() {
     let app = spawn_app().await;
     let key = app.create_key_with(request("gone", Tier::Free)).await;
-    let _ = admin::revoke_key(&app.state.db, &app.state.keys, key.id)
+    let _ = admin::revoke_key(&app.state.db, &app.state.keys, &admin::Actor::Cli, key.id)
         .await
         .unwrap();
-    let result = admin::rotate_key(&app.state.db, &app.state.keys, key.id).await;
+    let result = admin::rotate_key(
+        &app.state.db,
+        &app.state.keys,
+        &admin::Actor::Cli,
+        key.id,
+        None,
+    )
+    .await;
     assert!(
         matches!(result, Err(AdminError::KeyRevoked(_))),
         "{result:?}"
@@ -315,16 +352,17 @@ async fn set_limits_changes_the_overrides_and_clears_the_cache() {
         .await;
     app.warm_cache(&key).await;
 
-    let change = admin::set_limits(
+    let change = admin::update_key(
         &app.state.db,
         &app.state.keys,
+        &admin::Actor::Cli,
         key.id,
-        LimitsChange {
+        KeyChange {
             rate_limit: Some(Override::Default),
             daily: Some(Override::Value(5)),
             origins: Some(vec![Origin::parse("https://a.example.com").unwrap()]),
             tier: Some(Tier::Pro),
-            ..LimitsChange::default()
+            ..KeyChange::default()
         },
     )
     .await
@@ -376,14 +414,15 @@ async fn set_limits_changes_the_overrides_and_clears_the_cache() {
     assert_eq!(response.status(), 403);
 
     // Fields left out stay; an empty origin list allows any origin again.
-    let change = admin::set_limits(
+    let change = admin::update_key(
         &app.state.db,
         &app.state.keys,
+        &admin::Actor::Cli,
         key.id,
-        LimitsChange {
+        KeyChange {
             daily: Some(Override::Default),
             origins: Some(Vec::new()),
-            ..LimitsChange::default()
+            ..KeyChange::default()
         },
     )
     .await
@@ -479,6 +518,7 @@ async fn banning_an_unknown_key_says_there_is_no_such_key() {
     let result = admin::add_ban(
         &app.state.db,
         &app.state.keys,
+        &admin::Actor::Cli,
         NewBan {
             subject: BanSubject::Key(id),
             reason: "typo".to_owned(),
@@ -519,7 +559,7 @@ async fn lift_ends_the_ban_and_clears_the_escalation_state() {
             .redis(Command::new("ZADD").arg(&violations).arg(1).arg("v1"))
             .await;
 
-        let change = admin::lift_ban(&app.state.db, &app.state.keys, subject)
+        let change = admin::lift_ban(&app.state.db, &app.state.keys, &admin::Actor::Cli, subject)
             .await
             .unwrap();
         app.apply(&change.redis).await;
@@ -556,7 +596,7 @@ async fn lifting_a_ban_only_redis_knows_still_clears_its_marker() {
         )
         .await;
 
-    let change = admin::lift_ban(&app.state.db, &app.state.keys, subject)
+    let change = admin::lift_ban(&app.state.db, &app.state.keys, &admin::Actor::Cli, subject)
         .await
         .unwrap();
     assert!(change.value.is_none(), "Postgres had no ban");

@@ -853,13 +853,18 @@ async fn bad_requests_get_400_naming_the_parameter_and_bad_keys_are_refused() {
 
     // Revocation takes effect at once, cached result or not.
     assert_eq!(read(&app, secret, "view=overview").await.0, 200);
-    tollgate::admin::revoke_key(&app.state.db, &app.state.keys, key.id)
-        .await
-        .unwrap()
-        .redis
-        .apply(&app.state.upstash)
-        .await
-        .unwrap();
+    tollgate::admin::revoke_key(
+        &app.state.db,
+        &app.state.keys,
+        &tollgate::admin::Actor::Cli,
+        key.id,
+    )
+    .await
+    .unwrap()
+    .redis
+    .apply(&app.state.upstash)
+    .await
+    .unwrap();
     let (status, _, body) = read(&app, secret, "view=overview").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),

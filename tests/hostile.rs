@@ -229,13 +229,18 @@ fn unreadable_authorization() -> HeaderValue {
 
 /// Revokes a key in Postgres and in the key cache, as `tollgate keys revoke`.
 async fn revoke(app: &TestApp, key: &NewKey) {
-    tollgate::admin::revoke_key(&app.state.db, &app.state.keys, key.id)
-        .await
-        .unwrap()
-        .redis
-        .apply(&app.state.upstash)
-        .await
-        .unwrap();
+    tollgate::admin::revoke_key(
+        &app.state.db,
+        &app.state.keys,
+        &tollgate::admin::Actor::Cli,
+        key.id,
+    )
+    .await
+    .unwrap()
+    .redis
+    .apply(&app.state.upstash)
+    .await
+    .unwrap();
 }
 
 /// total_requests, successful_requests, failed_requests, total_files and

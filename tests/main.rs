@@ -19,6 +19,7 @@ mod health;
 mod helpers;
 mod hostile;
 mod input;
+mod keys_api;
 mod openapi;
 mod pooler;
 mod rollups;

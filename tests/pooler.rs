@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection, Row};
 use tollgate::{
-    admin::{self, BanSubject, CreateKey, LimitsChange, NewBan, Override},
+    admin::{self, BanSubject, CreateKey, KeyChange, NewBan, Override},
     analytics::View,
     apikeys::Tier,
     config::DatabaseConfig,
@@ -316,27 +316,31 @@ async fn key_and_ban_commands_run_through_the_pooler() {
 
     let key = admin::create_key(
         &db,
+        &admin::Actor::Cli,
         CreateKey {
             name: "pooled".to_owned(),
-            owner: Some("ops".to_owned()),
+            owner: Some(admin::OwnerId::parse("ops").unwrap()),
             tier: Tier::Pro,
             rate_limit: None,
             daily: Some(500),
             monthly: None,
             origins: Vec::new(),
             timezone: Some("Europe/Berlin".to_owned()),
+            expires_at: None,
+            metadata: Default::default(),
         },
     )
     .await
     .expect("create");
-    let updated = admin::set_limits(
+    let updated = admin::update_key(
         &db,
         keys,
+        &admin::Actor::Cli,
         key.id,
-        LimitsChange {
+        KeyChange {
             rate_limit: Some(Override::Value(7)),
             daily: Some(Override::Default),
-            ..LimitsChange::default()
+            ..KeyChange::default()
         },
     )
     .await
@@ -344,11 +348,15 @@ async fn key_and_ban_commands_run_through_the_pooler() {
     assert_eq!(updated.value.overrides.per_minute, Some(7));
     assert_eq!(updated.value.overrides.per_day, None);
     apply(&app, &updated.redis).await;
-    let rotated = admin::rotate_key(&db, keys, key.id).await.expect("rotate");
-    assert_ne!(rotated.value.publishable, key.publishable);
+    let rotated = admin::rotate_key(&db, keys, &admin::Actor::Cli, key.id, None)
+        .await
+        .expect("rotate");
+    assert_ne!(rotated.value.key.publishable, key.publishable);
     apply(&app, &rotated.redis).await;
-    let listed = admin::list_keys(&db).await.expect("list");
-    assert_eq!(listed.len(), 1);
+    let listed = admin::list_keys(&db, &admin::KeyFilter::default())
+        .await
+        .expect("list");
+    assert_eq!(listed.keys.len(), 1);
     assert_eq!(
         admin::get_key(&db, key.id).await.expect("get").name,
         "pooled"
@@ -358,6 +366,7 @@ async fn key_and_ban_commands_run_through_the_pooler() {
     let banned = admin::add_ban(
         &db,
         keys,
+        &admin::Actor::Cli,
         NewBan {
             subject,
             reason: "abuse".to_owned(),
@@ -368,11 +377,15 @@ async fn key_and_ban_commands_run_through_the_pooler() {
     .expect("ban");
     apply(&app, &banned.redis).await;
     assert_eq!(admin::list_bans(&db, false).await.expect("bans").len(), 1);
-    let lifted = admin::lift_ban(&db, keys, subject).await.expect("lift");
+    let lifted = admin::lift_ban(&db, keys, &admin::Actor::Cli, subject)
+        .await
+        .expect("lift");
     assert!(lifted.value.is_some());
     apply(&app, &lifted.redis).await;
     assert!(admin::list_bans(&db, false).await.expect("bans").is_empty());
-    let revoked = admin::revoke_key(&db, keys, key.id).await.expect("revoke");
+    let revoked = admin::revoke_key(&db, keys, &admin::Actor::Cli, key.id)
+        .await
+        .expect("revoke");
     apply(&app, &revoked.redis).await;
 
     let mut direct = database.direct().await;
@@ -393,7 +406,7 @@ async fn key_and_ban_commands_run_through_the_pooler() {
             .fetch_one(&mut direct)
             .await
             .unwrap();
-    assert_eq!(publishable, rotated.value.publishable);
+    assert_eq!(publishable, rotated.value.key.publishable);
     database.assert_went_through_the_pooler(&before).await;
 }
 

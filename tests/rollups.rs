@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use serde_json::{json, Value};
 use sqlx::Row;
 use tollgate::{
-    admin::{self, LimitsChange},
+    admin::{self, KeyChange},
     apikeys,
     db::Db,
     events::{
@@ -596,13 +596,14 @@ async fn changing_a_keys_time_zone_moves_its_events_to_the_new_zones_days() {
     assert_eq!(figures.days[&next], [2, 2, 2, 1, 1, 0]);
 
     // In New York (UTC-4 or -5) all three are on the first day.
-    let changed = admin::set_limits(
+    let changed = admin::update_key(
         db,
         &app.state.keys,
+        &admin::Actor::Cli,
         key,
-        LimitsChange {
+        KeyChange {
             timezone: Some("America/New_York".into()),
-            ..LimitsChange::default()
+            ..KeyChange::default()
         },
     )
     .await

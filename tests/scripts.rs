@@ -45,6 +45,7 @@ async fn every_route_and_cron_declares_every_key_its_scripts_touch() {
     .await;
     let key = admin::create_key(
         &app.state.db,
+        &admin::Actor::Cli,
         CreateKey {
             name: "strict".into(),
             owner: None,
@@ -54,6 +55,8 @@ async fn every_route_and_cron_declares_every_key_its_scripts_touch() {
             monthly: Some(10_000),
             origins: vec![],
             timezone: Some("Pacific/Kiritimati".into()),
+            expires_at: None,
+            metadata: Default::default(),
         },
     )
     .await
@@ -124,7 +127,7 @@ async fn every_route_and_cron_declares_every_key_its_scripts_touch() {
     assert_eq!(get(&app, "/api/health", "").await, 200);
 
     // Revoked: the script reads the cache entry the CLI replaced.
-    let change = admin::revoke_key(&app.state.db, &app.state.keys, key.id)
+    let change = admin::revoke_key(&app.state.db, &app.state.keys, &admin::Actor::Cli, key.id)
         .await
         .unwrap();
     change.redis.apply(&app.state.upstash).await.unwrap();

@@ -214,7 +214,7 @@ async fn a_refill_that_began_before_a_revoke_does_not_write_back_an_active_entry
     let looked_up = refill.lookup().await.unwrap();
     assert_eq!(looked_up.status, apikeys::KeyStatus::Active);
     // ...the CLI revokes the key and deletes its cache entries...
-    let change = admin::revoke_key(&app.state.db, &app.state.keys, key.id)
+    let change = admin::revoke_key(&app.state.db, &app.state.keys, &admin::Actor::Cli, key.id)
         .await
         .unwrap();
     change.redis.apply(&app.state.upstash).await.unwrap();
@@ -436,6 +436,7 @@ async fn analytics_reads_are_rate_limited_refused_while_banned_and_logged_but_sp
     let change = admin::add_ban(
         &app.state.db,
         &app.state.keys,
+        &admin::Actor::Cli,
         admin::NewBan {
             subject: admin::BanSubject::Key(key.id),
             reason: "abuse".into(),

@@ -302,6 +302,7 @@ async fn create_keys(db: &Db) -> anyhow::Result<Vec<NewKey>> {
         keys.push(
             admin::create_key(
                 db,
+                &admin::Actor::Cli,
                 CreateKey {
                     name: format!("soak-{i}"),
                     owner: None,
@@ -311,6 +312,8 @@ async fn create_keys(db: &Db) -> anyhow::Result<Vec<NewKey>> {
                     monthly: Some(1_000_000_000),
                     origins: vec![],
                     timezone: Some(zone.clone()),
+                    expires_at: None,
+                    metadata: Default::default(),
                 },
             )
             .await?,

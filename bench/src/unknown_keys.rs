@@ -85,6 +85,7 @@ pub async fn run(
     // Limits the run cannot reach, so that every valid request is admitted.
     let key = admin::create_key(
         &state.db,
+        &admin::Actor::Cli,
         CreateKey {
             name: "bench".into(),
             owner: None,
@@ -94,6 +95,8 @@ pub async fn run(
             monthly: Some(1_000_000_000_000),
             origins: Vec::new(),
             timezone: None,
+            expires_at: None,
+            metadata: Default::default(),
         },
     )
     .await?;

@@ -1,14 +1,19 @@
 //! The `tollgate` command: the local dev stack, the local Upstash REST
 //! server, the private Redis and Postgres instances, migrations, the
-//! management of API keys and bans, deletion of events on request, and the
-//! rebuild of event rollups.
+//! management of API keys, bans and root keys, the audit log, deletion of
+//! events on request, and the rebuild of event rollups.
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tollgate::{
-    admin::{self, AdminError, Ban, BanSubject, Changed, KeySummary, Origin, Override, RedisSync},
+    admin::{
+        self, audit,
+        root_keys::{self, Scope},
+        usage, Actor, AdminError, Ban, BanSubject, Changed, KeyFilter, KeySummary, Metadata,
+        Origin, Override, OwnerId, RedisSync,
+    },
     apikeys::{KeyStatus, NewKey, Tier},
     config::{parse_duration, DatabaseConfig, UpstashConfig},
     db::Db,
@@ -86,6 +91,29 @@ enum Command {
     Keys {
         #[command(subcommand)]
         action: KeysAction,
+        #[command(flatten)]
+        env: AdminEnv,
+    },
+    /// Create, list and revoke root keys, the credentials of /api/keys.
+    RootKeys {
+        #[command(subcommand)]
+        action: RootKeysAction,
+        #[command(flatten)]
+        env: AdminEnv,
+    },
+    /// Print the audit log of management actions, oldest first.
+    Audit {
+        /// Only the actions on this key.
+        #[arg(long)]
+        key: Option<Uuid>,
+        /// Only entries after this entry id.
+        #[arg(long)]
+        after: Option<i64>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         env: AdminEnv,
     },
@@ -190,8 +218,9 @@ enum KeysAction {
         name: String,
         #[arg(long)]
         tier: Tier,
+        /// The owner id: your own name for the customer the key is for.
         #[arg(long)]
-        owner: Option<String>,
+        owner: Option<OwnerId>,
         /// Requests per minute, instead of the tier's.
         #[arg(long)]
         rate_limit: Option<u32>,
@@ -208,19 +237,39 @@ enum KeysAction {
         /// IANA time zone of the quota days and months (default UTC).
         #[arg(long)]
         timezone: Option<String>,
+        /// When the key stops working (RFC 3339, e.g. 2027-01-31T00:00:00Z).
+        #[arg(long)]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// A JSON object of at most 4 KB kept with the key.
+        #[arg(long)]
+        metadata: Option<Metadata>,
     },
-    /// List every key with its limits in force (`*` marks the key's own values).
+    /// List keys with their limits in force (`*` marks the key's own values).
     List {
+        /// Only this owner's keys.
+        #[arg(long)]
+        owner: Option<OwnerId>,
         #[arg(long)]
         json: bool,
     },
+    /// Show a key with its usage today and this month.
+    Get { id: Uuid },
     /// Revoke a key: both halves stop working at once.
     Revoke { id: Uuid },
-    /// Give a key new halves under the same id; the old ones stop working at once.
-    Rotate { id: Uuid },
-    /// Change a key's tier, limits, origins or time zone.
-    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
-    SetLimits {
+    /// Give a key new halves under the same id; the old ones stop working at
+    /// once, or after the overlap.
+    Rotate {
+        id: Uuid,
+        /// How long the old halves keep working, e.g. 1h; at most 24h.
+        #[arg(long, value_parser = parse_duration)]
+        overlap: Option<Duration>,
+    },
+    /// Change a key's tier, limits, origins, time zone, metadata or expiry.
+    #[command(
+        alias = "set-limits",
+        group(clap::ArgGroup::new("change").required(true).multiple(true))
+    )]
+    Update {
         id: Uuid,
         /// Requests per minute, or `default` for the tier's.
         #[arg(long, group = "change")]
@@ -238,7 +287,49 @@ enum KeysAction {
         tier: Option<Tier>,
         #[arg(long, group = "change")]
         timezone: Option<String>,
+        /// A JSON object replacing the metadata.
+        #[arg(long, group = "change")]
+        metadata: Option<Metadata>,
+        /// When the key stops working (RFC 3339), or `never`.
+        #[arg(long, group = "change")]
+        expires_at: Option<Expiry>,
     },
+}
+
+/// `--expires-at`: a time, or `never`.
+#[derive(Clone, Copy)]
+struct Expiry(Option<chrono::DateTime<chrono::Utc>>);
+
+impl std::str::FromStr for Expiry {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "never" {
+            return Ok(Self(None));
+        }
+        s.parse()
+            .map(|at| Self(Some(at)))
+            .map_err(|e| format!("expected an RFC 3339 time or `never`: {e}"))
+    }
+}
+
+#[derive(Subcommand)]
+enum RootKeysAction {
+    /// Make a root key; prints its secret once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: keys:read, keys:write, bans:write, analytics:read.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<Scope>,
+    },
+    /// List the root keys (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a root key: its next call is refused.
+    Revoke { id: Uuid },
 }
 
 #[derive(Subcommand)]
@@ -364,6 +455,24 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { action, env } => operator_error(keys(action, &Admin::connect(env)?).await),
+        Command::RootKeys { action, env } => {
+            operator_error(root_keys_command(action, &Admin::connect(env)?).await)
+        }
+        Command::Audit {
+            key,
+            after,
+            limit,
+            json,
+            env,
+        } => {
+            let admin = Admin::connect(env)?;
+            let filter = audit::Filter {
+                key_id: key,
+                after,
+                limit: Some(limit),
+            };
+            operator_error(print_audit(&admin, &filter, json).await)
+        }
         Command::Bans { action, env } => operator_error(bans(action, &Admin::connect(env)?).await),
         Command::Events { action, env } => {
             operator_error(events(action, &Admin::connect(env)?).await)
@@ -471,9 +580,12 @@ async fn keys(action: KeysAction, admin: &Admin) -> anyhow::Result<()> {
             monthly,
             origins,
             timezone,
+            expires_at,
+            metadata,
         } => {
             let key = admin::create_key(
                 &admin.db,
+                &Actor::Cli,
                 admin::CreateKey {
                     name: name.clone(),
                     owner,
@@ -483,37 +595,67 @@ async fn keys(action: KeysAction, admin: &Admin) -> anyhow::Result<()> {
                     monthly,
                     origins,
                     timezone,
+                    expires_at,
+                    metadata: metadata.unwrap_or_default(),
                 },
             )
             .await?;
             println!("Created key {} ({name}, tier {tier}).\n", key.id);
             print_halves(&key);
         }
-        KeysAction::List { json } => {
-            let keys = admin::list_keys(&admin.db).await?;
+        KeysAction::List { owner, json } => {
+            let filter = KeyFilter {
+                owner,
+                ..KeyFilter::default()
+            };
+            let keys = admin::list_keys(&admin.db, &filter).await?.keys;
             if json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
                 print_keys(&keys);
             }
         }
+        KeysAction::Get { id } => {
+            let key = admin::get_key(&admin.db, id).await?;
+            let sources = usage::Sources {
+                db: &admin.db,
+                upstash: admin.upstash.as_ref(),
+                keys: &admin.keys,
+            };
+            let usage =
+                usage::of(&sources, id, &key.timezone, &key.limits, chrono::Utc::now()).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "key": key, "usage": usage }))?
+            );
+            if !usage.exact {
+                eprintln!("note: Upstash was not read, so requests not yet synced are missing");
+            }
+        }
         KeysAction::Revoke { id } => {
-            let change = admin::revoke_key(&admin.db, &admin.keys, id).await?;
+            let change = admin::revoke_key(&admin.db, &admin.keys, &Actor::Cli, id).await?;
             admin.sync(change, CACHE_NOTE).await?;
             println!("Revoked key {id}.");
         }
-        KeysAction::Rotate { id } => {
-            let change = admin::rotate_key(&admin.db, &admin.keys, id).await?;
-            let key = admin
+        KeysAction::Rotate { id, overlap } => {
+            let change =
+                admin::rotate_key(&admin.db, &admin.keys, &Actor::Cli, id, overlap).await?;
+            let rotated = admin
                 .sync(
                     change,
                     "the old halves keep working until their cached copies expire, within 5 minutes",
                 )
                 .await?;
-            println!("Rotated key {id}; the old halves no longer work.\n");
-            print_halves(&key);
+            match rotated.previous_expires_at {
+                Some(until) => println!(
+                    "Rotated key {id}; the old halves keep working until {}.\n",
+                    until.format("%Y-%m-%d %H:%M:%S UTC")
+                ),
+                None => println!("Rotated key {id}; the old halves no longer work.\n"),
+            }
+            print_halves(&rotated.key);
         }
-        KeysAction::SetLimits {
+        KeysAction::Update {
             id,
             rate_limit,
             daily,
@@ -521,19 +663,24 @@ async fn keys(action: KeysAction, admin: &Admin) -> anyhow::Result<()> {
             origins,
             tier,
             timezone,
+            metadata,
+            expires_at,
         } => {
             let origins = origins.map(parse_origins).transpose()?;
-            let change = admin::set_limits(
+            let change = admin::update_key(
                 &admin.db,
                 &admin.keys,
+                &Actor::Cli,
                 id,
-                admin::LimitsChange {
+                admin::KeyChange {
                     rate_limit,
                     daily,
                     monthly,
                     origins,
                     tier,
                     timezone,
+                    metadata,
+                    expires_at: expires_at.map(|e| e.0),
                 },
             )
             .await?;
@@ -673,6 +820,7 @@ async fn bans(action: BansAction, admin: &Admin) -> anyhow::Result<()> {
             let change = admin::add_ban(
                 &admin.db,
                 &admin.keys,
+                &Actor::Cli,
                 admin::NewBan {
                     subject: subject.subject(),
                     reason,
@@ -698,7 +846,7 @@ async fn bans(action: BansAction, admin: &Admin) -> anyhow::Result<()> {
         }
         BansAction::Lift { subject } => {
             let subject = subject.subject();
-            let change = admin::lift_ban(&admin.db, &admin.keys, subject).await?;
+            let change = admin::lift_ban(&admin.db, &admin.keys, &Actor::Cli, subject).await?;
             let lifted = admin
                 .sync(
                     change,
@@ -712,6 +860,84 @@ async fn bans(action: BansAction, admin: &Admin) -> anyhow::Result<()> {
                 ),
             }
         }
+    }
+    Ok(())
+}
+
+async fn root_keys_command(action: RootKeysAction, admin: &Admin) -> anyhow::Result<()> {
+    match action {
+        RootKeysAction::Create { name, scopes } => {
+            let key = root_keys::create(&admin.db, &Actor::Cli, &name, &scopes).await?;
+            println!("Created root key {} ({name}).\n", key.id);
+            println!("  root key: {}", key.secret.expose());
+            println!();
+            println!("Save it now: tollgate stores only its SHA-256 and cannot show it again.");
+            println!("It manages every tenant's keys: keep it on your servers, never in a page.");
+        }
+        RootKeysAction::List { json } => {
+            let keys = root_keys::list(&admin.db).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = keys
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.id.to_string(),
+                        k.name.clone(),
+                        k.scopes
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        minute(k.created_at),
+                        when(k.last_used_at, "never"),
+                        when(k.revoked_at, "-"),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["ID", "NAME", "SCOPES", "CREATED", "LAST USED", "REVOKED"],
+                &rows,
+            );
+            if keys.is_empty() {
+                println!("(no root keys; create one with `tollgate root-keys create`)");
+            }
+        }
+        RootKeysAction::Revoke { id } => {
+            root_keys::revoke(&admin.db, &Actor::Cli, id).await?;
+            println!("Revoked root key {id}.");
+        }
+    }
+    Ok(())
+}
+
+async fn print_audit(admin: &Admin, filter: &audit::Filter, json: bool) -> anyhow::Result<()> {
+    let entries = audit::list(&admin.db, filter).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.to_string(),
+                e.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                e.actor.clone(),
+                e.action.clone(),
+                e.key_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
+                e.detail.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["ID", "AT (UTC)", "ACTOR", "ACTION", "KEY", "DETAIL"],
+        &rows,
+    );
+    if entries.is_empty() {
+        println!("(no entries)");
     }
     Ok(())
 }
@@ -745,8 +971,9 @@ async fn rollups(action: RollupsAction, admin: &Admin) -> anyhow::Result<()> {
                     admin::get_key(&admin.db, key).await?;
                     vec![key]
                 }
-                None => admin::list_keys(&admin.db)
+                None => admin::list_keys(&admin.db, &KeyFilter::default())
                     .await?
+                    .keys
                     .into_iter()
                     .map(|k| k.id)
                     .collect(),
