@@ -21,6 +21,7 @@ mod hostile;
 mod input;
 mod openapi;
 mod pooler;
+mod request_logs;
 mod rollups;
 mod s3;
 mod scripts;
