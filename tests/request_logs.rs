@@ -2,7 +2,8 @@
 //! and its key once the route knows it; the response carries the same id
 //! in `x-request-id`. Checked on the log output itself, through the dev
 //! server's dispatch (which `spawn_app` serves) and through a real Vercel
-//! function binary.
+//! function binary; and `tollgate dev`, like Vercel's edge, names a
+//! request itself whatever id the client claims.
 
 use std::{
     process::Stdio,
@@ -14,7 +15,10 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tracing_subscriber::EnvFilter;
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp, TestOptions};
+use tollgate_cli::dev::{DevOptions, DevServer};
+use uuid::Uuid;
+
+use crate::helpers::{fresh_database, servers, spawn_app, spawn_app_with, TestApp, TestOptions};
 
 /// What the app logged, written by the subscriber [`capture_logs`] installs.
 #[derive(Clone, Default)]
@@ -139,7 +143,7 @@ async fn each_request_gets_its_own_id() {
     let (_, second) = collect_one(&app, key.secret.expose()).await;
 
     assert_ne!(first, second);
-    assert!(uuid::Uuid::parse_str(&first).is_ok(), "{first}");
+    assert!(Uuid::parse_str(&first).is_ok(), "{first}");
     let finished = |id: &str| {
         logs.of_request(id)
             .iter()
@@ -244,4 +248,51 @@ async fn a_vercel_function_logs_each_request_under_vercels_id() {
         finished.contains(&format!("key_id={}", key.id)),
         "{finished}"
     );
+}
+
+#[tokio::test]
+async fn tollgate_dev_names_a_request_itself_whatever_id_the_client_claims() {
+    let root = std::env::temp_dir().join(format!("tollgate-dev-{}", Uuid::new_v4().simple()));
+    let env = [
+        ("REDIS_URL", servers().await.redis_url.clone()),
+        (
+            "DATABASE_URL",
+            fresh_database().await.expect("a test database"),
+        ),
+        (
+            "TOLLGATE_KEY_PREFIX",
+            format!("test:{}:", Uuid::new_v4().simple()),
+        ),
+    ];
+    let options = DevOptions {
+        port: 0,
+        upstash_port: 0,
+        root: root.clone(),
+        crons: false,
+    };
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.clone())
+    };
+    let server = DevServer::start(&options, lookup)
+        .await
+        .expect("starting the dev server");
+    let port = server.port();
+    tokio::spawn(server.run_until(std::future::pending()));
+
+    let claimed = "fra1::iad1::forged-by-the-client";
+    let response = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/api/health"))
+        .header("x-vercel-id", claimed)
+        .send()
+        .await
+        .expect("request to the dev server");
+    let _ = std::fs::remove_dir_all(&root);
+
+    // Only Vercel's edge names requests with x-vercel-id, and it replaces
+    // whatever a client sent; the dev server stands in for it.
+    let id = response.headers()["x-request-id"].to_str().unwrap();
+    assert_ne!(id, claimed);
+    assert!(Uuid::parse_str(id).is_ok(), "{id}");
 }
