@@ -22,6 +22,7 @@ mod input;
 mod keys_api;
 mod openapi;
 mod pooler;
+mod request_logs;
 mod rollups;
 mod s3;
 mod scripts;

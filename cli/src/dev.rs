@@ -40,6 +40,7 @@ use tollgate::{
     routes,
     secret::Secret,
     state::AppState,
+    telemetry,
     vercel::MAX_BODY_BYTES,
 };
 use tower_http::services::ServeDir;
@@ -294,7 +295,9 @@ impl DevServer {
 /// sets: `X-Real-IP` and `X-Forwarded-For` are overwritten with the peer's
 /// address, so that whatever a client sends in them, the limiter, the
 /// failed-authentication count and the bans see the real one, as they do
-/// on Vercel (`TOLLGATE_CLIENT_IP_HEADER=vercel`).
+/// on Vercel (`TOLLGATE_CLIENT_IP_HEADER=vercel`). A client's `X-Vercel-Id`
+/// is dropped, since the edge sets its own: without one, the request's id
+/// in the logs is a fresh one.
 fn with_client_ip(
     app: &axum::Router,
     peer: std::net::SocketAddr,
@@ -314,6 +317,7 @@ fn with_client_ip(
             let headers = request.headers_mut();
             headers.insert("x-real-ip", address.clone());
             headers.insert("x-forwarded-for", address.clone());
+            headers.remove(telemetry::VERCEL_ID_HEADER);
             let mut app = app.clone();
             async move { tower::Service::call(&mut app, request).await }
         },
@@ -477,32 +481,42 @@ async fn null_route(
     }
 }
 
-/// Hands a request to its route's handler, as the Vercel adapter does.
+/// Hands a request to its route's handler in the request's span, as the
+/// Vercel adapter does.
 async fn dispatch(
     route: &'static routes::Route,
     state: AppState,
     request: axum::extract::Request,
 ) -> axum::response::Response {
+    let span = telemetry::request_span(&request);
+    into_axum(span.instrument(handle(route, state, request)).await)
+}
+
+/// Reads the body, with the limits Vercel sets and a timeout against slow
+/// clients, and runs the route's handler.
+async fn handle(
+    route: &'static routes::Route,
+    state: AppState,
+    request: axum::extract::Request,
+) -> http::Response<Bytes> {
     let (parts, body) = request.into_parts();
     let read = http_body_util::Limited::new(body, MAX_BODY_BYTES).collect();
     let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(_)) => {
-            return into_axum(
-                ApiError::PayloadTooLarge(format!(
-                    "the request body is over the limit of {MAX_BODY_BYTES} bytes"
-                ))
-                .into_response(),
-            )
+            return ApiError::PayloadTooLarge(format!(
+                "the request body is over the limit of {MAX_BODY_BYTES} bytes"
+            ))
+            .into_response()
         }
         Err(_) => return body_timed_out(),
     };
-    into_axum((route.handler)(&state, http::Request::from_parts(parts, bytes)).await)
+    (route.handler)(&state, http::Request::from_parts(parts, bytes)).await
 }
 
 /// 408 with `Connection: close`: a client this slow is holding the
 /// connection rather than sending a request.
-fn body_timed_out() -> axum::response::Response {
+fn body_timed_out() -> http::Response<Bytes> {
     let message = format!(
         "the request body did not arrive within {} s",
         BODY_READ_TIMEOUT.as_secs()
@@ -514,7 +528,7 @@ fn body_timed_out() -> axum::response::Response {
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    into_axum(response)
+    response
 }
 
 async fn not_found(uri: http::Uri) -> axum::response::Response {

@@ -14,7 +14,8 @@ use crate::{config::Config, error::ApiError, routes, state::AppState, telemetry}
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
 /// Serves the route at `path` as a Vercel function: reads the configuration
-/// once for this instance, then hands every request to the route's handler.
+/// once for this instance, then hands every request to the route's handler,
+/// in the request's span ([`telemetry::request_span`]).
 pub async fn serve(path: &'static str) -> Result<(), vercel_runtime::Error> {
     telemetry::init();
     let route = routes::find(path).ok_or_else(|| format!("no route is registered at {path}"))?;
@@ -23,10 +24,17 @@ pub async fn serve(path: &'static str) -> Result<(), vercel_runtime::Error> {
     vercel_runtime::run(service_fn(move |request: Request| {
         let state = Arc::clone(&state);
         async move {
-            let response = match read_body(request).await {
-                Ok(request) => (route.handler)(&state, request).await,
-                Err(error) => error.into_response(),
-            };
+            // The body is read inside the request's span too: a refusal of
+            // an oversized body is that request's answer, with its id.
+            let span = telemetry::request_span(&request);
+            let response = span
+                .instrument(async {
+                    match read_body(request).await {
+                        Ok(request) => (route.handler)(&state, request).await,
+                        Err(error) => error.into_response(),
+                    }
+                })
+                .await;
             Ok::<_, vercel_runtime::Error>(response.map(ResponseBody::from))
         }
     }))

@@ -19,6 +19,7 @@ use crate::{
     auth::{self, Accepts},
     error::ApiError,
     state::AppState,
+    telemetry,
 };
 
 /// Handles `GET /api/analytics`.
@@ -96,7 +97,14 @@ async fn answer(
         Err(_) => (admission::admit(state, &admission).await, None),
     };
     match decision {
-        Ok(Decision::Admitted { rate: limits, .. }) => *rate = limits,
+        Ok(Decision::Admitted {
+            key_id,
+            rate: limits,
+            ..
+        }) => {
+            telemetry::record_key_id(key_id);
+            *rate = limits;
+        }
         Ok(Decision::Refused {
             error,
             rate: limits,

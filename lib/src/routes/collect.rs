@@ -32,6 +32,7 @@ use crate::{
     fallback,
     response::json_response,
     state::AppState,
+    telemetry,
 };
 
 #[derive(Debug, Serialize)]
@@ -236,7 +237,12 @@ async fn accept(
         latency: started.elapsed(),
     };
     let accepted = match admission::admit(state, &admission).await {
-        Ok(Decision::Admitted { rate: limits, .. }) => {
+        Ok(Decision::Admitted {
+            key_id,
+            rate: limits,
+            ..
+        }) => {
+            telemetry::record_key_id(key_id);
             *rate = limits;
             events.len()
         }
@@ -339,6 +345,7 @@ async fn write_direct(
         .await
         .map_err(unavailable)?;
     let api_key_id = auth::require_active(&key)?;
+    telemetry::record_key_id(api_key_id);
     if key.kind == KeyKind::Pk
         && !key.origins.is_empty()
         && !key.origins.iter().any(|o| o == submission.origin)

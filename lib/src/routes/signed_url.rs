@@ -21,6 +21,7 @@ use crate::{
     presign::{blob, s3},
     response::json_response,
     state::AppState,
+    telemetry,
     uploads::{Provider, UploadRequest, DEFAULT_CONTENT_TYPES, DEFAULT_MAX_BYTES},
 };
 
@@ -113,6 +114,7 @@ async fn sign(
             rate: limits,
             provider,
         }) => {
+            telemetry::record_key_id(key_id);
             *rate = limits;
             (key_id, provider)
         }
@@ -143,6 +145,7 @@ async fn sign(
                 .await
                 .map_err(postgres_down)?;
             let key_id = auth::require_active(&key)?;
+            telemetry::record_key_id(key_id);
             let upload = parsed.as_ref().map_err(|e| ApiError::BadRequest {
                 code: e.code(),
                 message: e.to_string(),
