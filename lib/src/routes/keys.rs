@@ -397,7 +397,11 @@ pub(crate) async fn authorize(
         });
     }
     match admin::root_keys::authenticate(&state.db, &presented).await? {
-        Some(root) => Ok(root),
+        Some(root) => {
+            // The key this request is made with, as the other routes log theirs.
+            crate::telemetry::record_key_id(root.id);
+            Ok(root)
+        }
         None => {
             let counted: Result<Reply, _> = state
                 .upstash
