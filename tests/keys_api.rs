@@ -885,3 +885,92 @@ async fn a_client_guessing_root_keys_is_refused_before_any_lookup() {
     let (status, _) = call(&app, reqwest::Method::GET, "/api/keys", Some(&root), None).await;
     assert_eq!(status, 200, "another address is not held up");
 }
+
+#[tokio::test]
+async fn a_root_key_with_analytics_read_reads_any_keys_views_as_the_key_itself_would() {
+    let app = spawn_app().await;
+    let analyst = root_key(&app, &[Scope::AnalyticsRead]).await;
+    let reader = root_key(&app, &[Scope::KeysRead]).await;
+    let key = app.create_key().await;
+    for _ in 0..5 {
+        assert_eq!(
+            app.collect(key.secret.expose(), &pageview()).await.status(),
+            202
+        );
+    }
+    let without_time = |mut view: Value| {
+        view.as_object_mut().unwrap().remove("generated_at");
+        view
+    };
+    for view in ["overview", "daily", "events"] {
+        let own = app
+            .read_analytics(key.secret.expose(), &format!("view={view}"))
+            .await;
+        let by_root = app
+            .read_analytics(&analyst, &format!("view={view}&key_id={}", key.id))
+            .await;
+        assert_eq!(by_root.status, 200, "{}", by_root.text);
+        assert_eq!(
+            without_time(by_root.json()),
+            without_time(own.json()),
+            "{view}"
+        );
+    }
+    let overview = app
+        .read_analytics(&analyst, &format!("view=overview&key_id={}", key.id))
+        .await;
+    assert_eq!(overview.cache, "hit", "the cache the key's own reads fill");
+    app.sync_metrics().await;
+    app.collect(key.secret.expose(), &pageview()).await;
+    let after = app
+        .read_analytics(&analyst, &format!("view=overview&key_id={}", key.id))
+        .await;
+    let own = app
+        .read_analytics(key.secret.expose(), "view=overview")
+        .await;
+    assert_eq!(
+        without_time(after.json()),
+        without_time(own.json()),
+        "exact after a sync"
+    );
+
+    for (token, query, status, expected) in [
+        (
+            &reader,
+            format!("view=overview&key_id={}", key.id),
+            403,
+            "insufficient_scope",
+        ),
+        (
+            &analyst,
+            "view=overview".to_owned(),
+            400,
+            "missing_parameter",
+        ),
+        (
+            &analyst,
+            "view=overview&key_id=7".to_owned(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            &analyst,
+            format!("view=nope&key_id={}", key.id),
+            400,
+            "invalid_view",
+        ),
+        (
+            &analyst,
+            format!("view=overview&key_id={}", Uuid::now_v7()),
+            404,
+            "not_found",
+        ),
+    ] {
+        let read = app.read_analytics(token, &query).await;
+        assert_eq!(
+            (read.status, code(&read.json())),
+            (status, expected),
+            "{query}"
+        );
+    }
+}

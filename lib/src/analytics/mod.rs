@@ -64,6 +64,7 @@
 //! The cache holds data, not a response: the view is assembled on each
 //! read and written as JSON, or as CSV ([`csv`]) for `format=csv`.
 
+pub mod by_id;
 pub mod csv;
 pub mod query;
 pub mod views;

@@ -8,12 +8,19 @@
 //!
 //! The view is written as JSON, or as CSV with `format=csv` (see
 //! [`crate::analytics::csv`]); errors are JSON either way.
+//!
+//! A root key with the `analytics:read` scope reads any key's views, naming
+//! it with `key_id` (see [`crate::analytics::by_id`]).
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use tokio::time::Instant;
 
+use uuid::Uuid;
+
+use super::keys;
 use crate::{
+    admin::{self, root_keys::Scope},
     admission::{self, Decision, RateLimit},
     analytics::{self, Answer, Format, Query},
     auth::{self, Accepts},
@@ -68,6 +75,9 @@ async fn answer(
     let started = Instant::now();
     if request.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed { allow: "GET" });
+    }
+    if auth::bearer(request).is_some_and(|token| token.starts_with("rk_")) {
+        return answer_root(state, request).await;
     }
     let key = auth::authenticate(request, Accepts::SecretOnly)?;
     // A bad query is limited and logged too, then refused with its error.
@@ -129,4 +139,58 @@ async fn answer(
     let query = query?;
     let answer = analytics::read(state, &key, client_ip.as_deref(), &query, prefetched).await?;
     Ok((answer, query))
+}
+
+/// A read by a root key with `analytics:read`, of the key named by
+/// `key_id`: limited as every management call is (see `routes/keys.rs`),
+/// and not logged as the key's request, since the key did not make it.
+async fn answer_root(
+    state: &AppState,
+    request: &Request<Bytes>,
+) -> Result<(Answer, Query), ApiError> {
+    let root = keys::authorize(state, request).await?;
+    keys::require(&root, Scope::AnalyticsRead)?;
+    let (key_id, rest) = named_key(request.uri().query())?;
+    let query = Query::parse(Some(&rest))?;
+    let key = admin::get_key(&state.db, key_id)
+        .await
+        .map_err(keys::admin_error)?;
+    let key = analytics::by_id::KeyById {
+        id: key.id,
+        timezone: key.timezone,
+        created_ms: key.created_at.timestamp_millis(),
+    };
+    let answer = analytics::by_id::read(state, &key, &query).await?;
+    Ok((answer, query))
+}
+
+/// The `key_id` a root key's read names, and the rest of its query string.
+fn named_key(query: Option<&str>) -> Result<(Uuid, String), ApiError> {
+    let mut key_id = None;
+    let mut rest = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if name != "key_id" {
+            rest.append_pair(&name, &value);
+            continue;
+        }
+        if key_id.is_some() {
+            return Err(keys::bad(
+                "invalid_parameter",
+                "`key_id` is given more than once; give each parameter once",
+            ));
+        }
+        key_id = Some(Uuid::parse_str(&value).map_err(|_| {
+            keys::bad(
+                "invalid_parameter",
+                format!("`key_id`: `{}` is not a UUID", keys::quote(&value)),
+            )
+        })?);
+    }
+    let key_id = key_id.ok_or_else(|| {
+        keys::bad(
+            "missing_parameter",
+            "`key_id`: a root key names the key whose analytics it reads",
+        )
+    })?;
+    Ok((key_id, rest.finish()))
 }
