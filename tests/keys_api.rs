@@ -490,6 +490,8 @@ async fn every_field_of_create_and_update_refuses_its_bad_input_and_nothing_is_s
             "name",
         ),
         (with("name", json!(7)), "invalid_field", "name"),
+        // Postgres cannot store U+0000: refused, not a 500.
+        (with("name", json!("a\u{0}b")), "invalid_field", "name"),
         (json!({"name": "n"}), "missing_field", "tier"),
         (with("tier", json!("gold")), "invalid_field", "tier"),
         (with("tier", json!(1)), "invalid_field", "tier"),
@@ -553,6 +555,12 @@ async fn every_field_of_create_and_update_refuses_its_bad_input_and_nothing_is_s
             "invalid_field",
             "expires_at",
         ),
+        // Past 9999 in UTC, which RFC 3339 cannot write.
+        (
+            with("expires_at", json!("9999-12-31T23:59:59-23:59")),
+            "invalid_field",
+            "expires_at",
+        ),
         (
             with("expires_at", json!(1_900_000_000)),
             "invalid_field",
@@ -560,6 +568,16 @@ async fn every_field_of_create_and_update_refuses_its_bad_input_and_nothing_is_s
         ),
         (with("metadata", json!([1, 2])), "invalid_field", "metadata"),
         (with("metadata", json!("plan")), "invalid_field", "metadata"),
+        (
+            with("metadata", json!({"plan": ["a\u{0}b"]})),
+            "invalid_field",
+            "metadata",
+        ),
+        (
+            with("metadata", json!({"a\u{0}b": 1})),
+            "invalid_field",
+            "metadata",
+        ),
         (
             with("metadata", big_metadata.clone()),
             "invalid_field",
@@ -747,6 +765,11 @@ async fn every_field_of_create_and_update_refuses_its_bad_input_and_nothing_is_s
         (json!({"key_id": key.id}), "invalid_field", "reason"),
         (
             json!({"key_id": key.id, "reason": ""}),
+            "invalid_field",
+            "reason",
+        ),
+        (
+            json!({"key_id": key.id, "reason": "a\u{0}b"}),
             "invalid_field",
             "reason",
         ),

@@ -10,6 +10,11 @@
 
 use std::process::{Output, Stdio};
 
+use tollgate::admin::{
+    root_keys::{self, Scope},
+    Actor,
+};
+
 use crate::helpers::{providers, repo_root, spawn_app_with, TestApp, TestOptions, CRON_SECRET};
 
 /// What schemathesis checks on every answer.
@@ -18,18 +23,30 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
                       unsupported_method,allow_header_conformance,ignored_auth";
 
 /// Test cases per operation and phase: enough to reach every status that
-/// generated requests can reach, few enough that the test takes about 30 s.
+/// generated requests can reach, few enough that the five runs together
+/// take about a minute on two cores.
 const MAX_EXAMPLES: &str = "50";
 
 /// A fixed seed, so that a failure reproduces.
 const SEED: &str = "20261121";
 
-/// One schemathesis run: the credentials it sends and the operations they open.
+/// One schemathesis run: the credentials it sends, the operations they
+/// open, and its phases.
 struct Run {
     name: &'static str,
     header: String,
     operations: [&'static str; 2],
+    phases: &'static str,
 }
+
+/// Every phase, stateful included: it follows the links of
+/// `openapi.yaml` (a created key to its reads, changes and revocation),
+/// so only runs over linked operations take it.
+const WITH_LINKS: &str = "examples,coverage,fuzzing,stateful";
+
+/// The phases of a run over operations without links between them:
+/// schemathesis counts a stateful phase with no link to follow as an error.
+const WITHOUT_LINKS: &str = "examples,coverage,fuzzing";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_as_openapi_yaml_describes() {
@@ -49,22 +66,43 @@ async fn every_route_answers_as_openapi_yaml_describes() {
     app.set_limits(&key, Some(100_000), None, None).await;
 
     let runs = [
-        // Every route a secret key opens; the crons take the cron secret.
+        // Every route a secret key opens; the crons take the cron secret,
+        // the management routes a root key.
         Run {
             name: "the secret key",
             header: format!("Authorization: Bearer {}", key.secret.expose()),
-            operations: ["--exclude-path-regex", "^/api/cron/"],
+            operations: ["--exclude-path-regex", "^/api/(cron|keys)(/|$)"],
+            phases: WITHOUT_LINKS,
+        },
+        // A root key with every scope, so that every operation gets past
+        // its scope check to real answers: keys created, read, changed,
+        // rotated and revoked, bans added, listed and lifted. One root key
+        // each for keys and bans, so that neither run spends the other's
+        // calls a minute.
+        Run {
+            name: "a root key, on keys",
+            header: format!("Authorization: Bearer {}", root_key(&app).await),
+            operations: ["--include-path", "/api/keys"],
+            phases: WITH_LINKS,
+        },
+        Run {
+            name: "a root key, on bans",
+            header: format!("Authorization: Bearer {}", root_key(&app).await),
+            operations: ["--include-path", "/api/keys/bans"],
+            phases: WITH_LINKS,
         },
         Run {
             name: "the cron secret",
             header: format!("Authorization: Bearer {CRON_SECRET}"),
             operations: ["--include-path-regex", "^/api/cron/"],
+            phases: WITHOUT_LINKS,
         },
         // What a browser sends: the publishable key, in its own header.
         Run {
             name: "the publishable key",
             header: format!("X-API-Key: {}", key.publishable),
             operations: ["--include-path", "/api/collect"],
+            phases: WITHOUT_LINKS,
         },
     ];
     let outputs = futures::future::join_all(runs.iter().map(|run| fuzz(&app, run))).await;
@@ -82,6 +120,16 @@ async fn every_route_answers_as_openapi_yaml_describes() {
     }
 }
 
+/// A root key with every scope, as `tollgate root-keys create` makes it.
+async fn root_key(app: &TestApp) -> String {
+    root_keys::create(&app.state.db, &Actor::Cli, "schemathesis", &Scope::ALL)
+        .await
+        .expect("creating a root key")
+        .secret
+        .expose()
+        .to_owned()
+}
+
 /// Runs `schemathesis run` over `openapi.yaml` against the app.
 async fn fuzz(app: &TestApp, run: &Run) -> Output {
     let spec = repo_root().join("openapi.yaml");
@@ -92,6 +140,7 @@ async fn fuzz(app: &TestApp, run: &Run) -> Output {
         "--header", &run.header,
         run.operations[0], run.operations[1],
         "--checks", CHECKS,
+        "--phases", run.phases,
         "--max-examples", MAX_EXAMPLES,
         "--seed", SEED,
         // One worker: CPython 3.11's `ast.parse`, which Hypothesis calls to

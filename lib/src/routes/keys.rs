@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -570,9 +570,14 @@ impl Fields {
         Ok(Self(map))
     }
 
+    /// A string without U+0000, which Postgres text cannot hold.
     pub(crate) fn string(&mut self, name: &str) -> Result<Option<String>, ApiError> {
         match self.0.remove(name) {
             None => Ok(None),
+            Some(Value::String(text)) if text.contains('\0') => Err(bad(
+                "invalid_field",
+                format!("`{name}`: U+0000 is not allowed"),
+            )),
             Some(Value::String(text)) => Ok(Some(text)),
             Some(_) => Err(bad("invalid_field", format!("`{name}`: expected a string"))),
         }
@@ -677,9 +682,14 @@ impl Fields {
         match self.0.remove(name) {
             None => Ok(None),
             Some(Value::Null) => Ok(Some(None)),
+            // A time past 9999 in UTC would be answered in a form that is
+            // not RFC 3339 (`+10000-…`).
             Some(Value::String(text)) => DateTime::parse_from_rfc3339(&text)
-                .map(|at| Some(Some(at.with_timezone(&Utc))))
-                .map_err(|_| expected()),
+                .ok()
+                .map(|at| at.with_timezone(&Utc))
+                .filter(|at| at.year() <= 9999)
+                .map(|at| Some(Some(at)))
+                .ok_or_else(expected),
             Some(_) => Err(expected()),
         }
     }
@@ -687,7 +697,28 @@ impl Fields {
     fn metadata(&mut self) -> Result<Option<Metadata>, ApiError> {
         self.0
             .remove("metadata")
-            .map(|value| Metadata::parse(value).map_err(|e| field("metadata", e)))
+            .map(|value| {
+                if holds_nul(&value) {
+                    return Err(bad(
+                        "invalid_field",
+                        "`metadata`: U+0000 is not allowed in its names or strings",
+                    ));
+                }
+                Metadata::parse(value).map_err(|e| field("metadata", e))
+            })
             .transpose()
+    }
+}
+
+/// Whether a JSON value holds U+0000 anywhere, which Postgres's jsonb
+/// refuses.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(name, value)| name.contains('\0') || holds_nul(value)),
+        _ => false,
     }
 }
