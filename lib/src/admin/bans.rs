@@ -148,6 +148,11 @@ pub async fn add_ban(
     if ban.reason.trim().is_empty() {
         return Err(AdminError::Invalid("a ban needs a reason".to_owned()));
     }
+    if ban.reason.contains('\0') {
+        return Err(AdminError::Invalid(
+            "a ban's reason may not hold U+0000".to_owned(),
+        ));
+    }
     let millis = match ban.duration {
         None => None,
         Some(d) if d.as_millis() == 0 => {

@@ -95,6 +95,15 @@ impl Metadata {
                 "metadata must be a JSON object".to_owned(),
             ));
         };
+        if object
+            .iter()
+            .any(|(name, value)| name.contains('\0') || holds_nul(value))
+        {
+            return Err(AdminError::Invalid(
+                "metadata may not hold U+0000 in its names or strings (Postgres's jsonb refuses it)"
+                    .to_owned(),
+            ));
+        }
         let size = serde_json::to_vec(&object).map_or(usize::MAX, |json| json.len());
         if size > Self::MAX_BYTES {
             return Err(AdminError::Invalid(format!(
@@ -732,7 +741,24 @@ fn check_expiry(at: DateTime<Utc>) -> Result<(), AdminError> {
     Ok(())
 }
 
+/// Whether a JSON value holds U+0000 anywhere.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(name, value)| name.contains('\0') || holds_nul(value)),
+        _ => false,
+    }
+}
+
 fn check_name(name: &str) -> Result<(), AdminError> {
+    if name.contains('\0') {
+        return Err(AdminError::Invalid(
+            "a key's name may not hold U+0000".to_owned(),
+        ));
+    }
     match name.chars().count() {
         1..=200 => Ok(()),
         n => Err(AdminError::Invalid(format!(

@@ -139,9 +139,9 @@ pub async fn create(
     scopes: &[Scope],
 ) -> Result<NewRootKey, AdminError> {
     let length = name.chars().count();
-    if !(1..=200).contains(&length) {
+    if !(1..=200).contains(&length) || name.contains('\0') {
         return Err(AdminError::Invalid(format!(
-            "a root key's name must be 1 to 200 characters, got {length}"
+            "a root key's name must be 1 to 200 characters without U+0000, got {length}"
         )));
     }
     let mut scopes = scopes.to_vec();
@@ -217,16 +217,25 @@ pub async fn revoke(db: &Db, actor: &Actor, id: Uuid) -> Result<(), AdminError> 
 }
 
 /// The root key a presented value belongs to, if one does and it is not
-/// revoked; notes its use.
+/// revoked; notes its use, to the minute: writing the row on every call
+/// would put a busy key's calls in line behind each other's row lock.
 pub async fn authenticate(
     db: &Db,
     presented: &PresentedRootKey,
 ) -> anyhow::Result<Option<RootKey>> {
     let row = db
         .query(
-            "UPDATE root_keys SET last_used_at = now()
-              WHERE secret_hash = $1 AND revoked_at IS NULL
-          RETURNING id, scopes",
+            "WITH found AS (
+                SELECT id, scopes, last_used_at FROM root_keys
+                 WHERE secret_hash = $1 AND revoked_at IS NULL
+             ), touched AS (
+                UPDATE root_keys r SET last_used_at = now()
+                  FROM found
+                 WHERE r.id = found.id
+                   AND (found.last_used_at IS NULL
+                        OR found.last_used_at < now() - interval '1 minute')
+             )
+             SELECT id, scopes FROM found",
         )
         .bind(hash_secret(presented.0.expose()).as_slice())
         .fetch_optional(db.executor())

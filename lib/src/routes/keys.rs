@@ -154,7 +154,9 @@ async fn get(state: &AppState, id: Uuid) -> Result<Response<Bytes>, ApiError> {
         upstash: Some(&state.upstash),
         keys: &state.keys,
     };
-    let usage = usage::of(&sources, id, &key.timezone, &key.limits, state.clock.now()).await?;
+    let usage = usage::of(&sources, id, &key.timezone, &key.limits, state.clock.now())
+        .await
+        .map_err(postgres_error)?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "key": key, "usage": usage }),
@@ -396,7 +398,10 @@ pub(crate) async fn authorize(
             retry_after: Duration::from_millis(retry_ms.max(1) as u64),
         });
     }
-    match admin::root_keys::authenticate(&state.db, &presented).await? {
+    let found = admin::root_keys::authenticate(&state.db, &presented)
+        .await
+        .map_err(postgres_error)?;
+    match found {
         Some(root) => {
             // The key this request is made with, as the other routes log theirs.
             crate::telemetry::record_key_id(root.id);
@@ -446,7 +451,26 @@ pub(crate) fn admin_error(error: AdminError) -> ApiError {
             code: "invalid_field",
             message,
         },
-        AdminError::Unexpected(error) => ApiError::Unexpected(error),
+        AdminError::Unexpected(error) => postgres_error(error),
+    }
+}
+
+/// An unexpected failure, unless Postgres was out of reach or out of
+/// connections: that is a 503 to retry, not a 500.
+pub(crate) fn postgres_error(error: anyhow::Error) -> ApiError {
+    let unreachable = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+        )
+    });
+    if !unreachable {
+        return ApiError::Unexpected(error);
+    }
+    tracing::error!(error = ?error, "a management call could not reach Postgres");
+    ApiError::Unavailable {
+        message: "Postgres is unreachable or busy; retry shortly".into(),
+        retry_after: Duration::from_secs(5),
     }
 }
 
@@ -697,28 +721,7 @@ impl Fields {
     fn metadata(&mut self) -> Result<Option<Metadata>, ApiError> {
         self.0
             .remove("metadata")
-            .map(|value| {
-                if holds_nul(&value) {
-                    return Err(bad(
-                        "invalid_field",
-                        "`metadata`: U+0000 is not allowed in its names or strings",
-                    ));
-                }
-                Metadata::parse(value).map_err(|e| field("metadata", e))
-            })
+            .map(|value| Metadata::parse(value).map_err(|e| field("metadata", e)))
             .transpose()
-    }
-}
-
-/// Whether a JSON value holds U+0000 anywhere, which Postgres's jsonb
-/// refuses.
-fn holds_nul(value: &Value) -> bool {
-    match value {
-        Value::String(text) => text.contains('\0'),
-        Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map
-            .iter()
-            .any(|(name, value)| name.contains('\0') || holds_nul(value)),
-        _ => false,
     }
 }
