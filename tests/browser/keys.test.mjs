@@ -224,6 +224,7 @@ test('rotating shows the new secret once, with a copy button, and the new secret
 
   await page.getByRole('button', { name: 'Copy' }).click();
   await page.waitForFunction(() => document.querySelector('#copy-status').textContent);
+  assert.equal(await page.textContent('#copy-status'), 'The secret key is on the clipboard.');
   assert.equal(await page.evaluate(() => navigator.clipboard.readText()), secret);
   await settled(page);
   await page.screenshot({ path: join(ARTIFACTS, 'keys-rotate.png'), clip: { x: 0, y: 0, width: 1200, height: 540 } });
