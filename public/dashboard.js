@@ -2,6 +2,8 @@
 // the numbers as plain SVG, with no library and nothing fetched from
 // elsewhere, so it works offline. (The deployment's queue status is for
 // operators, behind the cron secret: `tollgate` and /api/cron/queue-status.)
+// Its Keys tab lists, revokes and rotates API keys through /api/keys with a
+// root key.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -18,6 +20,7 @@ function bytes(n) {
   while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
   return (i ? n.toFixed(1) : n) + " " + units[i];
 }
+const count = (n, noun) => `${number(n)} ${noun}${n === 1 ? "" : "s"}`;
 const shortDay = (day) => day.slice(5);
 const percent = (fraction) => (fraction === null ? "–" : `${(100 * fraction).toFixed(1)}%`);
 const decimal = (n) => (n === null ? "–" : n.toFixed(2));
@@ -136,8 +139,8 @@ class KeyRefused extends Error {}
 
 // A successful response, or the error its JSON body names (errors are JSON
 // in every format). The key goes in a header, never in a URL.
-async function request(path, key) {
-  const response = await fetch(path, { headers: { Authorization: `Bearer ${key}` } });
+async function request(path, key, init = {}) {
+  const response = await fetch(path, { ...init, headers: { ...init.headers, Authorization: `Bearer ${key}` } });
   if (response.ok) return response;
   const body = await response.json().catch(() => ({}));
   if (response.status === 401 || response.status === 403) {
@@ -263,12 +266,242 @@ function render(data) {
     : `Updated ${new Date(overview.generated_at).toLocaleTimeString()}.`);
 }
 
-function message(text, error = false) {
-  $("message").textContent = text;
-  $("message").className = error ? "error" : "";
+function message(text, error = false, target = $("message")) {
+  target.textContent = text;
+  target.className = error ? "message error" : "message";
 }
 
+// ---- Keys, with a root key ---------------------------------------------------
+
+// The root key is held in this variable only, never in storage or a URL:
+// it can revoke and rotate every tenant's keys, so it is gone on reload.
+let rootKey = null;
+const PAGE_SIZE = 20;
+// The listing on screen: its owner filter, the cursor of every page up to
+// the current one (null for the first) so that Previous can go back, the
+// next page's cursor, and the keys shown by id.
+let listing = { owner: "", cursors: [null], next: null, keys: new Map() };
+// Each load takes a ticket; an answer to an older one is dropped, so a
+// slow page never replaces a newer one.
+let tickets = 0;
+
+const keysMessage = (text, error = false) => message(text, error, $("keys-message"));
+
+async function manage(method, params, body) {
+  const init = { method };
+  if (body !== undefined) {
+    init.headers = { "Content-Type": "application/json" };
+    init.body = JSON.stringify(body);
+  }
+  return (await request(`/api/keys?${params}`, rootKey, init)).json();
+}
+
+// Loads the current page of keys, then each key's usage today: the list
+// carries lifetime totals only, and `GET ?id=` sums the live counters with
+// the synced ones, exact to the last request.
+async function listKeys(done) {
+  const ticket = ++tickets;
+  const params = new URLSearchParams({ limit: PAGE_SIZE });
+  if (listing.owner) params.set("owner_id", listing.owner);
+  const cursor = listing.cursors.at(-1);
+  if (cursor) params.set("cursor", cursor);
+  $("prev").disabled = $("next").disabled = true;
+  keysMessage("Loading…");
+  try {
+    const page = await manage("GET", params);
+    const usage = await Promise.allSettled(page.keys.map((key) => manage("GET", new URLSearchParams({ id: key.id }))));
+    if (ticket !== tickets) return;
+    listing.next = page.next_cursor;
+    listing.keys = new Map(page.keys.map((key) => [key.id, key]));
+    $("key-rows").replaceChildren(...page.keys.map((key, i) => keyRow(key, usage[i])));
+    if (!page.keys.length) {
+      const row = element("tr");
+      row.append(element("td", { class: "empty", colspan: 7 },
+        listing.cursors.length > 1 ? "No more keys." : "No keys yet."));
+      $("key-rows").append(row);
+    }
+    const first = (listing.cursors.length - 1) * PAGE_SIZE + 1;
+    $("page-label").textContent = page.keys.length ? `Keys ${first}–${first + page.keys.length - 1}` : "";
+    $("prev").disabled = listing.cursors.length === 1;
+    $("next").disabled = !listing.next;
+    $("key-list").hidden = false;
+    const owner = listing.owner ? ` of owner ${listing.owner}` : "";
+    keysMessage(done || `Keys${owner}, oldest first; usage as of ${new Date().toLocaleTimeString()}.`);
+  } catch (error) {
+    if (ticket !== tickets) return;
+    $("key-list").hidden = true;
+    keysMessage(error instanceof KeyRefused
+      ? `This root key was not accepted: ${error.message}.`
+      : `Could not list the keys: ${error.message}`, true);
+  }
+}
+
+// A key's status as a user means it: an active key past its expiry no
+// longer works.
+function keyStatus(key) {
+  if (key.status === "active" && key.expires_at && new Date(key.expires_at) <= new Date()) return "expired";
+  return key.status;
+}
+
+function keyRow(key, usage) {
+  const status = keyStatus(key);
+  const row = element("tr", { "data-key": key.id, "data-name": key.name, "data-status": status });
+  const name = element("td", {}, key.name);
+  name.append(element("span", { class: "id" }, key.id));
+  const state = element("td");
+  state.append(element("span", { class: `status ${status}` }, status));
+  if (key.previous_expires_at) {
+    state.append(element("span", { class: "sub" }, `old halves work until ${when(key.previous_expires_at)}`));
+  }
+  const actions = element("td");
+  if (key.status === "active") {
+    actions.append(
+      element("button", { type: "button", class: "secondary", "data-action": "rotate", "aria-label": `Rotate ${key.name}` }, "Rotate"),
+      element("button", { type: "button", class: "secondary danger", "data-action": "revoke", "aria-label": `Revoke ${key.name}` }, "Revoke"));
+  }
+  row.append(name, element("td", {}, key.owner_id ?? "–"), element("td", {}, key.tier), state,
+    element("td", {}, key.expires_at ? when(key.expires_at) : "never"), usageCell(usage), actions);
+  return row;
+}
+
+// Today's successful requests (what the daily quota counts) against the
+// quota, with a bar, and the whole day's requests beneath.
+function usageCell(usage) {
+  if (usage.status === "rejected") {
+    return element("td", { class: "usage", "data-usage": "unavailable" }, `unavailable: ${usage.reason.message}`);
+  }
+  const { today, exact } = usage.value.usage;
+  const cell = element("td", { class: "usage", "data-successful": today.successful, "data-requests": today.requests,
+    "data-failed": today.failed, "data-quota": today.quota ?? "" });
+  cell.append(element("span", { class: "figure" }, today.quota === null
+    ? `${number(today.successful)} (no daily quota)` : `${number(today.successful)} / ${number(today.quota)}`));
+  if (today.quota !== null) {
+    const share = Math.min(1, today.successful / Math.max(1, today.quota));
+    const bar = element("div", { class: "bar", title: `${(100 * share).toFixed(1)}% of the daily quota` });
+    bar.append(element("i", { style: `width:${100 * share}%`, class: share >= 1 ? "full" : "" }));
+    cell.append(bar);
+  }
+  cell.append(element("span", { class: "sub" },
+    `${count(today.requests, "request")}, ${number(today.failed)} failed, ${today.period}` +
+    (exact ? "" : " (synced counters only: Redis was unreachable)")));
+  return cell;
+}
+
+// Whom an open dialog acts on.
+let target = null;
+
+function openDialog(dialog, key) {
+  target = key;
+  for (const name of dialog.querySelectorAll("[data-name]")) name.textContent = key.name;
+  for (const error of dialog.querySelectorAll("[data-error]")) message("", true, error);
+  dialog.showModal();
+}
+
+// Runs a dialog's action on its submit button, keeping the dialog open
+// with the API's message if it fails; any other button closes it.
+function onConfirm(form, value, action) {
+  form.addEventListener("submit", async (event) => {
+    if (event.submitter?.value !== value) return;
+    event.preventDefault();
+    const buttons = form.querySelectorAll("button");
+    for (const button of buttons) button.disabled = true;
+    try {
+      await action();
+    } catch (error) {
+      message(error.message, true, form.querySelector("[data-error]"));
+    } finally {
+      for (const button of buttons) button.disabled = false;
+    }
+  });
+}
+
+const propagation = (answer) => (answer.propagation === "immediate"
+  ? "from now on" : "within 5 minutes, as cached copies expire");
+
+onConfirm($("revoke-dialog").querySelector("form"), "revoke", async () => {
+  const answer = await manage("DELETE", new URLSearchParams({ id: target.id }));
+  $("revoke-dialog").close();
+  await listKeys(`Revoked ${target.name}: requests with it are refused ${propagation(answer)}.`);
+});
+
+const [askRotate, rotated] = $("rotate-dialog").querySelectorAll("form");
+onConfirm(askRotate, "rotate", async () => {
+  const minutes = Number($("overlap").value || 0);
+  const answer = await manage("POST", new URLSearchParams({ id: target.id, action: "rotate" }),
+    { overlap_seconds: Math.round(minutes * 60) });
+  $("new-secret").value = answer.secret_key;
+  $("new-publishable").value = answer.publishable_key;
+  $("previous-until").textContent = answer.previous_expires_at
+    ? `The old secret and publishable key keep working until ${when(answer.previous_expires_at)}.`
+    : `The old secret and publishable key are refused ${propagation(answer)}.`;
+  askRotate.hidden = true;
+  rotated.hidden = false;
+  $("copy-secret").focus();
+  listKeys(`Rotated ${target.name}.`);
+});
+
+// The new secret leaves the page with the dialog: it is shown only once.
+$("rotate-dialog").addEventListener("close", () => {
+  $("new-secret").value = $("new-publishable").value = "";
+  $("copy-status").textContent = "";
+  $("copy-secret").textContent = "Copy";
+  askRotate.hidden = false;
+  rotated.hidden = true;
+});
+
+$("copy-secret").addEventListener("click", async () => {
+  try {
+    await navigator.clipboard.writeText($("new-secret").value);
+    $("copy-secret").textContent = "Copied";
+    $("copy-status").textContent = "The secret key is on the clipboard.";
+  } catch {
+    // No clipboard here (an insecure origin, or permission refused):
+    // select the text for the user's own copy shortcut.
+    $("new-secret").select();
+    $("copy-status").textContent = "The browser refused the clipboard: the key is selected, copy it with the keyboard.";
+  }
+});
+
+$("key-rows").addEventListener("click", (event) => {
+  const button = event.target.closest("button[data-action]");
+  if (!button) return;
+  const key = listing.keys.get(button.closest("tr").dataset.key);
+  if (button.dataset.action === "revoke") openDialog($("revoke-dialog"), key);
+  if (button.dataset.action === "rotate") {
+    $("overlap").value = 0;
+    openDialog($("rotate-dialog"), key);
+  }
+});
+
+function openKeys() {
+  const key = $("root-key").value.trim();
+  if (!key) return keysMessage("Paste a root key first.", true);
+  if (!key.startsWith("rk_")) {
+    return keysMessage("The Keys tab needs a root key (rk_…); secret and publishable keys cannot manage keys.", true);
+  }
+  rootKey = key;
+  listing = { owner: $("owner").value.trim(), cursors: [null], next: null, keys: new Map() };
+  listKeys();
+}
+
+$("root-form").addEventListener("submit", (event) => { event.preventDefault(); openKeys(); });
+$("next").addEventListener("click", () => { listing.cursors.push(listing.next); listKeys(); });
+$("prev").addEventListener("click", () => { listing.cursors.pop(); listKeys(); });
+
 // ---- Wiring ------------------------------------------------------------------
+
+function showTab(name) {
+  for (const tab of document.querySelectorAll('[role="tab"]')) {
+    tab.setAttribute("aria-selected", String(tab.getAttribute("aria-controls") === name));
+  }
+  for (const panel of document.querySelectorAll('[role="tabpanel"]')) panel.hidden = panel.id !== name;
+  for (const form of document.querySelectorAll("form[data-tab]")) form.hidden = form.dataset.tab !== name;
+}
+
+for (const tab of document.querySelectorAll('[role="tab"]')) {
+  tab.addEventListener("click", () => showTab(tab.getAttribute("aria-controls")));
+}
+if (location.hash === "#keys") showTab("keys");
 
 async function show() {
   const key = $("key").value.trim();

@@ -1,8 +1,16 @@
 //! The dashboard (`public/index.html`) and the tracker (`public/t.js`) in
 //! headless Chromium, driven by Playwright (`tests/browser`), against the
-//! real app with real data.
+//! real app with real data; the Keys tab with a root key against `/api/keys`.
 
 use serde_json::{json, Value};
+use tollgate::{
+    admin::{
+        self, audit,
+        root_keys::{self, Scope},
+        Actor, CreateKey, OwnerId,
+    },
+    apikeys::Tier,
+};
 use uuid::Uuid;
 
 use crate::helpers::{
@@ -109,6 +117,165 @@ async fn the_dashboard_draws_the_seeded_numbers_and_explains_bad_keys_and_empty_
     )
     .await;
     assert!(artifacts.join("dashboard.png").exists());
+}
+
+/// Makes a root key, as `tollgate root-keys create` does.
+async fn root_key(app: &TestApp, name: &str, scopes: &[Scope]) -> String {
+    root_keys::create(&app.state.db, &Actor::Cli, name, scopes)
+        .await
+        .expect("creating a root key")
+        .secret
+        .expose()
+        .to_owned()
+}
+
+/// Makes a tenant key with `/api/keys`'s own function.
+async fn tenant_key(
+    app: &TestApp,
+    name: &str,
+    owner: &str,
+    tier: Tier,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> tollgate::apikeys::NewKey {
+    let request = CreateKey {
+        name: name.to_owned(),
+        owner: Some(OwnerId::parse(owner).unwrap()),
+        tier,
+        rate_limit: None,
+        daily: None,
+        monthly: None,
+        origins: Vec::new(),
+        timezone: None,
+        expires_at,
+        metadata: Default::default(),
+    };
+    admin::create_key(&app.state.db, &Actor::Cli, request)
+        .await
+        .expect("creating a key")
+}
+
+#[tokio::test]
+async fn the_keys_tab_lists_keys_with_todays_exact_usage_and_revokes_and_rotates_them_with_a_root_key(
+) {
+    let app = spawn().await;
+    let root = root_key(&app, "dashboard", &[Scope::KeysRead, Scope::KeysWrite]).await;
+    let reader = root_key(&app, "read only", &[Scope::KeysRead]).await;
+    let expiry = "2099-01-01T00:00:00Z".parse().unwrap();
+    let production = tenant_key(&app, "acme production", "acme", Tier::Pro, None).await;
+    let staging = tenant_key(&app, "acme staging", "acme", Tier::Free, None).await;
+    let mobile = tenant_key(&app, "acme mobile", "acme", Tier::Enterprise, None).await;
+    let web = tenant_key(&app, "beta web", "beta", Tier::Free, Some(expiry)).await;
+    // Enough more for a second page of 20.
+    for n in 1..=20 {
+        tenant_key(&app, &format!("bulk {n:02}"), "bulk", Tier::Free, None).await;
+    }
+
+    // Requests as clients see them; the page must show today's exactly,
+    // synced and unsynced alike.
+    let mut seen = std::collections::HashMap::<Uuid, (i64, i64)>::new();
+    let mut count = |id: Uuid, status: u16, ok: u16| {
+        let counted = seen.entry(id).or_default();
+        counted.0 += 1;
+        counted.1 += i64::from(status == ok);
+    };
+    let signup = json!({"type": "server", "name": "signup"});
+    let upload =
+        json!({"filename": "a.png", "content_type": "image/png", "size": 1000}).to_string();
+    let refused = json!({"filename": "../x", "content_type": "image/png", "size": 1}).to_string();
+    for _ in 0..2 {
+        let status = app.collect(production.secret.expose(), &signup).await;
+        count(production.id, status.status().as_u16(), 202);
+    }
+    count(
+        production.id,
+        sign(&app, Some(production.secret.expose()), &refused)
+            .await
+            .0,
+        200,
+    );
+    app.sync_metrics().await;
+    let status = app.collect(production.secret.expose(), &signup).await;
+    count(production.id, status.status().as_u16(), 202);
+    count(
+        production.id,
+        sign(&app, Some(production.secret.expose()), &upload)
+            .await
+            .0,
+        200,
+    );
+    let status = app.collect(staging.secret.expose(), &signup).await;
+    count(staging.id, status.status().as_u16(), 202);
+    assert_eq!(seen[&production.id], (5, 4), "one refused upload");
+
+    let described = |key: &tollgate::apikeys::NewKey, quota: Option<u64>| {
+        let (requests, successful) = seen.get(&key.id).copied().unwrap_or_default();
+        json!({"id": key.id, "secret": key.secret.expose(), "requests": requests,
+               "successful": successful, "failed": requests - successful, "quota": quota})
+    };
+    let keys = json!({
+        "acme production": described(&production, Some(50_000)),
+        "acme staging": described(&staging, Some(1_000)),
+        "acme mobile": described(&mobile, None),
+        "beta web": described(&web, Some(1_000)),
+    });
+    let artifacts = repo_root().join("target").join("screenshots");
+    run_node_test_files(
+        "browser",
+        "playwright-core",
+        &["keys.test.mjs"],
+        &[
+            ("APP_URL", &app.address),
+            ("ROOT_KEY", &root),
+            ("READ_ONLY_ROOT_KEY", &reader),
+            ("KEYS", &keys.to_string()),
+            ("ARTIFACTS", &artifacts.display().to_string()),
+        ],
+    )
+    .await;
+    assert!(artifacts.join("keys-list.png").exists());
+    assert!(artifacts.join("keys-rotate.png").exists());
+
+    // What the page did is in the record, done by the root key that may
+    // write, and the read-only one changed nothing.
+    let writer = root_keys::list(&app.state.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|key| key.name == "dashboard")
+        .unwrap();
+    let actions = |id| {
+        let db = &app.state.db;
+        async move {
+            audit::list(
+                db,
+                &audit::Filter {
+                    key_id: Some(id),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|entry| (entry.action, entry.actor))
+            .collect::<Vec<_>>()
+        }
+    };
+    let by_page = format!("root:{}", writer.id);
+    assert_eq!(
+        actions(staging.id).await,
+        [
+            ("key.create".to_owned(), "cli".to_owned()),
+            ("key.revoke".to_owned(), by_page.clone())
+        ]
+    );
+    assert_eq!(
+        actions(production.id).await,
+        [
+            ("key.create".to_owned(), "cli".to_owned()),
+            ("key.rotate".to_owned(), by_page)
+        ]
+    );
+    assert_eq!(actions(mobile.id).await.len(), 1);
 }
 
 #[derive(Debug, sqlx::FromRow)]
