@@ -676,7 +676,7 @@ async fn every_field_of_create_and_update_refuses_its_bad_input_and_nothing_is_s
         (
             reqwest::Method::GET,
             "/api/keys?owner_id=".to_owned(),
-            "invalid_field",
+            "invalid_parameter",
             "owner_id",
         ),
         (

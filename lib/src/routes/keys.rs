@@ -120,7 +120,9 @@ async fn serve(state: &AppState, request: Request<Bytes>) -> Result<Response<Byt
 async fn list(state: &AppState, query: &Params) -> Result<Response<Bytes>, ApiError> {
     let owner = query
         .get("owner_id")
-        .map(|owner| OwnerId::parse(owner).map_err(|e| field("owner_id", e)))
+        .map(|owner| {
+            OwnerId::parse(owner).map_err(|e| bad("invalid_parameter", format!("`owner_id`: {e}")))
+        })
         .transpose()?;
     let after = query.uuid("cursor")?;
     let limit = match query.get("limit") {
