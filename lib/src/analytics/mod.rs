@@ -505,7 +505,7 @@ async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<A
     let cached = apikeys::lookup(&state.db, key, state.clock.now())
         .await
         .map_err(unavailable)?;
-    let key_id = auth::require_active(&cached)?;
+    let key_id = auth::require_active(&cached, state.clock.now())?;
     let zone = apikeys::zone(&cached.timezone);
     let now = state.clock.now();
     let today = apikeys::key_day(now, zone);

@@ -338,7 +338,7 @@ async fn write_direct(
     let key = apikeys::lookup(&state.db, submission.key, state.clock.now())
         .await
         .map_err(unavailable)?;
-    let api_key_id = auth::require_active(&key)?;
+    let api_key_id = auth::require_active(&key, state.clock.now())?;
     if key.kind == KeyKind::Pk
         && !key.origins.is_empty()
         && !key.origins.iter().any(|o| o == submission.origin)
