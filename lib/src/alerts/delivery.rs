@@ -91,11 +91,10 @@ pub async fn run(state: &AppState) -> anyhow::Result<DeliveryReport> {
     let db = &state.db;
     let now = state.clock.now();
     let default = state.config.alerts.webhook.as_ref();
-    let mut report = DeliveryReport::default();
 
     // Keys that expire within the notice, once each: their expires_at is
     // the alert's period, so a key whose expiry moves hears again.
-    report.expiring = db
+    let expiring = db
         .query(
             "INSERT INTO alerts (id, api_key_id, owner, type, scope, period, threshold, payload,
                                  created_at, next_attempt_at)
@@ -119,7 +118,7 @@ pub async fn run(state: &AppState) -> anyhow::Result<DeliveryReport> {
         .rows_affected();
 
     // Alerts that found no endpoint for the whole window.
-    report.undeliverable = db
+    let undeliverable = db
         .query(
             "UPDATE alerts a SET state = 'undeliverable', leased_until = NULL,
                     last_error = 'no webhook endpoint for its owner or the deployment'
@@ -133,6 +132,11 @@ pub async fn run(state: &AppState) -> anyhow::Result<DeliveryReport> {
         .context("giving up on alerts without an endpoint")?
         .rows_affected();
 
+    let mut report = DeliveryReport {
+        expiring,
+        undeliverable,
+        ..DeliveryReport::default()
+    };
     let lease = now + LEASE;
     let rows = db
         .query(

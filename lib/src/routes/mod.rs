@@ -7,6 +7,7 @@
 
 pub mod analytics;
 pub mod collect;
+pub mod deliver_alerts;
 pub mod health;
 pub mod process_events;
 pub mod queue_status;
@@ -63,6 +64,10 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/api/cron/sync-metrics",
         handler: |state, request| Box::pin(sync_metrics::handle(state, request)),
+    },
+    Route {
+        path: "/api/cron/deliver-alerts",
+        handler: |state, request| Box::pin(deliver_alerts::handle(state, request)),
     },
 ];
 
