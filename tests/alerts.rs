@@ -183,6 +183,24 @@ async fn a_key_past_its_expires_at_is_refused_as_expired_on_the_warm_path_withou
 }
 
 #[tokio::test]
+async fn an_expired_key_cannot_read_its_analytics_from_the_cache_either() {
+    let app = spawn_app_with(TestOptions::default()).await;
+    let key = app.create_key().await;
+    set_expiry(&app, &key, "1 hour").await;
+    let secret = key.secret.expose();
+    assert_eq!(
+        app.read_analytics(secret, "view=overview").await.status,
+        200
+    );
+    app.state.advance_redis_time(Duration::from_secs(2 * 3600));
+    let read = app.read_analytics(secret, "view=overview").await;
+    assert_eq!(
+        (read.status, read.json()["error"]["code"].as_str()),
+        (401, Some("expired_key"))
+    );
+}
+
+#[tokio::test]
 async fn a_key_that_expired_is_refused_by_the_postgres_lookup_too() {
     let app = spawn_app_with(TestOptions {
         env: providers(false),
