@@ -49,6 +49,7 @@ eval "$(printf '%s\n' "$service_env" | sed 's/^/export TEST_/')"
 echo "==> npm packages for the node-driven tests"
 (cd tests/upstash-js && npm ci --no-audit --no-fund --loglevel=error)
 (cd tests/blob-js && npm ci --no-audit --no-fund --loglevel=error)
+(cd tests/webhook-receiver && npm ci --no-audit --no-fund --loglevel=error)
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "==> cargo fmt --check"

@@ -6,6 +6,7 @@
 
 mod admin;
 mod admission;
+mod alerts;
 mod analytics;
 mod analytics_exact;
 mod blob_token;

@@ -147,6 +147,8 @@ struct ScriptRequest<'a> {
     upload: Option<&'a UploadCheck<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reseed: Option<Reseed>,
+    /// The percentages of a quota whose crossing records an alert.
+    alert_pcts: &'a [u8],
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -286,6 +288,7 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
         events,
         upload: request.upload.as_ref(),
         reseed: None,
+        alert_pcts: &state.config.alerts.thresholds,
     };
     let salt_day = events.map_or_else(|| state.clock.now().date_naive(), |e| e.day);
     let shard = state.keys.any_shard();
@@ -430,7 +433,7 @@ pub async fn resolve(
             refill(state, key, loaded, Some(generation), client_ip).await?
         }
     };
-    Ok(match auth::require_active(&cached) {
+    Ok(match auth::require_active(&cached, state.clock.now()) {
         Ok(id) => {
             state.key_ids.remember(&cache_id, id);
             Resolved::Id(id)
@@ -646,6 +649,7 @@ struct Decided {
 pub(crate) enum Refusal {
     InvalidKey,
     RevokedKey,
+    ExpiredKey,
     OriginNotAllowed,
     /// The ban in force, as its marker's JSON.
     Banned(String),
@@ -699,6 +703,7 @@ impl Verdict {
             "ok" => None,
             "invalid_key" => Some(Refusal::InvalidKey),
             "revoked_key" => Some(Refusal::RevokedKey),
+            "expired_key" => Some(Refusal::ExpiredKey),
             "origin_not_allowed" => Some(Refusal::OriginNotAllowed),
             "banned" => Some(Refusal::Banned(detail.clone())),
             "rate_limited" => Some(Refusal::RateLimited {
@@ -796,6 +801,7 @@ impl Refusal {
             },
             Self::InvalidKey => KeyRejection::Unknown.into(),
             Self::RevokedKey => KeyRejection::Revoked.into(),
+            Self::ExpiredKey => KeyRejection::Expired.into(),
             Self::OriginNotAllowed => ApiError::Forbidden {
                 code: "origin_not_allowed",
                 message: "this origin is not allowed to use this key".into(),
@@ -984,6 +990,10 @@ mod tests {
         assert_eq!(
             refusal("rate_limited", ""),
             (Some(Refusal::RateLimited { permanent: None }), None)
+        );
+        assert_eq!(
+            refusal("expired_key", ""),
+            (Some(Refusal::ExpiredKey), None)
         );
         assert_eq!(
             refusal("file_too_large", "1024"),

@@ -296,6 +296,21 @@ pub struct CachedKey {
     /// range to the key's lifetime. Absent for an unknown key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_ms: Option<i64>,
+    /// When the presented key stops working, in Unix milliseconds: the
+    /// key's `expires_at`, or for the previous halves of a rotated key the
+    /// earlier of that and the end of the rotation's overlap. The admission
+    /// script compares it with Redis's clock on every request, so an entry
+    /// cached before the moment refuses the key after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<i64>,
+}
+
+impl CachedKey {
+    /// Whether the key has expired at `now`.
+    pub fn expired_at(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.expires_ms
+            .is_some_and(|expires| now.timestamp_millis() >= expires)
+    }
 }
 
 fn utc_name() -> String {
@@ -338,13 +353,18 @@ pub async fn lookup(
     now: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<CachedKey> {
     use sqlx::Row;
+    // A rotated key's previous halves are matched too: until the overlap
+    // ends they work, and after it they are refused as expired (not as
+    // unknown), which tells their holder what happened.
     const COLUMNS: &str = "id, status, allowed_origins, tier, rate_limit_per_minute, daily_quota,
                            monthly_quota, timezone, allowed_content_types, max_upload_bytes,
-                           default_provider, created_at";
+                           default_provider, created_at, expires_at, previous_expires_at";
     let row = match key.kind {
         KeyKind::Sk => {
             db.query(&format!(
-                "SELECT {COLUMNS} FROM api_keys WHERE secret_hash = $1"
+                "SELECT {COLUMNS}, secret_hash = $1 AS is_current FROM api_keys
+                 WHERE secret_hash = $1 OR previous_secret_hash = $1
+                 ORDER BY secret_hash = $1 DESC LIMIT 1"
             ))
             .bind(hash_secret(key.value.expose()).as_slice())
             .fetch_optional(db.executor())
@@ -352,7 +372,9 @@ pub async fn lookup(
         }
         KeyKind::Pk => {
             db.query(&format!(
-                "SELECT {COLUMNS} FROM api_keys WHERE publishable_key = $1"
+                "SELECT {COLUMNS}, publishable_key = $1 AS is_current FROM api_keys
+                 WHERE publishable_key = $1 OR previous_publishable_key = $1
+                 ORDER BY publishable_key = $1 DESC LIMIT 1"
             ))
             .bind(key.value.expose())
             .fetch_optional(db.executor())
@@ -370,9 +392,25 @@ pub async fn lookup(
             tz_offset: 0,
             timezone: utc_name(),
             created_ms: None,
+            expires_ms: None,
         });
     };
     let active = row.try_get::<String, _>("status")? == "active";
+    let expires_at: Option<chrono::DateTime<chrono::Utc>> = row.try_get("expires_at")?;
+    let expires_ms = if row.try_get::<bool, _>("is_current")? {
+        expires_at
+    } else {
+        let overlap_end: Option<chrono::DateTime<chrono::Utc>> =
+            row.try_get("previous_expires_at")?;
+        // A previous half without an end (which the schema forbids) is
+        // treated as already over.
+        Some(match (expires_at, overlap_end) {
+            (Some(key), Some(overlap)) => key.min(overlap),
+            (None, Some(overlap)) => overlap,
+            (_, None) => chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+        })
+    }
+    .map(|at| at.timestamp_millis());
     let tier: Tier = row
         .try_get::<String, _>("tier")?
         .parse()
@@ -418,6 +456,7 @@ pub async fn lookup(
             row.try_get::<chrono::DateTime<chrono::Utc>, _>("created_at")?
                 .timestamp_millis(),
         ),
+        expires_ms,
     })
 }
 

@@ -51,6 +51,8 @@ pub enum KeyRejection {
     Unknown,
     /// The key was revoked.
     Revoked,
+    /// The key (or the previous half of a rotated key) is past its expiry.
+    Expired,
     /// This client failed to authenticate too often in the last minute.
     TooManyFailures { retry_after: Duration },
 }
@@ -80,6 +82,9 @@ impl From<KeyRejection> for ApiError {
             },
             KeyRejection::Unknown => unauthorized("invalid_key", "no API key matches"),
             KeyRejection::Revoked => unauthorized("revoked_key", "this API key has been revoked"),
+            KeyRejection::Expired => {
+                unauthorized("expired_key", "this API key expired at its expires_at")
+            }
             KeyRejection::TooManyFailures { retry_after } => ApiError::TooManyRequests {
                 code: "too_many_failed_authentications",
                 message: "too many requests from this client with unknown keys; retry later"
@@ -131,9 +136,15 @@ pub fn authenticate_value(
     }
 }
 
-/// The id of a looked-up key that may be used, or why it may not.
-pub fn require_active(key: &CachedKey) -> Result<Uuid, KeyRejection> {
+/// The id of a looked-up key that may be used at `now`, or why it may not.
+/// The Postgres paths judge expiry by the app's clock; the admission script
+/// by Redis's.
+pub fn require_active(
+    key: &CachedKey,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Uuid, KeyRejection> {
     match (key.status, key.id) {
+        (KeyStatus::Active, Some(_)) if key.expired_at(now) => Err(KeyRejection::Expired),
         (KeyStatus::Active, Some(id)) => Ok(id),
         (KeyStatus::Revoked, _) => Err(KeyRejection::Revoked),
         _ => Err(KeyRejection::Unknown),
@@ -310,6 +321,7 @@ mod tests {
         assert_eq!(answer(KeyRejection::Malformed), (401, "invalid_key"));
         assert_eq!(answer(KeyRejection::Unknown), (401, "invalid_key"));
         assert_eq!(answer(KeyRejection::Revoked), (401, "revoked_key"));
+        assert_eq!(answer(KeyRejection::Expired), (401, "expired_key"));
         assert_eq!(
             answer(KeyRejection::NotSecret),
             (403, "secret_key_required")

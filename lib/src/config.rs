@@ -25,6 +25,17 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// The storage providers signed-url can sign for; none, one or both.
     pub providers: Providers,
+    pub alerts: AlertsConfig,
+}
+
+/// Usage alerts (`alerts/`): when they fire and where they go by default.
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    /// Percentages of a daily or monthly quota whose crossing fires a
+    /// `quota.threshold` alert, ascending, each in 1..=100.
+    pub thresholds: Vec<u8>,
+    /// The deployment's endpoint, for owners without one of their own.
+    pub webhook: Option<crate::alerts::Endpoint>,
 }
 
 /// Storage providers configured from the environment.
@@ -176,6 +187,9 @@ pub const VARIABLES: &[&str] = &[
     "S3_SECRET_ACCESS_KEY",
     "S3_FORCE_PATH_STYLE",
     "BLOB_READ_WRITE_TOKEN",
+    "TOLLGATE_ALERT_THRESHOLDS",
+    "TOLLGATE_ALERT_WEBHOOK_URL",
+    "TOLLGATE_ALERT_WEBHOOK_SECRET",
 ];
 
 /// The default Redis key prefix.
@@ -292,6 +306,24 @@ impl Config {
                 None
             });
 
+        let thresholds =
+            vars.optional("TOLLGATE_ALERT_THRESHOLDS", parse_thresholds, vec![80, 100]);
+        let webhook_url = vars.optional("TOLLGATE_ALERT_WEBHOOK_URL", parse_webhook_url, None);
+        let webhook_secret =
+            vars.optional("TOLLGATE_ALERT_WEBHOOK_SECRET", parse_webhook_secret, None);
+        let webhook = match (webhook_url, webhook_secret) {
+            (Some(url), Some(secret)) => Some(crate::alerts::Endpoint { url, secret }),
+            (None, None) => None,
+            _ => {
+                vars.problems.push(
+                    "TOLLGATE_ALERT_WEBHOOK_URL and TOLLGATE_ALERT_WEBHOOK_SECRET go together: \
+                     set both or neither"
+                        .to_owned(),
+                );
+                None
+            }
+        };
+
         if !vars.problems.is_empty() {
             return Err(ConfigError {
                 problems: vars.problems,
@@ -326,6 +358,10 @@ impl Config {
             pipeline,
             admission,
             providers: Providers { s3, blob },
+            alerts: AlertsConfig {
+                thresholds,
+                webhook,
+            },
         })
     }
 }
@@ -452,6 +488,32 @@ fn parse_routes(value: &str) -> Result<Vec<String>, String> {
             )),
         })
         .collect()
+}
+
+/// Comma-separated percentages, each from 1 to 100; kept ascending and
+/// without repeats.
+fn parse_thresholds(value: &str) -> Result<Vec<u8>, String> {
+    let mut thresholds = value
+        .split(',')
+        .map(|part| match part.trim().parse::<u8>() {
+            Ok(n @ 1..=100) => Ok(n),
+            _ => Err(format!(
+                "expected percentages from 1 to 100 separated by commas (e.g. `80,100`), got `{}`",
+                part.trim()
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    thresholds.sort_unstable();
+    thresholds.dedup();
+    Ok(thresholds)
+}
+
+fn parse_webhook_url(value: &str) -> Result<Option<crate::alerts::WebhookUrl>, String> {
+    crate::alerts::WebhookUrl::parse(value).map(Some)
+}
+
+fn parse_webhook_secret(value: &str) -> Result<Option<crate::alerts::WebhookSecret>, String> {
+    crate::alerts::WebhookSecret::parse(value).map(Some)
 }
 
 fn parse_ratio(value: &str) -> Result<f64, String> {
@@ -678,6 +740,48 @@ mod tests {
                 "{name} is not in .env.example"
             );
         }
+    }
+
+    #[test]
+    fn alert_settings_are_checked_at_start() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = VALID.to_vec();
+            pairs.extend_from_slice(extra);
+            config_from(&pairs)
+        };
+        let config = with(&[]).unwrap();
+        assert_eq!(config.alerts.thresholds, vec![80, 100]);
+        assert!(config.alerts.webhook.is_none());
+        let config = with(&[("TOLLGATE_ALERT_THRESHOLDS", "100, 50,50")]).unwrap();
+        assert_eq!(config.alerts.thresholds, vec![50, 100]);
+        for bad in ["0", "101", "80,", "eighty"] {
+            let err = with(&[("TOLLGATE_ALERT_THRESHOLDS", bad)]).unwrap_err();
+            assert!(
+                err.problems[0].starts_with("TOLLGATE_ALERT_THRESHOLDS is malformed"),
+                "{bad}: {err}"
+            );
+        }
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let config = with(&[
+            (
+                "TOLLGATE_ALERT_WEBHOOK_URL",
+                "https://hooks.example.com/tollgate",
+            ),
+            ("TOLLGATE_ALERT_WEBHOOK_SECRET", secret),
+        ])
+        .unwrap();
+        let webhook = config.alerts.webhook.expect("the deployment's endpoint");
+        assert_eq!(webhook.url.as_str(), "https://hooks.example.com/tollgate");
+        assert!(!format!("{webhook:?}").contains("MfKQ9r8"));
+        let err =
+            with(&[("TOLLGATE_ALERT_WEBHOOK_URL", "https://hooks.example.com/")]).unwrap_err();
+        assert!(err.to_string().contains("set both or neither"), "{err}");
+        let err = with(&[
+            ("TOLLGATE_ALERT_WEBHOOK_URL", "ftp://hooks.example.com/"),
+            ("TOLLGATE_ALERT_WEBHOOK_SECRET", "not-a-secret"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
     }
 
     #[test]

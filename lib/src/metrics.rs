@@ -13,6 +13,10 @@
 //! it; one that dies after 2 leaves it pending too, and the next run finds
 //! its id in `sync_batches` and only deletes it. Nothing is lost, nothing is
 //! counted twice, while requests keep incrementing fresh hashes meanwhile.
+//!
+//! The hashes also carry the alerts the admission script recorded
+//! (`<day>|al:…`, see `alerts`); the batch's transaction inserts them, each
+//! at most once.
 
 use std::collections::BTreeMap;
 
@@ -66,6 +70,8 @@ pub(crate) struct KeyDay {
     /// Refused requests, by the minute (Unix minutes), route and code, kept
     /// in aggregate so that a refused flood costs counters, not rows.
     pub(crate) refusals: BTreeMap<(i64, String, String), i64>,
+    /// Alerts recorded by the admission script, to insert once.
+    pub(crate) alerts: Vec<crate::alerts::Mark>,
 }
 
 impl KeyDay {
@@ -280,7 +286,13 @@ pub(crate) fn parse_batch(fields: &[Reply]) -> anyhow::Result<BTreeMap<(Uuid, Na
             "bytes" => entry.bytes += value,
             "last" => entry.last_ms = entry.last_ms.max(value),
             other => {
-                if let Some(refusal) = other.strip_prefix("rf:") {
+                if let Some(alert) = other.strip_prefix("al:") {
+                    match crate::alerts::Mark::parse(alert, value) {
+                        Some(mark) => entry.alerts.push(mark),
+                        // Skipped, never blocking the batch.
+                        None => tracing::warn!(counter = other, "malformed alert; skipped"),
+                    }
+                } else if let Some(refusal) = other.strip_prefix("rf:") {
                     let mut parts = refusal.splitn(3, ':');
                     let (Some(Ok(minute)), Some(route), Some(code)) = (
                         parts.next().map(str::parse::<i64>),
@@ -553,6 +565,18 @@ async fn apply(
         .await
         .context("adding up refusals")?;
     }
+    // Alerts, once each: the batch's own retries never get here (its id
+    // is in sync_batches), and a repeat from another batch (recorded again
+    // after a Redis flush) meets its row already there.
+    let alerts: Vec<crate::alerts::NewAlert> = key_days
+        .iter()
+        .flat_map(|((key, _), c)| {
+            c.alerts
+                .iter()
+                .filter_map(|mark| mark.clone().into_alert(*key))
+        })
+        .collect();
+    crate::alerts::insert(db, &mut *tx, &alerts, state.clock.now()).await?;
     tx.commit().await.context("committing the sync batch")?;
     Ok(true)
 }

@@ -18,7 +18,7 @@
 //! | `rl:key:<key id>`, `rl:read:<key id>`, `rl:ip:<ip>` | string | admit.lua | until the limiter is full again | GCRA state: the theoretical arrival time, ms (`rl:read:` limits a key's analytics reads apart from its metered requests) |
 //! | `rl:root:<sha256 hex>` | string | root_limit.lua | until the limiter is full again | GCRA state of a root key presented to `/api/keys`, by the hash of what was presented |
 //! | `q:<key id>` | hash | admit.lua | 32 days | quota use: `d` (the key's day), `du` (used that day), `m` (its month), `mu` |
-//! | `mx:<key id>` | hash | admit.lua | none (moved by the sync) | write-behind usage counters, fields `<yyyy-mm-dd>\|<counter>`: `req`, `ok`, `fail`, `files`, `bytes`, `last`, `p:<provider>:n`, `:b`, `:last`, `ft:<content type>` |
+//! | `mx:<key id>` | hash | admit.lua | none (moved by the sync) | write-behind usage counters, fields `<yyyy-mm-dd>\|<counter>`: `req`, `ok`, `fail`, `files`, `bytes`, `last`, `p:<provider>:n`, `:b`, `:last`, `ft:<content type>`, `rf:<minute>:<route>:<code>`, and the alerts the script recorded, `al:<type>:<scope>:<period>:<threshold>:<limit>:<used>` (see `alerts`) |
 //! | `mx:pend:<key id>` | hash | snapshot.lua, batch_done.lua | none | counters taken into a sync batch, fields `<batch id>\|<day>\|<counter>`, until the batch's commit is confirmed |
 //! | `ban:key:<key id>`, `ban:ip:<ip>` | string (JSON) | admit.lua, bans loading, the CLI | the ban's length; none if permanent | bans in force; permanent ones mirror Postgres `bans` |
 //! | `viols:key:<key id>`, `viols:ip:<ip>` | hash | admit.lua | 10 min | ban escalation: this minute's refusals (`w`, `n`) and the recent violating minutes (`a`, `b`) |

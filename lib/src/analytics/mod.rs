@@ -348,7 +348,15 @@ async fn lookup(
         .eval_read_only(
             &ANALYTICS,
             &names,
-            &[key_id.to_string(), reads_counters.to_owned()],
+            &[
+                key_id.to_string(),
+                reads_counters.to_owned(),
+                state.redis_time_offset_ms().to_string(),
+                state
+                    .redis_time_frozen_ms()
+                    .map(|ms| ms.to_string())
+                    .unwrap_or_default(),
+            ],
         )
         .await
         .context("running analytics.lua")?;
@@ -360,6 +368,7 @@ async fn lookup(
         ("miss_key", _) => Lookup::KeyNotCached,
         ("invalid_key", _) => Lookup::Refused(KeyRejection::Unknown.into()),
         ("revoked_key", _) => Lookup::Refused(KeyRejection::Revoked.into()),
+        ("expired_key", _) => Lookup::Refused(KeyRejection::Expired.into()),
         ("wrong_kind", _) => Lookup::Refused(KeyRejection::NotSecret.into()),
         ("rekey", [_, key_id]) => Lookup::Rekey(id(key_id)?),
         ("hit", [_, key_id, _, Reply::Bulk(entry), Reply::Array(live)]) => Lookup::Hit(Hit {
@@ -506,7 +515,7 @@ async fn bypass(state: &AppState, key: &PresentedKey, query: &Query) -> Result<A
     let cached = apikeys::lookup(&state.db, key, state.clock.now())
         .await
         .map_err(unavailable)?;
-    let key_id = auth::require_active(&cached)?;
+    let key_id = auth::require_active(&cached, state.clock.now())?;
     let zone = apikeys::zone(&cached.timezone);
     let now = state.clock.now();
     let today = apikeys::key_day(now, zone);

@@ -344,7 +344,7 @@ async fn write_direct(
     let key = apikeys::lookup(&state.db, submission.key, state.clock.now())
         .await
         .map_err(unavailable)?;
-    let api_key_id = auth::require_active(&key)?;
+    let api_key_id = auth::require_active(&key, state.clock.now())?;
     telemetry::record_key_id(api_key_id);
     if key.kind == KeyKind::Pk
         && !key.origins.is_empty()

@@ -8,6 +8,7 @@
 pub mod analytics;
 pub mod bans;
 pub mod collect;
+pub mod deliver_alerts;
 pub mod health;
 pub mod keys;
 pub mod process_events;
@@ -73,6 +74,10 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/api/cron/sync-metrics",
         handler: |state, request| Box::pin(sync_metrics::handle(state, request)),
+    },
+    Route {
+        path: "/api/cron/deliver-alerts",
+        handler: |state, request| Box::pin(deliver_alerts::handle(state, request)),
     },
 ];
 

@@ -24,7 +24,19 @@ struct QueueStatus {
     dead_letters: i64,
     last_drain: Option<LastDrain>,
     fallbacks: Fallbacks,
+    alerts: Alerts,
     thresholds: Thresholds,
+}
+
+/// Usage alerts (`alerts`), by delivery state.
+#[derive(Debug, Serialize)]
+struct Alerts {
+    /// Waiting for their first or next attempt.
+    pending: i64,
+    /// Given up on: no 2xx within 24 hours.
+    failed: i64,
+    /// Given up on: no endpoint for 24 hours.
+    undeliverable: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -113,7 +125,11 @@ async fn status(state: &AppState, request: &Request<Bytes>) -> Result<Response<B
                     (SELECT coalesce(sum(value), 0)::bigint FROM operational_counters
                       WHERE name = 'queue_full_events') AS queue_full,
                     (SELECT coalesce(sum(value), 0)::bigint FROM operational_counters
-                      WHERE name = 'fail_open_admissions') AS fail_open",
+                      WHERE name = 'fail_open_admissions') AS fail_open,
+                    (SELECT count(*) FROM alerts WHERE state = 'pending') AS alerts_pending,
+                    (SELECT count(*) FROM alerts WHERE state = 'failed') AS alerts_failed,
+                    (SELECT count(*) FROM alerts WHERE state = 'undeliverable')
+                        AS alerts_undeliverable",
         )
         .fetch_one(state.db.executor())
         .await
@@ -129,6 +145,13 @@ async fn status(state: &AppState, request: &Request<Bytes>) -> Result<Response<B
     let direct_writes: i64 = row.try_get("direct_writes").context("direct_writes")?;
     let queue_full: i64 = row.try_get("queue_full").context("queue_full")?;
     let fail_open: i64 = row.try_get("fail_open").context("fail_open")?;
+    let alerts = Alerts {
+        pending: row.try_get("alerts_pending").context("alerts_pending")?,
+        failed: row.try_get("alerts_failed").context("alerts_failed")?,
+        undeliverable: row
+            .try_get("alerts_undeliverable")
+            .context("alerts_undeliverable")?,
+    };
 
     let now_ms = state.clock.now().timestamp_millis();
     let age = |ms: Option<i64>| ms.map(|ms| ((now_ms - ms).max(0) as f64) / 1000.0);
@@ -257,6 +280,7 @@ async fn status(state: &AppState, request: &Request<Bytes>) -> Result<Response<B
             bots_dropped: stat_u64("bots_dropped"),
             fail_open_admissions: fail_open,
         },
+        alerts,
         thresholds: Thresholds {
             warning_depth: config.warning_depth,
             critical_depth: config.critical_depth,

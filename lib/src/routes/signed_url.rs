@@ -144,7 +144,7 @@ async fn sign(
             let key = apikeys::lookup(&state.db, &key, state.clock.now())
                 .await
                 .map_err(postgres_down)?;
-            let key_id = auth::require_active(&key)?;
+            let key_id = auth::require_active(&key, state.clock.now())?;
             telemetry::record_key_id(key_id);
             let upload = parsed.as_ref().map_err(|e| ApiError::BadRequest {
                 code: e.code(),
@@ -257,7 +257,7 @@ fn unconfigured() -> ApiError {
 async fn count_refusal_directly(state: &AppState, key: &PresentedKey) -> anyhow::Result<()> {
     let now = state.clock.now();
     let cached = apikeys::lookup(&state.db, key, now).await?;
-    let Ok(key_id) = auth::require_active(&cached) else {
+    let Ok(key_id) = auth::require_active(&cached, now) else {
         return Ok(());
     };
     let day = apikeys::key_day(now, apikeys::zone(&cached.timezone));

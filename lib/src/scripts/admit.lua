@@ -33,11 +33,20 @@
 --          caller named the keys after, its deadline_ms bounds when the
 --          script may act, a counted verdict is remembered for memo_ms, and
 --          `settle` (a call asked again after a lost reply or an error)
---          only reads that verdict or marks the request as not run
+--          only reads that verdict or marks the request as not run;
+--          `alert_pcts` lists the quota percentages that raise an alert
+--
+-- Alerts are recorded where the counters are, in mx:<key id>, and the
+-- metrics sync inserts them into Postgres, once (alerts.rs): a field
+-- `<day>|al:<type>:<scope>:<period>:<threshold>:<limit>:<used>` whose value
+-- is the time of the event. `quota.threshold` (scope `day` or `month`) when
+-- an admitted request brings the quota's use from below a percentage of
+-- its limit to at or above it; `key.banned` (scope `key`, the ban's start
+-- as period, its end or 0 as limit) when the escalation bans the key.
 --
 -- Returns {verdict, key_id, limit, remaining, reset_ms, retry_after_ms, detail}:
 --   verdict "ok" | "late" (not run: settled, or past deadline_ms) |
---   "invalid_key" | "revoked_key" | "origin_not_allowed" |
+--   "invalid_key" | "revoked_key" | "expired_key" | "origin_not_allowed" |
 --   "banned" | "rate_limited" | "daily_quota_exceeded" |
 --   "monthly_quota_exceeded" | "miss" | "reseed_quota" | "rekey" |
 --   "partial" (asked again: an earlier call began writing and failed, so
@@ -100,6 +109,9 @@ local id = key.id
 -- one means they belong to another key, so nothing may be touched.
 if id ~= req.key_id then return {'rekey', id or '', 0, 0, 0, 0, ''} end
 if key.status ~= 'active' then return {'revoked_key', id, 0, 0, 0, 0, ''} end
+-- Expiry is judged by Redis's clock, so a cached entry needs no TTL of
+-- its own to stop at the moment; like a revoked key, not counted.
+if key.expires_ms and now >= key.expires_ms then return {'expired_key', id, 0, 0, 0, 0, ''} end
 
 if key.kind == 'pk' and type(key.origins) == 'table' and #key.origins > 0 then
   local allowed = false
@@ -145,6 +157,14 @@ local month_id = string.format('%04d-%02d', y, m)
 -- any request, but they are not usage: they spend no quota and move no
 -- usage counter (`metered` false).
 local metered = req.metered ~= false
+
+-- Records an alert in the key's write-behind hash (see the header); the
+-- caller's count() or refuse() adds the key to the dirty set.
+local function alert(kind, scope, period, threshold, limit, used)
+  if type(period) == 'number' then period = string.format('%d', period) end
+  redis.call('HSET', metrics_key, day_id .. '|al:' .. kind .. ':' .. scope .. ':' .. period .. ':' ..
+    string.format('%d:%d:%d', threshold, limit, used), string.format('%d', now))
+end
 
 -- Write-behind metrics: one hash per key, its fields per day, found by the
 -- sync through the shard's dirty set, never by scanning.
@@ -240,6 +260,23 @@ redis.call('SET', memo_key, cjson.encode({'partial', id, 0, 0, 0, 0, ''}), 'PX',
 if reseeded_day then redis.call('HSET', quota_key, 'd', day_id, 'du', used_day) end
 if reseeded_month then redis.call('HSET', quota_key, 'm', month_id, 'mu', used_month) end
 if reseeded_day or reseeded_month then redis.call('PEXPIRE', quota_key, quota_ttl) end
+-- Quota alerts: a request crossed a percentage of a limit. The script is
+-- atomic, so of a concurrent burst exactly one request crosses. A quota
+-- reseeded from Postgres (a new period, or a flushed Redis) counts as
+-- having been at 0, so a threshold met before a flush is recorded again,
+-- whatever this request's fate: if its first record was lost with the
+-- flush, this one is delivered, and if not, Postgres drops the repeat.
+local function crossed(scope, period, limit, before, after)
+  for _, pct in ipairs(req.alert_pcts or {}) do
+    local line = math.max(1, math.ceil(limit * pct / 100))
+    if before < line and after >= line then
+      alert('quota.threshold', scope, period, pct, limit, after)
+    end
+  end
+end
+if reseeded_day then crossed('day', day_id, day_limit, 0, used_day) end
+if reseeded_month then crossed('month', month_id, month_limit, 0, used_month) end
+
 
 if ban then
   return refuse('banned', 0, 0, 0, 0, ban, 403)
@@ -301,6 +338,13 @@ local function violate(subject, limit)
   local level = redis.call('INCR', level_key)
   redis.call('PEXPIRE', level_key, 30 * 86400000)
   local ban_key = ban_keys[subject]
+  -- A key's tenant hears of its ban (an IP has no one to tell). The ban's
+  -- start is its period, so each ban fires once.
+  if subject == 'key' then
+    local untill = 0
+    if level == 1 then untill = now + 300000 elseif level == 2 then untill = now + 86400000 end
+    alert('key.banned', 'key', now, 0, untill, 0)
+  end
   if level == 1 then
     redis.call('SET', ban_key, cjson.encode({reason = 'rate limit violations', ['until'] = now + 300000}), 'PX', 300000)
   elseif level == 2 then
@@ -373,6 +417,11 @@ if cost > 0 and (day_limit or month_limit) then
   if day_limit then redis.call('HINCRBY', quota_key, 'du', cost) end
   if month_limit then redis.call('HINCRBY', quota_key, 'mu', cost) end
   redis.call('PEXPIRE', quota_key, quota_ttl)
+end
+
+if cost > 0 then
+  if day_limit then crossed('day', day_id, day_limit, used_day, used_day + cost) end
+  if month_limit then crossed('month', month_id, month_limit, used_month, used_month + cost) end
 end
 
 count(valid, provider)

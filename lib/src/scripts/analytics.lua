@@ -20,10 +20,12 @@
 -- KEYS[5]  mx:pend:<key id>   its counters in sync batches not yet confirmed
 -- ARGV[1]  the key id the keys were named after
 -- ARGV[2]  "1" when the view adds unsynced counters, "0" when it does not
+-- ARGV[3]  milliseconds added to Redis's clock (tests move it; 0 otherwise)
+-- ARGV[4]  the time to use instead of Redis's clock, or empty (tests)
 --
 -- Returns one of:
 --   {"miss_key"}                       the key cache has no entry
---   {"invalid_key"} | {"revoked_key"} | {"wrong_kind"}
+--   {"invalid_key"} | {"revoked_key"} | {"expired_key"} | {"wrong_kind"}
 --   {"rekey", key_id}                  the entry is another key id's
 --   {"hit", key_id, version, part, live}
 --   {"miss", key_id, version, time_zone, live, pending, created_ms}
@@ -37,6 +39,15 @@ local key = cjson.decode(cached)
 if key.status == 'unknown' then return {'invalid_key'} end
 if key.id ~= ARGV[1] then return {'rekey', key.id or ''} end
 if key.status ~= 'active' then return {'revoked_key'} end
+-- Expiry by Redis's clock, as admit.lua judges it.
+if key.expires_ms then
+  local now = tonumber(ARGV[4] or '')
+  if not now then
+    local time = redis.call('TIME')
+    now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + (tonumber(ARGV[3]) or 0)
+  end
+  if now >= key.expires_ms then return {'expired_key'} end
+end
 if key.kind ~= 'sk' then return {'wrong_kind'} end
 local id = key.id
 local counters = ARGV[2] == '1'
