@@ -137,7 +137,8 @@ const BAN_COLUMNS: &str = "id, subject_type, subject, reason, created_at, expire
           ELSE 'active' END AS status";
 
 /// Bans a key or an IP. A ban already in force on the subject is lifted and
-/// replaced, in one transaction. Applying the returned sync sets the Redis
+/// replaced, in one transaction, which also records the ban in the audit log
+/// and, for a key, its `key.banned` alert. Applying the returned sync sets the Redis
 /// marker, with the ban's length as its TTL, or none for a permanent ban.
 pub async fn add_ban(
     db: &Db,
@@ -214,6 +215,18 @@ pub async fn add_ban(
         "expires_at": stored.expires_at,
     });
     audit::record(db, &mut tx, actor, "ban.add", key_id, detail).await?;
+    // The key's owner hears of it (`key.banned`), once per ban.
+    if let Some(id) = key_id {
+        crate::alerts::record_ban(
+            db,
+            &mut *tx,
+            id,
+            &stored.reason,
+            stored.expires_at,
+            stored.created_at,
+        )
+        .await?;
+    }
     tx.commit().await.context("committing the ban")?;
 
     let marker = serde_json::to_string(&Marker {
