@@ -561,10 +561,10 @@ async fn an_owners_endpoint_gets_its_alerts_signed_with_its_own_secret() {
         .expect("a free port")
         .port();
     let url = WebhookUrl::parse(&format!("http://127.0.0.1:{port}/hooks")).unwrap();
-    let first = alerts::set_endpoint(&app.state.db, "acme", &url)
+    let first = alerts::set_endpoint(&app.state.db, app.state.db.executor(), "acme", &url)
         .await
         .unwrap();
-    let secret = alerts::set_endpoint(&app.state.db, "acme", &url)
+    let secret = alerts::set_endpoint(&app.state.db, app.state.db.executor(), "acme", &url)
         .await
         .unwrap();
     assert_ne!(
@@ -607,9 +607,11 @@ async fn an_owners_endpoint_gets_its_alerts_signed_with_its_own_secret() {
                "banned_at": alerts::rfc3339(at), "until": alerts::rfc3339(until)})
     );
     assert!(deployment.received().await.is_empty());
-    assert!(alerts::delete_endpoint(&app.state.db, "acme")
-        .await
-        .unwrap());
+    assert!(
+        alerts::delete_endpoint(&app.state.db, app.state.db.executor(), "acme")
+            .await
+            .unwrap()
+    );
     assert!(alerts::get_endpoint(&app.state.db, "acme")
         .await
         .unwrap()
@@ -650,4 +652,156 @@ async fn deliver_alerts_takes_the_cron_secret() {
     let app = spawn_app_with(TestOptions::default()).await;
     let response = app.get("/api/cron/deliver-alerts").await;
     assert_eq!(response.status(), 401);
+}
+
+#[tokio::test]
+async fn through_the_api_an_owners_endpoint_hears_of_a_ban_on_its_key_signed_with_the_secret_shown_once(
+) {
+    use tollgate::admin::{
+        audit,
+        root_keys::{self, Scope},
+        Actor,
+    };
+    let deployment = Receiver::start("200").await;
+    let app = spawn_with(&deployment, vec![]).await;
+    let root = root_keys::create(&app.state.db, &Actor::Cli, "backend", &Scope::ALL)
+        .await
+        .unwrap()
+        .secret
+        .expose()
+        .to_owned();
+    let api = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut request = app
+            .http
+            .request(method, format!("{}{path}", app.address))
+            .bearer_auth(&root);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}/hooks");
+
+    for (body, field) in [
+        (json!({"url": url}), "owner_id"),
+        (json!({"owner_id": "acme"}), "url"),
+        (
+            json!({"owner_id": "acme", "url": "ftp://hooks.acme.test/"}),
+            "url",
+        ),
+        (
+            json!({"owner_id": "acme", "url": format!("https://a.test/{}", "x".repeat(2048))}),
+            "url",
+        ),
+        (json!({"owner_id": "", "url": url}), "owner_id"),
+        (
+            json!({"owner_id": "acme", "url": url, "secret": "whsec_mine"}),
+            "secret",
+        ),
+    ] {
+        let (status, answer) = api(
+            reqwest::Method::PUT,
+            "/api/keys/webhooks",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(
+            answer["error"]["message"].as_str().unwrap().contains(field),
+            "{body}: {answer}"
+        );
+    }
+    let (status, set) = api(
+        reqwest::Method::PUT,
+        "/api/keys/webhooks",
+        Some(json!({"owner_id": "acme", "url": url})),
+    )
+    .await;
+    assert_eq!(status, 200, "{set}");
+    let secret = set["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let (status, shown) = api(
+        reqwest::Method::GET,
+        "/api/keys/webhooks?owner_id=acme",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["endpoint"]["url"], url.as_str());
+    assert!(
+        !shown.to_string().contains(&secret),
+        "the secret is shown once"
+    );
+    let owners = Receiver::start_on(&secret, "200", port).await;
+
+    let (status, created) = api(
+        reqwest::Method::POST,
+        "/api/keys",
+        Some(json!({"name": "acme prod", "owner_id": "acme", "tier": "pro"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let key_id = created["key"]["id"].as_str().unwrap().to_owned();
+    let (status, banned) = api(
+        reqwest::Method::POST,
+        "/api/keys/bans",
+        Some(json!({"key_id": key_id, "reason": "chargeback", "duration_seconds": 3600})),
+    )
+    .await;
+    assert_eq!(status, 201, "{banned}");
+    assert_eq!(deliver(&app).await["delivered"], 1);
+    assert_eq!(deliver(&app).await["delivered"], 0, "delivered once");
+
+    let received = owners.received().await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0]["verified"], true, "{received:?}");
+    assert_eq!(received[0]["payload"]["type"], "key.banned");
+    assert_eq!(received[0]["payload"]["data"]["key_id"], key_id.as_str());
+    assert_eq!(received[0]["payload"]["data"]["reason"], "chargeback");
+    assert!(
+        deployment.received().await.is_empty(),
+        "the owner's, not the deployment's"
+    );
+
+    let (status, deleted) = api(
+        reqwest::Method::DELETE,
+        "/api/keys/webhooks?owner_id=acme",
+        None,
+    )
+    .await;
+    assert_eq!((status, &deleted["deleted"]), (200, &json!(true)));
+    let (status, _) = api(
+        reqwest::Method::GET,
+        "/api/keys/webhooks?owner_id=acme",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let actions: Vec<String> = audit::list(&app.state.db, &audit::Filter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "root_key.create",
+            "webhook.set",
+            "key.create",
+            "ban.add",
+            "webhook.delete"
+        ]
+    );
 }

@@ -9,11 +9,12 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tollgate::{
     admin::{
-        self, audit,
+        self, audit, endpoints,
         root_keys::{self, Scope},
         usage, Actor, AdminError, Ban, BanSubject, Changed, KeyFilter, KeySummary, Metadata,
         Origin, Override, OwnerId, RedisSync,
     },
+    alerts::WebhookUrl,
     apikeys::{KeyStatus, NewKey, Tier},
     config::{parse_duration, DatabaseConfig, UpstashConfig},
     db::Db,
@@ -98,6 +99,13 @@ enum Command {
     RootKeys {
         #[command(subcommand)]
         action: RootKeysAction,
+        #[command(flatten)]
+        env: AdminEnv,
+    },
+    /// Set, show or delete the webhook endpoint a key owner's alerts go to.
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhooksAction,
         #[command(flatten)]
         env: AdminEnv,
     },
@@ -314,6 +322,27 @@ impl std::str::FromStr for Expiry {
 }
 
 #[derive(Subcommand)]
+enum WebhooksAction {
+    /// Send this owner's alerts to a URL; prints the signing secret once.
+    Set {
+        #[arg(long)]
+        owner: OwnerId,
+        #[arg(long)]
+        url: WebhookUrl,
+    },
+    /// Show the owner's endpoint (never its secret).
+    Get {
+        #[arg(long)]
+        owner: OwnerId,
+    },
+    /// Delete the owner's endpoint: its alerts go to the deployment's again.
+    Delete {
+        #[arg(long)]
+        owner: OwnerId,
+    },
+}
+
+#[derive(Subcommand)]
 enum RootKeysAction {
     /// Make a root key; prints its secret once.
     Create {
@@ -455,6 +484,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { action, env } => operator_error(keys(action, &Admin::connect(env)?).await),
+        Command::Webhooks { action, env } => {
+            operator_error(webhooks(action, &Admin::connect(env)?).await)
+        }
         Command::RootKeys { action, env } => {
             operator_error(root_keys_command(action, &Admin::connect(env)?).await)
         }
@@ -908,6 +940,32 @@ async fn root_keys_command(action: RootKeysAction, admin: &Admin) -> anyhow::Res
         RootKeysAction::Revoke { id } => {
             root_keys::revoke(&admin.db, &Actor::Cli, id).await?;
             println!("Revoked root key {id}.");
+        }
+    }
+    Ok(())
+}
+
+async fn webhooks(action: WebhooksAction, admin: &Admin) -> anyhow::Result<()> {
+    match action {
+        WebhooksAction::Set { owner, url } => {
+            let secret = endpoints::set(&admin.db, &Actor::Cli, &owner, &url).await?;
+            println!("Alerts of owner {owner}'s keys now go to {}.\n", url.as_str());
+            println!("  signing secret: {}", secret.expose());
+            println!();
+            println!("Verify each delivery with it (Standard Webhooks); it is not shown again.");
+        }
+        WebhooksAction::Get { owner } => match endpoints::get(&admin.db, &owner).await? {
+            Some(endpoint) => println!("{}", serde_json::to_string_pretty(&endpoint)?),
+            None => println!(
+                "Owner {owner} has no endpoint of its own; its alerts go to TOLLGATE_ALERT_WEBHOOK_URL."
+            ),
+        },
+        WebhooksAction::Delete { owner } => {
+            if endpoints::delete(&admin.db, &Actor::Cli, &owner).await? {
+                println!("Deleted owner {owner}'s endpoint.");
+            } else {
+                println!("Owner {owner} had no endpoint of its own.");
+            }
         }
     }
     Ok(())

@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod bans;
+pub mod endpoints;
 pub mod keys;
 pub mod root_keys;
 pub mod usage;

@@ -279,6 +279,7 @@ pub async fn record_ban<'e>(
 /// which is shown once, when set.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EndpointInfo {
+    #[serde(rename = "owner_id")]
     pub owner: String,
     pub url: String,
     pub created_at: DateTime<Utc>,
@@ -288,7 +289,12 @@ pub struct EndpointInfo {
 /// Sets the webhook endpoint of a key owner, replacing any it had, with a
 /// new signing secret, which is returned: the only time it is shown.
 /// Alerts already pending go to the new endpoint.
-pub async fn set_endpoint(db: &Db, owner: &str, url: &WebhookUrl) -> anyhow::Result<WebhookSecret> {
+pub async fn set_endpoint<'e>(
+    db: &Db,
+    executor: impl sqlx::PgExecutor<'e>,
+    owner: &str,
+    url: &WebhookUrl,
+) -> anyhow::Result<WebhookSecret> {
     let secret = WebhookSecret::generate();
     db.query(
         "INSERT INTO alert_endpoints (owner, url, secret) VALUES ($1, $2, $3)
@@ -298,7 +304,7 @@ pub async fn set_endpoint(db: &Db, owner: &str, url: &WebhookUrl) -> anyhow::Res
     .bind(owner)
     .bind(url.as_str())
     .bind(secret.expose())
-    .execute(db.executor())
+    .execute(executor)
     .await
     .context("setting an alert endpoint")?;
     Ok(secret)
@@ -326,11 +332,15 @@ pub async fn get_endpoint(db: &Db, owner: &str) -> anyhow::Result<Option<Endpoin
 
 /// Deletes a key owner's endpoint; its alerts then go to the deployment's
 /// endpoint, if there is one. Returns whether there was one to delete.
-pub async fn delete_endpoint(db: &Db, owner: &str) -> anyhow::Result<bool> {
+pub async fn delete_endpoint<'e>(
+    db: &Db,
+    executor: impl sqlx::PgExecutor<'e>,
+    owner: &str,
+) -> anyhow::Result<bool> {
     let deleted = db
         .query("DELETE FROM alert_endpoints WHERE owner = $1")
         .bind(owner)
-        .execute(db.executor())
+        .execute(executor)
         .await
         .context("deleting an alert endpoint")?
         .rows_affected();

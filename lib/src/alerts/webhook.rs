@@ -29,6 +29,14 @@ impl WebhookUrl {
             ));
         }
         let url = Url::parse(value).map_err(|e| format!("not a URL ({e})"))?;
+        // The parser normalises (a path `/` added, say): the stored form is
+        // what must fit.
+        if url.as_str().len() > MAX_URL_LENGTH {
+            return Err(format!(
+                "a webhook URL is at most {MAX_URL_LENGTH} characters, got {} once normalised",
+                url.as_str().len()
+            ));
+        }
         match url.scheme() {
             "http" | "https" if url.host().is_some() => Ok(Self(url)),
             "http" | "https" => Err("a webhook URL needs a host".to_owned()),
@@ -40,6 +48,14 @@ impl WebhookUrl {
 
     pub fn as_str(&self) -> &str {
         self.0.as_str()
+    }
+}
+
+impl std::str::FromStr for WebhookUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
     }
 }
 
@@ -194,6 +210,10 @@ mod tests {
         assert!(WebhookUrl::parse("hooks.example.com").is_err());
         let long = format!("https://hooks.example.com/{}", "a".repeat(2048));
         assert!(WebhookUrl::parse(&long).unwrap_err().contains("2048"));
+        // 2048 as written, 2049 once the parser adds the path `/`.
+        let host = format!("https://{}", "a".repeat(2040));
+        assert_eq!(host.len(), 2048);
+        assert!(WebhookUrl::parse(&host).unwrap_err().contains("normalised"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod process_events;
 pub mod queue_status;
 pub mod signed_url;
 pub mod sync_metrics;
+pub mod webhooks;
 
 use std::{future::Future, pin::Pin};
 
@@ -62,6 +63,10 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/api/keys/bans",
         handler: |state, request| Box::pin(bans::handle(state, request)),
+    },
+    Route {
+        path: "/api/keys/webhooks",
+        handler: |state, request| Box::pin(webhooks::handle(state, request)),
     },
     Route {
         path: "/api/cron/process-events",
