@@ -437,6 +437,11 @@ async fn rotating_with_an_overlap_gives_new_halves_and_says_until_when_the_old_o
         rotated["previous_expires_at"]
     );
     assert_eq!(app.collect(new_secret, &pageview()).await.status(), 202);
+    assert_eq!(
+        app.collect(key.secret.expose(), &pageview()).await.status(),
+        202,
+        "the old secret works during the overlap"
+    );
 
     let (status, rotated) = rotate(json!({})).await;
     assert_eq!(status, 200, "{rotated}");
@@ -448,6 +453,8 @@ async fn rotating_with_an_overlap_gives_new_halves_and_says_until_when_the_old_o
         401,
         "without an overlap the old halves stop at once"
     );
+    let first = app.collect(key.secret.expose(), &pageview()).await;
+    assert_eq!(first.status(), 401, "and the first rotation's overlap ends");
 }
 
 /// Sends a body to an operation and expects a 400 naming the field.

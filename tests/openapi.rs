@@ -92,6 +92,12 @@ async fn every_route_answers_as_openapi_yaml_describes() {
             phases: WITH_LINKS,
         },
         Run {
+            name: "a root key, on alert endpoints",
+            header: format!("Authorization: Bearer {}", root_key(&app).await),
+            operations: ["--include-path", "/api/keys/webhooks"],
+            phases: WITHOUT_LINKS,
+        },
+        Run {
             name: "the cron secret",
             header: format!("Authorization: Bearer {CRON_SECRET}"),
             operations: ["--include-path-regex", "^/api/cron/"],

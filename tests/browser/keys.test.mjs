@@ -231,6 +231,8 @@ test('rotating shows the new secret once, with a copy button, and the new secret
 
   const works = await collect(secret);
   assert.equal(works.status, 202, `the new secret works: ${JSON.stringify(works.body)}`);
+  const overlap = await collect(old);
+  assert.equal(overlap.status, 202, `the old secret works during the overlap: ${JSON.stringify(overlap.body)}`);
 
   // Once closed, the secret is gone from the page.
   await page.getByRole('button', { name: 'Done' }).click();
