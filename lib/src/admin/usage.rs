@@ -15,10 +15,10 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::{
+    analytics::{self, views::Unsynced},
     apikeys,
     db::Db,
     limits::Limits,
-    metrics,
     redis_keys::RedisKeys,
     upstash::{Command, Reply, Script, Upstash},
 };
@@ -93,7 +93,7 @@ pub async fn of(
         };
         let version = version.as_str().unwrap_or("0").to_owned();
         let mut pending_batches: Vec<(String, String, String)> = Vec::new();
-        for (name, value) in pairs(pending)? {
+        for (name, value) in fields(pending)? {
             let (batch, field) = name
                 .split_once('|')
                 .context("a pending counter has no batch id")?;
@@ -109,13 +109,14 @@ pub async fn of(
         if after.as_deref().unwrap_or("0") != version {
             continue;
         }
-        let unsynced = pairs(live)?.into_iter().chain(
-            pending_batches
-                .into_iter()
-                .filter(|(batch, _, _)| !applied.contains(batch))
-                .map(|(_, field, value)| (field, value)),
-        );
-        add(&mut usage, key_id, unsynced, today)?;
+        let unapplied: Vec<(String, String)> = pending_batches
+            .into_iter()
+            .filter(|(batch, _, _)| !applied.contains(batch))
+            .map(|(_, field, value)| (field, value))
+            .collect();
+        let live = fields(live)?;
+        let unsynced = analytics::unsynced(key_id, live.iter().chain(&unapplied))?;
+        add(&mut usage, &unsynced, today);
         usage.today.quota = limits.per_day;
         usage.month.quota = limits.per_month;
         usage.exact = true;
@@ -190,30 +191,14 @@ async fn stored(
     Ok((usage, row.try_get("applied")?))
 }
 
-/// Adds `<day>|<counter>` fields of the key to today's and the month's
-/// figures.
-fn add(
-    usage: &mut KeyUsage,
-    key_id: Uuid,
-    fields: impl Iterator<Item = (String, String)>,
-    today: NaiveDate,
-) -> anyhow::Result<()> {
-    // In the sync batch format, so that one parser reads counters wherever
-    // they are.
-    let batch: Vec<Reply> = fields
-        .flat_map(|(name, value)| {
-            [
-                Reply::Bulk(format!("{key_id}:{name}").into()),
-                Reply::Bulk(value.into()),
-            ]
-        })
-        .collect();
-    for ((_, day), counters) in metrics::parse_batch(&batch)? {
+/// Adds the key's unsynced counters to today's and the month's figures.
+fn add(usage: &mut KeyUsage, unsynced: &Unsynced, today: NaiveDate) {
+    for (day, counters) in unsynced {
         let mut periods = vec![];
-        if day == today {
+        if *day == today {
             periods.push(&mut usage.today);
         }
-        if (day.year(), day.month()) == (today.year(), today.month()) && day <= today {
+        if (day.year(), day.month()) == (today.year(), today.month()) && *day <= today {
             periods.push(&mut usage.month);
         }
         for period in periods {
@@ -224,20 +209,12 @@ fn add(
             period.bytes += counters.bytes;
         }
     }
-    Ok(())
 }
 
 /// The field and value pairs of an `HGETALL` reply.
-fn pairs(reply: &Reply) -> anyhow::Result<Vec<(String, String)>> {
-    let Reply::Array(items) = reply else {
-        return Ok(vec![]);
-    };
-    items
-        .chunks(2)
-        .map(|pair| match pair {
-            [name, value] => Some((name.as_str()?.to_owned(), value.as_str()?.to_owned())),
-            _ => None,
-        })
-        .map(|pair| pair.context("a counter field is not text"))
-        .collect()
+fn fields(reply: &Reply) -> anyhow::Result<Vec<(String, String)>> {
+    match reply {
+        Reply::Array(items) => analytics::counters(items),
+        _ => Ok(vec![]),
+    }
 }

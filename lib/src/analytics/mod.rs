@@ -138,7 +138,7 @@ pub struct Answer {
 }
 
 /// Counter fields as Redis holds them: `<day>|<counter>` and its value.
-type Counters = Vec<(String, String)>;
+pub(crate) type Counters = Vec<(String, String)>;
 
 /// What the cache keeps of a view: the part no request changes while the
 /// key's version holds (see the module doc).
@@ -392,7 +392,7 @@ async fn lookup(
 }
 
 /// The field and value pairs of an `HGETALL` reply.
-fn counters(fields: &[Reply]) -> anyhow::Result<Counters> {
+pub(crate) fn counters(fields: &[Reply]) -> anyhow::Result<Counters> {
     fields
         .chunks(2)
         .map(|pair| match pair {
@@ -420,7 +420,7 @@ fn pending_batches(fields: &[Reply]) -> anyhow::Result<Vec<(String, Counters)>> 
 }
 
 /// The key's counters by day, from `<day>|<counter>` fields.
-fn unsynced<'a>(
+pub(crate) fn unsynced<'a>(
     key_id: Uuid,
     fields: impl Iterator<Item = &'a (String, String)>,
 ) -> anyhow::Result<Unsynced> {
