@@ -16,7 +16,8 @@
 //! | revoke | `DELETE /api/keys?id=…` | `keys:write` |
 //! | rotate | `POST /api/keys?id=…&action=rotate` | `keys:write` |
 //!
-//! Bans are at `/api/keys/bans` (`routes/bans.rs`).
+//! Bans are at `/api/keys/bans` (`routes/bans.rs`), owners' alert endpoints
+//! at `/api/keys/webhooks` (`routes/webhooks.rs`).
 
 use std::time::Duration;
 
