@@ -134,6 +134,26 @@ async fn a_collect_request_logs_its_route_method_request_id_and_key_id() {
 }
 
 #[tokio::test]
+async fn a_refused_request_names_its_key_too() {
+    let (logs, _guard) = capture_logs();
+    let app = spawn_app().await;
+    let key = app.create_key().await;
+    app.set_limits(&key, Some(1), None, None).await;
+
+    assert_eq!(collect_one(&app, key.secret.expose()).await.0, 202);
+    let (status, request_id) = collect_one(&app, key.secret.expose()).await;
+
+    assert_eq!(status, 429);
+    let lines = logs.of_request(&request_id);
+    let finished = assert_lines_name_the_request(&lines, "/api/collect", &request_id);
+    assert!(finished.contains("status=429"), "{finished}");
+    assert!(
+        finished.contains(&format!("key_id={}", key.id)),
+        "{finished}"
+    );
+}
+
+#[tokio::test]
 async fn each_request_gets_its_own_id() {
     let (logs, _guard) = capture_logs();
     let app = spawn_app().await;

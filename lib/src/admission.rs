@@ -252,7 +252,12 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
     let events = request.events.as_ref();
     let client_ip = (!request.ip.is_empty()).then_some(request.ip);
     let mut key_id = match resolve(state, request.key, client_ip).await? {
-        Resolved::Id(id) => id,
+        Resolved::Id(id) => {
+            // Known now, whatever the verdict: a refused request's log lines
+            // name the key too.
+            crate::telemetry::record_key_id(id);
+            id
+        }
         Resolved::Refused(error) => {
             return Ok(Decision::Refused {
                 error,
@@ -323,6 +328,7 @@ pub async fn admit(state: &AppState, request: &Request<'_>) -> Result<Decision, 
             }
             Verdict::Rekey(id) => {
                 state.key_ids.remember(&request.key.cache_id(), id);
+                crate::telemetry::record_key_id(id);
                 key_id = id;
             }
             Verdict::ReseedQuota { day, month } => {
