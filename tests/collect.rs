@@ -731,6 +731,10 @@ async fn a_full_collect_body_travels_and_queues_compactly() {
     .await;
     app.drain().await;
 
+    // As the tracker stamps them: milliseconds, within the accepted age.
+    let timestamp = (chrono::Utc::now() - chrono::TimeDelta::minutes(5))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
     let shapes: Vec<(&str, Vec<Value>)> = vec![
         (
             "web events with properties",
@@ -745,7 +749,7 @@ async fn a_full_collect_body_travels_and_queues_compactly() {
             "page views as the tracker sends them",
             (0..500)
                 .map(|i| json!({"type": "web", "name": "pageview", "id": Uuid::new_v4(),
-                    "timestamp": "2026-12-01T12:00:00.000Z",
+                    "timestamp": &timestamp,
                     "url": format!("https://shop.example.com/products/{i}?utm_source=news"),
                     "referrer": "https://news.example.org/", "title": "A product page",
                     "screen": "1920x1080", "language": "en-GB"}))
