@@ -83,7 +83,15 @@ pub fn hash_secret(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-fn random_hex(bytes: usize) -> String {
+/// Whether `digits` are exactly `length` lowercase hex digits, as
+/// [`random_hex`] writes them.
+pub(crate) fn is_lower_hex(digits: &str, length: usize) -> bool {
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    digits.len() == length && digits.bytes().all(hex)
+}
+
+/// `bytes` random bytes from the thread-local CSPRNG, as hex.
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buf);
     hex::encode(buf)
@@ -236,8 +244,7 @@ impl PresentedKey {
             KeyKind::Sk => SECRET_BYTES * 2,
             KeyKind::Pk => PUBLISHABLE_BYTES * 2,
         };
-        let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-        (digits.len() == length && digits.bytes().all(hex)).then(|| Self {
+        is_lower_hex(digits, length).then(|| Self {
             kind,
             value: Secret::new(value),
         })

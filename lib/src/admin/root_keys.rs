@@ -16,7 +16,11 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{audit, Actor, AdminError};
-use crate::{apikeys::hash_secret, db::Db, secret::Secret};
+use crate::{
+    apikeys::{hash_secret, is_lower_hex, random_hex},
+    db::Db,
+    secret::Secret,
+};
 
 /// What a root key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -85,9 +89,7 @@ pub struct PresentedRootKey(Secret);
 impl PresentedRootKey {
     pub fn parse(value: &str) -> Option<Self> {
         let digits = value.strip_prefix("rk_")?;
-        let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-        (digits.len() == ROOT_KEY_BYTES * 2 && digits.bytes().all(hex))
-            .then(|| Self(Secret::new(value)))
+        is_lower_hex(digits, ROOT_KEY_BYTES * 2).then(|| Self(Secret::new(value)))
     }
 
     /// The hex SHA-256 of the key, as the limiter names its bucket.
@@ -152,11 +154,9 @@ pub async fn create(
             "a root key needs at least one scope".to_owned(),
         ));
     }
-    let mut bytes = [0u8; ROOT_KEY_BYTES];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
     let key = NewRootKey {
         id: Uuid::now_v7(),
-        secret: Secret::new(format!("rk_{}", hex::encode(bytes))),
+        secret: Secret::new(format!("rk_{}", random_hex(ROOT_KEY_BYTES))),
     };
     let names: Vec<&str> = scopes.iter().map(|scope| scope.as_str()).collect();
     let mut tx = db.pool().begin().await.context("starting a transaction")?;

@@ -38,7 +38,7 @@ use crate::{
     error::ApiError,
     response::json_response,
     state::AppState,
-    upstash::{Reply, Script},
+    upstash::{FromReply, Reply, Script},
 };
 
 static ROOT_LIMIT: Script = Script::new("root_limit", include_str!("../scripts/root_limit.lua"));
@@ -196,12 +196,9 @@ async fn create(
         name,
         owner: fields.owner()?,
         tier,
-        rate_limit: fields
-            .limit("rate_limit", u64::from(i32::MAX as u32))?
-            .and_then(value)
-            .map(|n| n as u32),
-        daily: fields.limit("daily", i64::MAX as u64)?.and_then(value),
-        monthly: fields.limit("monthly", i64::MAX as u64)?.and_then(value),
+        rate_limit: fields.rate_limit()?.and_then(value),
+        daily: fields.quota("daily")?.and_then(value),
+        monthly: fields.quota("monthly")?.and_then(value),
         origins: fields.origins()?.unwrap_or_default(),
         timezone: fields.string("timezone")?,
         expires_at: fields.time("expires_at")?.flatten(),
@@ -249,14 +246,9 @@ async fn update(
         ));
     }
     let change = KeyChange {
-        rate_limit: fields
-            .limit("rate_limit", u64::from(i32::MAX as u32))?
-            .map(|o| match o {
-                Override::Default => Override::Default,
-                Override::Value(n) => Override::Value(n as u32),
-            }),
-        daily: fields.limit("daily", i64::MAX as u64)?,
-        monthly: fields.limit("monthly", i64::MAX as u64)?,
+        rate_limit: fields.rate_limit()?,
+        daily: fields.quota("daily")?,
+        monthly: fields.quota("monthly")?,
         origins: fields.origins()?,
         tier: fields.tier()?,
         timezone: fields.string("timezone")?,
@@ -376,14 +368,11 @@ pub(crate) async fn authorize(
             message: format!("the rate limiter is unreachable ({error}); retry shortly"),
             retry_after: Duration::from_secs(5),
         })?;
-    let numbers = integers(&verdict);
-    let (allowed, retry_ms, failures, failures_ttl) = match numbers.as_slice() {
-        [a, b, c, d] => (*a, *b, *c, *d),
-        _ => {
-            return Err(ApiError::Unexpected(anyhow::anyhow!(
-                "root_limit.lua answered {verdict:?}"
-            )))
-        }
+    let numbers = Vec::<i64>::from_reply(verdict.clone()).unwrap_or_default();
+    let [allowed, retry_ms, failures, failures_ttl] = numbers[..] else {
+        return Err(ApiError::Unexpected(anyhow::anyhow!(
+            "root_limit.lua answered {verdict:?}"
+        )));
     };
     if failures >= i64::from(state.config.admission.failed_auth_limit) {
         return Err(ApiError::TooManyRequests {
@@ -477,19 +466,6 @@ pub(crate) fn postgres_error(error: anyhow::Error) -> ApiError {
     }
 }
 
-fn integers(reply: &Reply) -> Vec<i64> {
-    match reply {
-        Reply::Array(items) => items
-            .iter()
-            .map(|item| match item {
-                Reply::Int(n) => *n,
-                other => other.as_str().and_then(|s| s.parse().ok()).unwrap_or(0),
-            })
-            .collect(),
-        _ => vec![],
-    }
-}
-
 pub(crate) fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::BadRequest {
         code,
@@ -501,12 +477,12 @@ fn field(name: &str, error: AdminError) -> ApiError {
     bad("invalid_field", format!("`{name}`: {error}"))
 }
 
-/// At most 100 characters of what a client sent, for an error message.
+/// At most 100 characters of what a client sent, escaped, for an error
+/// message.
 pub(crate) fn quote(text: &str) -> String {
-    text.chars()
-        .take(100)
-        .flat_map(char::escape_default)
-        .collect()
+    crate::events::text::truncate_chars(text, 100)
+        .escape_default()
+        .to_string()
 }
 
 fn value<T>(change: Override<T>) -> Option<T> {
@@ -631,28 +607,37 @@ impl Fields {
         }
     }
 
-    /// A limit override: a number, or `null` for the tier's.
-    fn limit(&mut self, name: &str, max: u64) -> Result<Option<Override<u64>>, ApiError> {
-        let expected = format!(
-            "a whole number from {} to {max}, or null for the tier's",
-            u64::from(name == "rate_limit")
-        );
-        match self.0.get(name) {
-            None => Ok(None),
-            Some(Value::Null) => {
-                self.0.remove(name);
-                Ok(Some(Override::Default))
-            }
-            Some(_) => {
-                let n = self.number(name, max, &expected)?;
-                if name == "rate_limit" && n == Some(0) {
-                    return Err(bad(
-                        "invalid_field",
-                        format!("`{name}`: expected {expected}"),
-                    ));
-                }
-                Ok(n.map(Override::Value))
-            }
+    /// `rate_limit`: requests per minute, 1 to the column's `integer`
+    /// range, or `null` for the tier's.
+    fn rate_limit(&mut self) -> Result<Option<Override<u32>>, ApiError> {
+        Ok(self
+            .limit("rate_limit", 1, i32::MAX as u64)?
+            .map(|change| match change {
+                Override::Default => Override::Default,
+                Override::Value(n) => Override::Value(n as u32),
+            }))
+    }
+
+    /// `daily` or `monthly`: 0 to the column's `bigint` range, or `null`
+    /// for the tier's.
+    fn quota(&mut self, name: &str) -> Result<Option<Override<u64>>, ApiError> {
+        self.limit(name, 0, i64::MAX as u64)
+    }
+
+    /// A limit override: a number from `min` to `max`, or `null` for the
+    /// tier's.
+    fn limit(&mut self, name: &str, min: u64, max: u64) -> Result<Option<Override<u64>>, ApiError> {
+        let expected = format!("a whole number from {min} to {max}, or null for the tier's");
+        if self.0.get(name) == Some(&Value::Null) {
+            self.0.remove(name);
+            return Ok(Some(Override::Default));
+        }
+        match self.number(name, max, &expected)? {
+            Some(n) if n < min => Err(bad(
+                "invalid_field",
+                format!("`{name}`: expected {expected}"),
+            )),
+            n => Ok(n.map(Override::Value)),
         }
     }
 
